@@ -1,0 +1,116 @@
+"""Load an artifact once, generate many times: the Python API that the CLI (and later a server) uses."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from eaglex.errors import EaglexError
+from eaglex.runtime.draft import EagleDrafter
+from eaglex.runtime.generate import GenerationConfig, GenerationStats, generate
+from eaglex.runtime.manifest import Manifest, load_manifest
+from eaglex.runtime.sampling import validate_sampling
+from eaglex.runtime.tokenizer import StreamDecoder, Tokenizer
+
+BACKENDS = ("onnxruntime",)
+
+
+class Engine:
+    """An artifact's graphs, caches and tokenizer. Holds no global state: several engines can coexist.
+
+    One engine runs one generation at a time (its KV caches are preallocated and reused).
+    """
+
+    def __init__(self, manifest: Manifest, threads: int = 2, backend: str = "onnxruntime"):
+        if backend not in BACKENDS:
+            raise EaglexError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        from eaglex.runtime.backends.onnxruntime import OrtGraphSession
+
+        if threads < 1:
+            raise EaglexError(f"--threads must be at least 1, got {threads}")
+        self.manifest = manifest
+        target = manifest.target
+        self.tokenizer = Tokenizer(manifest.root)
+        self.target = OrtGraphSession(manifest.path(target.file), target.num_layers, target.num_kv_heads,
+                                      target.head_dim, threads)
+        self.drafter: EagleDrafter | None = None
+        if manifest.drafter is not None:
+            spec = manifest.drafter
+            session = OrtGraphSession(manifest.path(spec.file), 1, spec.num_kv_heads, spec.head_dim, threads)
+            embeddings = np.load(manifest.path("embed_tokens.npy"), mmap_mode="r")
+            self.drafter = EagleDrafter(session, embeddings, 3 * target.hidden_size)
+        self.stop_tokens = set(manifest.eos_token_ids)
+
+    @classmethod
+    def load(cls, artifact_dir: str | Path, threads: int = 2, backend: str = "onnxruntime",
+             checksums: bool = True) -> Engine:
+        return cls(load_manifest(artifact_dir, checksums), threads, backend)
+
+    def default_config(self, **overrides: object) -> GenerationConfig:
+        """The artifact's tree settings, with any field overridden (None means keep the default)."""
+        tree = self.manifest.tree
+        config = GenerationConfig(top_k=tree.top_k, depth=tree.depth, total_tokens=tree.total_tokens)
+        return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+    def weight_bytes_read(self, stats: GenerationStats) -> int:
+        """Weight bytes streamed from memory during decoding: each target pass and drafter call reads its
+        graph's weights once. On a CPU that is the cost that bounds decoding speed."""
+        files = self.manifest.raw["files"]
+
+        def graph_bytes(file: str) -> int:
+            return sum(info["bytes"] for name, info in files.items() if name.startswith(file))
+
+        total = stats.target_passes * graph_bytes(self.manifest.target.file)
+        if self.manifest.drafter is not None:
+            total += stats.drafter_calls * graph_bytes(self.manifest.drafter.file)
+        return total
+
+    def encode(self, text: str, chat: bool = False) -> list[int]:
+        if chat:
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}])
+        return self.tokenizer.encode(text)
+
+    def check(self, prompt: list[int], config: GenerationConfig) -> None:
+        """Rejects bad settings with one-line errors before any work is done."""
+        limits = self.manifest
+        max_top_k = limits.drafter.max_top_k if limits.drafter else 1
+        if not prompt:
+            raise EaglexError("the prompt is empty: give at least one token of text")
+        if len(prompt) >= self.target.capacity:
+            raise EaglexError(
+                f"the prompt has {len(prompt)} tokens but the artifact's context limit is {self.target.capacity} "
+                "(prompt plus at least one new token): shorten the prompt or re-export with a larger --max-context"
+            )
+        if bad := [t for t in prompt if not 0 <= t < limits.target.vocab_size]:
+            raise EaglexError(f"token id {bad[0]} is outside the vocabulary of {limits.target.vocab_size}")
+        if config.max_new_tokens < 1:
+            raise EaglexError(f"--max-new-tokens must be at least 1, got {config.max_new_tokens}")
+        validate_sampling(config.temperature, config.top_p)
+        if config.speculative and self.drafter is not None:
+            if not 1 <= config.top_k <= max_top_k:
+                raise EaglexError(f"--top-k must be between 1 and {max_top_k} for this artifact, got {config.top_k}")
+            if config.depth < 1:
+                raise EaglexError(f"--depth must be at least 1, got {config.depth}")
+            if not 1 <= config.total_tokens <= limits.tree.max_total_tokens:
+                raise EaglexError(
+                    f"--total-tokens must be between 1 and {limits.tree.max_total_tokens}, got {config.total_tokens}"
+                )
+
+    def generate(self, prompt: list[int], config: GenerationConfig,
+                 stats: GenerationStats | None = None) -> Iterator[list[int]]:
+        """Yields lists of new token ids as they are accepted (one list per target pass)."""
+        self.check(prompt, config)
+        drafter = self.drafter if config.speculative else None
+        return generate(self.target, drafter, prompt, config, self.stop_tokens,
+                        stats if stats is not None else GenerationStats())
+
+    def stream_text(self, prompt: list[int], config: GenerationConfig,
+                    stats: GenerationStats | None = None) -> Iterator[str]:
+        """Yields decoded text pieces as tokens are accepted."""
+        decoder = StreamDecoder(self.tokenizer)
+        for tokens in self.generate(prompt, config, stats):
+            if piece := decoder.push(tokens):
+                yield piece

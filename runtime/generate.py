@@ -1,0 +1,120 @@
+"""The draft-verify loop. Plain decoding is the same loop with a tree that holds only its root."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from eaglex.runtime.accept import accept_greedy, accept_sampling
+from eaglex.runtime.backends.base import GraphSession
+from eaglex.runtime.draft import EagleDrafter
+from eaglex.runtime.sampling import probabilities, sample
+from eaglex.runtime.tree import chain_tree
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    top_k: int = 8  # tree: children per node and frontier width
+    depth: int = 5  # tree: levels below the root (drafter calls per round)
+    total_tokens: int = 24  # tree: nodes verified per target pass, root included
+    speculative: bool = True
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    target_passes: int = 0  # verify passes after the prefill
+    drafter_calls: int = 0
+    verified_tokens: int = 0  # tokens those passes produced (accepted drafts + bonus tokens)
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    stop_reason: str = ""
+    accepted_lengths: list[int] = field(default_factory=list)
+
+    @property
+    def acceptance_length(self) -> float:
+        """Mean tokens per target pass, bonus token included (tau)."""
+        return self.verified_tokens / max(self.target_passes, 1)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.verified_tokens / self.decode_seconds if self.decode_seconds else 0.0
+
+
+def generate(target: GraphSession, drafter: EagleDrafter | None, prompt: list[int], config: GenerationConfig,
+             stop_tokens: set[int], stats: GenerationStats) -> Iterator[list[int]]:
+    """Yields the new tokens of each target pass as they are accepted; fills `stats` on the way."""
+    rng = np.random.default_rng(config.seed)
+    greedy = config.temperature == 0
+    n, capacity = len(prompt), target.capacity
+    budget = min(config.max_new_tokens, capacity - n)  # the sequence never outgrows the KV cache
+    stats.prompt_tokens = n
+
+    clock = time.perf_counter()
+    tokens = np.asarray(prompt, np.int64)
+    out = target.run({"input_ids": tokens[None], "position_ids": np.arange(n)[None],
+                      "logit_index": np.array([n - 1])}, 0, np.tri(n, dtype=bool))
+    logits = out["logits"][0, -1]
+    root = int(logits.argmax()) if greedy else sample(probabilities(logits, config.temperature, config.top_p), rng)
+    generated, cache_len = [root], n
+    if drafter is not None:
+        drafter.reset()
+    if drafter is not None and budget > 1 and root not in stop_tokens:
+        drafter.extend(np.append(tokens[1:], root), out["features"][0], config.top_k)
+    stats.prefill_seconds = time.perf_counter() - clock
+    yield [root]
+
+    while generated[-1] not in stop_tokens and len(generated) < budget:
+        clock = time.perf_counter()
+        tree = chain_tree([root])
+        if drafter is not None:
+            tree = drafter.propose(root, config.top_k, config.depth, config.total_tokens)
+        tree = tree.truncate(capacity - cache_len)  # parents precede children, so a prefix is a tree
+
+        mask = np.concatenate([np.ones((len(tree.tokens), cache_len), bool), tree.attention_mask()], axis=1)
+        out = target.run({"input_ids": tree.tokens[None], "position_ids": (cache_len + tree.depths)[None],
+                          "logit_index": np.arange(len(tree.tokens))}, cache_len, mask)
+        logits = out["logits"][0]
+        if greedy:
+            path, bonus = accept_greedy(tree, logits.argmax(-1))
+        else:
+            path, bonus = accept_sampling(tree, logits, config.temperature, config.top_p, rng)
+        new = _stop_at(tree.tokens[path[1:]].tolist() + [bonus], stop_tokens, budget - len(generated))
+        generated += new
+        stats.target_passes += 1
+        stats.verified_tokens += len(new)
+        stats.accepted_lengths.append(len(new))
+
+        target.keep(cache_len, cache_len + path)  # accepted nodes move next to the committed context
+        cache_len += len(path)
+        root = bonus
+        if drafter is not None and generated[-1] not in stop_tokens and len(generated) < budget:
+            drafter.extend(np.asarray(new, np.int64), out["features"][0, path], config.top_k)
+        stats.decode_seconds += time.perf_counter() - clock
+        yield new
+
+    stats.new_tokens = len(generated)
+    stats.drafter_calls = drafter.calls if drafter is not None else 0
+    if generated[-1] in stop_tokens:
+        stats.stop_reason = "stop token"
+    elif len(generated) >= config.max_new_tokens:
+        stats.stop_reason = "length"
+    else:
+        stats.stop_reason = "context limit"
+
+
+def _stop_at(tokens: list[int], stop_tokens: set[int], room: int) -> list[int]:
+    """Cuts the accepted tokens after the first stop token and at the length budget."""
+    tokens = tokens[:room]
+    for i, token in enumerate(tokens):
+        if token in stop_tokens:
+            return tokens[: i + 1]
+    return tokens

@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny random Hugging Face models (with a tokenizer) saved to disk, for fast tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# 4 layers, 4 query heads over 2 KV heads, vocab 128: every code path of a real model, in milliseconds.
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 128,
+    "max_position_embeddings": 512,
+    "initializer_range": 0.1,  # larger than HF's 0.02 so logits are not near-ties
+    "bos_token_id": 1,
+    "eos_token_id": 0,
+}
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
+)
+
+
+def _tiny_config(architecture: str):
+    import transformers
+
+    if architecture == "llama":
+        # Llama-3 RoPE scaling and tied embeddings, as in Llama-3.2 / SmolLM2.
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        }
+        return transformers.LlamaConfig(**TINY, rope_parameters=rope, tie_word_embeddings=True)
+    if architecture == "qwen2":
+        return transformers.Qwen2Config(**TINY, tie_word_embeddings=False)
+    if architecture == "qwen3":
+        # head_dim 32 != hidden/heads = 16, as in real Qwen3 models.
+        return transformers.Qwen3Config(**TINY, head_dim=32, tie_word_embeddings=False)
+    if architecture == "mistral":
+        return transformers.MistralConfig(**TINY, sliding_window=None)
+    raise ValueError(architecture)
+
+
+def _save_tokenizer(out_dir: Path, vocab_size: int) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIALS)}
+    vocab.update({f"w{i}": i for i in range(len(SPECIALS), vocab_size)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(SPECIALS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", chat_template=CHAT_TEMPLATE
+    )
+    fast.save_pretrained(out_dir)
+
+
+def make_tiny_model(out_dir: Path, architecture: str = "llama", seed: int = 0) -> Path:
+    """Save a tiny random `architecture` model with a word-level tokenizer to out_dir."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(_tiny_config(architecture), dtype=torch.float32)
+    model.save_pretrained(out_dir)
+    _save_tokenizer(out_dir, TINY["vocab_size"])
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """tiny_model(architecture) -> folder of a tiny random HF model, made once per session."""
+    made: dict[str, Path] = {}
+
+    def get(architecture: str = "llama") -> Path:
+        if architecture not in made:
+            folder = tmp_path_factory.mktemp(f"tiny-{architecture}")
+            made[architecture] = make_tiny_model(folder, architecture)
+        return made[architecture]
+
+    return get

@@ -1,0 +1,14 @@
+"""The runtime must stay importable without torch or transformers (users embed it in lean services)."""
+
+import subprocess
+import sys
+
+
+def test_runtime_imports_neither_torch_nor_transformers() -> None:
+    code = (
+        "import sys, eaglex.runtime, eaglex.runtime.engine, eaglex.runtime.backends.onnxruntime, eaglex.cli; "
+        "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules); "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"importing the runtime loaded {out}"
