@@ -96,14 +96,14 @@ def load_target(model_dir: str | Path, feature_layers: tuple[int, ...] | None = 
         )
     # HF's own RoPE initialisation, so Llama-3 / YaRN scaling is exactly theirs.
     inv_freq, scaling = rotary.inv_freq.detach().clone(), float(rotary.attention_scaling)
+    # Built on the meta device and then handed HF's tensors, so the weights are never held twice.
     with torch.device("meta"):
         target = Target(config, inv_freq, scaling, feature_layers)
     state = {key.removeprefix("model."): value for key, value in hf.state_dict().items()}
     target.load_state_dict(state, strict=True, assign=True)
     if config.tie_word_embeddings:
         target.lm_head.weight = target.embed_tokens.weight  # assign=True replaced the shared parameter
-    # The buffer was created outside the meta device; keep it a real tensor.
-    target.inv_freq = inv_freq
+    target.inv_freq = inv_freq  # not in the state dict, so still on the meta device
     return target.eval()
 
 

@@ -60,11 +60,13 @@ def export_artifact(
     stage(f"loading {model_dir}")
     config = read_target_config(model_dir)
     _check_context(config, max_context, model_dir)
+    tokens = special_tokens(model_dir)  # before tracing: a missing tokenizer fails in a second, not a minute
     drafter = load_drafter(drafter_dir, config) if drafter_dir is not None else None
     target = load_target(model_dir, drafter.config.feature_layers if drafter is not None else None)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared like any folder
     try:
         stage("tracing target")
         export_target_graph(target, work / "target.onnx", max_context)
@@ -81,7 +83,7 @@ def export_artifact(
             "backend": "onnxruntime",
             "target": _target_entry(target, model_dir, max_context),
             "drafter": _drafter_entry(drafter, Path(drafter_dir)) if drafter is not None else None,
-            "tokens": special_tokens(model_dir),
+            "tokens": tokens,
             "tree": tree_params,
             "files": _file_table(work),
         }

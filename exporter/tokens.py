@@ -24,11 +24,6 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 def copy_tokenizer(model_dir: Path, out_dir: Path) -> list[str]:
     """Copy the tokenizer files present in model_dir; returns their names."""
-    if not (model_dir / "tokenizer.json").is_file():
-        raise EaglexError(
-            f"no tokenizer.json in {model_dir}: the runtime needs a fast tokenizer; write one with "
-            "transformers.AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)"
-        )
     copied = [name for name in TOKENIZER_FILES if (model_dir / name).is_file()]
     for name in copied:
         shutil.copyfile(model_dir / name, out_dir / name)
@@ -48,6 +43,12 @@ def _ids(value: int | list[int] | None) -> list[int]:
 def special_tokens(model_dir: Path) -> dict[str, Any]:
     """The manifest's `tokens`: bos, every stop token (generation config, config, chat end of turn), pad."""
     from tokenizers import Tokenizer
+
+    if not (model_dir / "tokenizer.json").is_file():
+        raise EaglexError(
+            f"no tokenizer.json in {model_dir}: the runtime needs a fast tokenizer; write one with "
+            "transformers.AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)"
+        )
 
     config = _json(model_dir / "config.json")
     generation = _json(model_dir / "generation_config.json")

@@ -1,9 +1,9 @@
-from collections.abc import Callable
-
 import numpy as np
 import pytest
+from speculative_stats import Accept, chi_square, critical_value, flawed_rule
+
 from eaglex.runtime.accept import accept_greedy, accept_sampling
-from eaglex.runtime.sampling import probabilities, sample
+from eaglex.runtime.sampling import probabilities
 from eaglex.runtime.tree import DraftTree, DraftTreeBuilder, chain_tree
 
 
@@ -100,8 +100,6 @@ def draft_tree(root: int) -> DraftTree:
 
 TREES = [draft_tree(root) for root in range(VOCAB)]
 
-Accept = Callable[[DraftTree, np.ndarray, float, float, np.random.Generator], tuple[np.ndarray, int]]
-
 
 def first_two_tokens(accept: Accept, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Decode from START until two tokens are emitted, RUNS times; each round's root is the last token.
@@ -124,24 +122,6 @@ def first_two_tokens(accept: Accept, seed: int) -> tuple[np.ndarray, np.ndarray]
     return counts, first_round
 
 
-def chi_square(counts: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
-    """Pearson's statistic and degrees of freedom; cells expecting < 5 are pooled into one."""
-    counts, expected = counts.ravel(), probs.ravel() * counts.sum()
-    assert counts[expected == 0].sum() == 0, "a token the target cannot emit was emitted"
-    small = expected < 5
-    observed = np.append(counts[~small], counts[small].sum())
-    expected = np.append(expected[~small], expected[small].sum())
-    keep = expected > 0
-    stat = float(np.sum((observed[keep] - expected[keep]) ** 2 / expected[keep]))
-    return stat, int(keep.sum()) - 1
-
-
-def critical_value(df: int, z: float = 3.719016485455709) -> float:
-    """Upper chi-square quantile by Wilson-Hilferty; z = the normal quantile for p = 1e-4 (no scipy)."""
-    c = 2 / (9 * df)
-    return df * (1 - c + z * np.sqrt(c)) ** 3
-
-
 EXACT = TARGET[START][:, None] * TARGET  # P(first = a, second = b) = p(a | START) * p(b | a)
 
 
@@ -152,28 +132,6 @@ def test_sampling_emits_the_target_distribution():
     stat, df = chi_square(counts, EXACT)
     assert df >= 20
     assert stat < critical_value(df), (stat, df, critical_value(df))
-
-
-def flawed_rule(renormalise: bool = True, q: float = 1.0, bonus_from_residual: bool = True) -> Accept:
-    """accept_sampling's rule with one deliberate flaw, to show that the statistical test catches it."""
-
-    def accept(tree, logits, temperature, top_p, rng):
-        node, path = 0, [0]
-        while True:
-            p = probabilities(logits[node], temperature, top_p)
-            residual = p.copy()
-            for child in tree.children(node):
-                token = tree.tokens[child]
-                r = residual[token] / residual.sum() if renormalise else p[token]
-                if rng.random() < r / q:
-                    node = int(child)
-                    path.append(node)
-                    break
-                residual[token] = 0.0
-            else:
-                return np.array(path), sample(residual if bonus_from_residual else p, rng)
-
-    return accept
 
 
 @pytest.mark.parametrize(

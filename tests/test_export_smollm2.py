@@ -6,17 +6,19 @@ import json
 import time
 
 import pytest
-from eaglex.exporter.checkpoints import write_random_drafter
-from eaglex.exporter.export import export_artifact
 
 # Shared with the tiny-model tests (pytest puts tests/ on sys.path).
 from test_export_tiny import TREE_PARENTS, check_target_parity
 
+from eaglex.exporter.checkpoints import write_random_drafter
+from eaglex.exporter.export import export_artifact
+
 
 @pytest.mark.smollm2
 def test_smollm2_export_matches_transformers(tmp_path):
-    from eaglex.exporter.fetch import fetch_smollm2
     from tokenizers import Tokenizer
+
+    from eaglex.exporter.fetch import fetch_smollm2
 
     model_dir = fetch_smollm2()
     drafter_dir = write_random_drafter(model_dir, tmp_path / "drafter")

@@ -7,6 +7,7 @@ test_export_smollm2.py on the real model.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,11 @@ import onnxruntime as ort
 import pytest
 import safetensors.torch
 import torch
+
+from eaglex.errors import EaglexError
 from eaglex.exporter import export as export_module
 from eaglex.exporter.checkpoints import load_drafter, load_target, read_target_config, write_random_drafter
 from eaglex.exporter.export import export_artifact
-
-from eaglex.errors import EaglexError
 
 MAX_CONTEXT = 256
 DRAFT_VOCAB = 64
@@ -123,7 +124,7 @@ def check_target_parity(
     parents: list[int],
     atol: float,
 ) -> None:
-    """target.onnx == transformers for a prefill of `prompt` and then a tree verify over it.
+    """target.onnx == transformers for a prefill of `prompt`, a tree verify over it, then one decode row.
 
     Node i of the tree must give the logits and features HF gives for the last row of prompt + path(i).
     """
@@ -161,6 +162,15 @@ def check_target_parity(
         want_logits, want_features = reference(prompt + [tree_tokens[i] for i in path_to(parents, node)])
         assert_logits_close(out["logits"][0, node], want_logits[-1], atol, f"tree node {node}")
         np.testing.assert_allclose(out["features"][0, node], want_features[-1], rtol=1e-4, atol=atol)
+
+    # One decode row after the prompt: it overwrites slot P and must ignore the tree's scratch slots.
+    out = target.run(
+        input_ids=np.array([tree_tokens[-1:]]),
+        logit_index=np.array([0]),
+        **attention_inputs([-1], len(prompt)),
+    )
+    want_logits, _ = reference([*prompt, tree_tokens[-1]])
+    assert_logits_close(out["logits"][0, 0], want_logits[-1], atol, "decode")
 
 
 # A branching tree: root 0; children 1, 2; grandchildren 3, 4 (under 1) and 5 (under 2).
@@ -363,6 +373,13 @@ def test_unsupported_architecture(tmp_path):
     message = _export_error(model_dir, tmp_path / "out")
     assert message.startswith(f"unsupported architecture GPT2LMHeadModel in {model_dir}/config.json")
     assert "Llama, Mistral, Qwen2 and Qwen3" in message
+
+
+def test_missing_tokenizer(tiny_model, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model("llama"), model_dir)
+    (model_dir / "tokenizer.json").unlink()
+    assert _export_error(model_dir, tmp_path / "out").startswith(f"no tokenizer.json in {model_dir}")
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-from eaglex.runtime.sampling import probabilities, sample, validate_sampling
 
 from eaglex.errors import EaglexError
+from eaglex.runtime.sampling import probabilities, sample, validate_sampling
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

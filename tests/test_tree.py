@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from eaglex.runtime.tree import DraftTree, DraftTreeBuilder, chain_tree
 
 ROOT = 100

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from eaglex.runtime.kv_cache import KVCache
 
 from eaglex.errors import EaglexError
+from eaglex.runtime.kv_cache import KVCache
 
 
 def session_options(threads: int) -> ort.SessionOptions:
