@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -69,27 +70,40 @@ def resolve_model(model: str) -> Path:
               help="EAGLE-3 drafter folder in the official format, or 'random' for an untrained one. "
                    "Without it the artifact decodes without speculation.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact folder to create.")
-@click.option("--max-context", default=2048, show_default=True, help="KV cache capacity in tokens.")
+@click.option("--max-context", default=None, type=int,
+              help="KV cache capacity in tokens [default: 2048, or the model's limit if smaller].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact folder.")
 @user_errors
-def export(model: str, drafter: str | None, out: Path, max_context: int, overwrite: bool) -> None:
+def export(model: str, drafter: str | None, out: Path, max_context: int | None, overwrite: bool) -> None:
     """Export a target model (and drafter) to ONNX graphs plus a manifest."""
-    import tempfile
-
-    from eaglex.exporter.checkpoints import write_random_drafter
     from eaglex.exporter.export import export_artifact
 
     model_dir = resolve_model(model)
-    with tempfile.TemporaryDirectory() as tmp:
-        drafter_dir = Path(drafter) if drafter else None
-        if drafter == "random":
-            progress("writing a randomly initialised EAGLE-3 drafter (it accepts almost nothing)")
-            drafter_dir = write_random_drafter(model_dir, Path(tmp) / "drafter")
-        elif drafter_dir is not None and not drafter_dir.is_dir():
-            raise EaglexError(f"--drafter {drafter}: no such folder (give an EAGLE-3 checkpoint folder or 'random')")
-        path = export_artifact(model_dir, out, drafter_dir=drafter_dir, max_context=max_context,
-                               progress=progress, overwrite=overwrite)
+    drafter_dir = Path(drafter) if drafter else None
+    if drafter == "random":
+        drafter_dir = random_drafter(model_dir)
+    elif drafter_dir is not None and not drafter_dir.is_dir():
+        raise EaglexError(f"--drafter {drafter}: no such folder (give an EAGLE-3 checkpoint folder or 'random')")
+    path = export_artifact(model_dir, out, drafter_dir=drafter_dir, max_context=max_context,
+                           progress=progress, overwrite=overwrite)
     click.echo(path)
+
+
+def random_drafter(model_dir: Path) -> Path:
+    """An untrained drafter in the official format, kept in the cache so the manifest's source stays valid."""
+    import hashlib
+
+    from eaglex.exporter.checkpoints import write_random_drafter
+    from eaglex.exporter.fetch import cache_dir
+
+    key = hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:12]
+    out = cache_dir() / "drafters" / f"random-{model_dir.name}-{key}"
+    if not out.is_dir():
+        progress("writing a randomly initialised EAGLE-3 drafter (it accepts almost nothing)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            write_random_drafter(model_dir, Path(tmp) / "drafter").rename(out)  # appears only when complete
+    return out
 
 
 @main.command()

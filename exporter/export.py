@@ -32,6 +32,7 @@ from .target import Target, TargetConfig
 from .tokens import copy_tokenizer, special_tokens
 
 FORMAT_VERSION = 1
+DEFAULT_MAX_CONTEXT = 2048
 DEFAULT_TREE = {"top_k": 8, "depth": 5, "total_tokens": 24, "max_total_tokens": 128}
 MAX_TOP_K = 16  # the drafter graph returns at most this many candidates per row
 CACHE_INPUTS = ("past_key", "past_value")
@@ -42,23 +43,26 @@ def export_artifact(
     model_dir: str | Path,
     out_dir: str | Path,
     drafter_dir: str | Path | None = None,
-    max_context: int = 2048,
+    max_context: int | None = None,
     tree: Mapping[str, int] | None = None,
     progress: Callable[[str], Any] = print,
     overwrite: bool = False,
 ) -> Path:
     """Export a Hugging Face target (and optionally an EAGLE-3 drafter) to an artifact folder.
 
-    max_context: KV-cache capacity M, fixed in the graphs' cache shapes. tree: overrides of the manifest's
+    max_context: KV-cache capacity M, fixed in the graphs' cache shapes; default the smaller of
+    DEFAULT_MAX_CONTEXT and the model's max_position_embeddings. tree: overrides of the manifest's
     default draft-tree parameters. progress: receives one line per stage. Returns out_dir.
     """
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
-    tree_params = _tree_params(tree, max_context)
     _check_out_dir(out_dir, overwrite)
     stage = _stage_printer(progress)
 
     stage(f"loading {model_dir}")
     config = read_target_config(model_dir)
+    if max_context is None:
+        max_context = min(DEFAULT_MAX_CONTEXT, config.max_position_embeddings)
+    tree_params = _tree_params(tree, max_context)
     _check_context(config, max_context, model_dir)
     tokens = special_tokens(model_dir)  # before tracing: a missing tokenizer fails in a second, not a minute
     drafter = load_drafter(drafter_dir, config) if drafter_dir is not None else None
@@ -226,7 +230,8 @@ def _rename_dims(path: Path, dim_names: dict[str, dict[int, str]]) -> None:
 
 
 def _tree_params(tree: Mapping[str, int] | None, max_context: int) -> dict[str, int]:
-    params = {**DEFAULT_TREE, **(tree or {})}
+    # A tree never outgrows the cache: the runtime also trims trees to the room left near the limit.
+    params = {**DEFAULT_TREE, "max_total_tokens": min(DEFAULT_TREE["max_total_tokens"], max_context), **(tree or {})}
     unknown = sorted(set(params) - set(DEFAULT_TREE))
     if unknown:
         raise EaglexError(f"unknown tree parameter {unknown[0]}: use {', '.join(DEFAULT_TREE)}")
@@ -238,11 +243,6 @@ def _tree_params(tree: Mapping[str, int] | None, max_context: int) -> dict[str, 
         raise EaglexError(
             f"tree total_tokens {params['total_tokens']} exceeds "
             f"max_total_tokens {params['max_total_tokens']}"
-        )
-    if params["max_total_tokens"] >= max_context:
-        raise EaglexError(
-            f"max_context {max_context} leaves no room for a tree of max_total_tokens "
-            f"{params['max_total_tokens']}: raise max_context"
         )
     return params
 
@@ -258,12 +258,12 @@ def _check_context(config: TargetConfig, max_context: int, model_dir: Path) -> N
     if max_context > config.max_position_embeddings:
         raise EaglexError(
             f"max_context {max_context} exceeds max_position_embeddings {config.max_position_embeddings} "
-            f"in {model_dir}/config.json: export with a smaller max_context"
+            f"in {model_dir}/config.json: export with a smaller --max-context"
         )
     if config.sliding_window is not None and config.sliding_window < max_context:
         raise EaglexError(
             f"{model_dir}/config.json uses sliding-window attention over {config.sliding_window} tokens, "
-            f"less than max_context {max_context}: export with max_context <= {config.sliding_window}"
+            f"less than max_context {max_context}: export with --max-context <= {config.sliding_window}"
         )
 
 

@@ -99,6 +99,7 @@ def _gguf_to_hf_folder(gguf: Path, out: Path) -> None:
     # folder is written piece by piece, without the GGUF marker that would make loaders look for the file.
     out.mkdir(parents=True)
     del model.config.quantization_config
+    model.config.architectures = [type(model).__name__]
     model.config.save_pretrained(out)
     model.generation_config.save_pretrained(out)
     save_model(model, str(out / "model.safetensors"), metadata={"format": "pt"})

