@@ -73,8 +73,22 @@ def resolve_model(model: str) -> Path:
 @click.option("--max-context", default=None, type=int,
               help="KV cache capacity in tokens [default: 2048, or the model's limit if smaller].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact folder.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime",
+              show_default=True,
+              help="Graph flavour: onnxruntime's GroupQueryAttention, or the eaglex::TreeAttention plugin op "
+                   "that TensorRT engines (eaglex build) use; both run on onnxruntime.")
+@click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
+              help="Weight-only quantization of the target's linear layers (MatMulNBits, blocks of 32, int8 "
+                   "compute) for fast CPU decoding [default: float32 weights].")
+@click.option("--quantize-drafter", type=click.Choice(["int8", "int4", "none"]), default=None,
+              help="The same for the drafter [default: as --quantize].")
+@click.option("--quantize-embeddings/--float-embeddings", default=True, show_default=True,
+              help="With --quantize: also quantize the token embedding table (GatherBlockQuantized) and the "
+                   "lm_heads, which SmolLM2 ties to it; that table is a fifth of SmolLM2's weights.")
 @user_errors
-def export(model: str, drafter: str | None, out: Path, max_context: int | None, overwrite: bool) -> None:
+def export(model: str, drafter: str | None, out: Path, max_context: int | None, overwrite: bool,
+           backend: str, quantize: str | None, quantize_drafter: str | None,
+           quantize_embeddings: bool) -> None:
     """Export a target model (and drafter) to ONNX graphs plus a manifest."""
     from eaglex.exporter.export import export_artifact
 
@@ -85,7 +99,9 @@ def export(model: str, drafter: str | None, out: Path, max_context: int | None, 
     elif drafter_dir is not None and not drafter_dir.is_dir():
         raise EaglexError(f"--drafter {drafter}: no such folder (give an EAGLE-3 checkpoint folder or 'random')")
     path = export_artifact(model_dir, out, drafter_dir=drafter_dir, max_context=max_context,
-                           progress=progress, overwrite=overwrite)
+                           progress=progress, overwrite=overwrite, backend=backend,
+                           quantize=quantize, quantize_drafter=quantize_drafter,
+                           quantize_embeddings=quantize_embeddings)
     click.echo(path)
 
 
@@ -119,15 +135,17 @@ def random_drafter(model_dir: Path) -> Path:
 @click.option("--total-tokens", default=None, type=int, help="Tree: nodes verified per pass (default: the artifact's).")
 @click.option("--no-spec", is_flag=True, help="Plain decoding, one token per target pass.")
 @click.option("--threads", default=2, show_default=True, help="CPU threads for onnxruntime.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime",
+              show_default=True, help="onnxruntime (CPU), or the TensorRT engines of eaglex build (GPU).")
 @user_errors
 def run(artifact: Path, prompt: str, chat: bool, max_new_tokens: int, temperature: float, top_p: float,
         seed: int | None, top_k: int | None, depth: int | None, total_tokens: int | None, no_spec: bool,
-        threads: int) -> None:
+        threads: int, backend: str) -> None:
     """Generate text from an artifact, streaming it as it is accepted."""
     from eaglex.runtime.engine import Engine
     from eaglex.runtime.generate import GenerationStats
 
-    engine = Engine.load(artifact, threads=threads)
+    engine = Engine.load(artifact, threads=threads, backend=backend)
     config = engine.default_config(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                    seed=seed, top_k=top_k, depth=depth, total_tokens=total_tokens,
                                    speculative=not no_spec)
@@ -144,6 +162,234 @@ def run(artifact: Path, prompt: str, chat: bool, max_new_tokens: int, temperatur
         f"{bandwidth:.2f} GB/s of weights | mean acceptance length {stats.acceptance_length:.2f} | "
         f"target passes {stats.target_passes} | stop: {stats.stop_reason}"
     )
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--fp16", "precision", flag_value="fp16", default=True, help="float16 engines (default).")
+@click.option("--bf16", "precision", flag_value="bf16", help="bfloat16 engines.")
+@click.option("--fp32", "precision", flag_value="fp32", help="Full-precision engines.")
+@click.option("--max-prompt", default=None, type=int,
+              help="Longest prompt the prefill profile takes [default: the artifact's context].")
+@click.option("--timing-cache", default=None, type=click.Path(path_type=Path),
+              help="TensorRT timing cache file to reuse and update [default: ARTIFACT/engines/timing.cache].")
+@user_errors
+def build(artifact: Path, precision: str, max_prompt: int | None, timing_cache: Path | None) -> None:
+    """Build TensorRT engines for an artifact exported with --backend tensorrt (needs TensorRT and a GPU)."""
+    from eaglex.exporter.engines import build_engines
+
+    click.echo(build_engines(artifact, precision, max_prompt, timing_cache, progress))
+
+
+@main.command("train-drafter")
+@click.option(
+    "--model", required=True, help="Hugging Face model folder, or a name eaglex fetch knows (smollm2)."
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the trained drafter, in the official EAGLE-3 format.",
+)
+@click.option(
+    "--data",
+    "sources",
+    multiple=True,
+    default=("sharegpt",),
+    show_default=True,
+    help="'sharegpt' (ShareGPT V3 from PyPI, complete records of the truncated file) or a "
+    "ShareGPT-format .json/.jsonl file; repeat to combine.",
+)
+@click.option(
+    "--samples",
+    default=2000,
+    show_default=True,
+    help="Conversations to use (0: all), in a seeded random order, after dropping every one that "
+    "contains an MT-bench, HumanEval, GSM8K or XSum prompt.",
+)
+@click.option(
+    "--regenerate",
+    default=0,
+    show_default=True,
+    help="How many of them get their first answer rewritten by the target (greedy), as EAGLE does; "
+    "the others keep the data's answers.",
+)
+@click.option("--max-length", default=1024, show_default=True, help="Tokens per training sequence.")
+@click.option(
+    "--max-new-tokens", default=256, show_default=True, help="Length limit of a regenerated answer."
+)
+@click.option("--val-samples", default=32, show_default=True, help="Sequences held out for validation.")
+@click.option(
+    "--draft-vocab-size",
+    default=8192,
+    show_default=True,
+    help="Most frequent answer tokens the drafter can propose (sets the checkpoint size).",
+)
+@click.option("--ttt-steps", default=7, show_default=True, help="Unrolled training-time-test steps.")
+@click.option("--epochs", default=2, show_default=True)
+@click.option("--batch-tokens", default=4096, show_default=True, help="Padded tokens per optimizer step.")
+@click.option("--lr", default=3e-4, show_default=True, help="Peak AdamW learning rate (cosine decay to 10%).")
+@click.option("--warmup-steps", default=50, show_default=True)
+@click.option("--grad-clip", default=0.5, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seeds data order, initialisation and batches.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float16", "float32"]),
+    default="float16",
+    show_default=True,
+    help="Weight dtype of the written drafter.",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Regenerated answers, target features and checkpoints "
+    "[default: ~/.cache/eaglex/train/<out folder name>].",
+)
+@click.option("--threads", default=2, show_default=True, help="CPU threads for torch.")
+@user_errors
+def train_drafter(
+    model: str,
+    out: Path,
+    sources: tuple[str, ...],
+    samples: int,
+    regenerate: int,
+    max_length: int,
+    max_new_tokens: int,
+    val_samples: int,
+    draft_vocab_size: int,
+    ttt_steps: int,
+    epochs: int,
+    batch_tokens: int,
+    lr: float,
+    warmup_steps: int,
+    grad_clip: float,
+    seed: int,
+    dtype: str,
+    work_dir: Path | None,
+    threads: int,
+) -> None:
+    """Train an EAGLE-3 drafter with training-time test (loss on assistant tokens only).
+
+    The frozen target's features are computed once and cached on disk (fp16) in the work folder, so each
+    epoch runs only the drafter. Progress lines show the rate and the time left. Rerun the same command to
+    resume after an interruption: answers, features and checkpoints are kept in the work folder.
+    """
+    import torch
+
+    from eaglex.exporter.fetch import cache_dir
+    from eaglex.exporter.train.data import EvalFilter
+    from eaglex.exporter.train.evalsets import all_eval_prompts
+    from eaglex.exporter.train.loop import TrainConfig
+    from eaglex.exporter.train.pipeline import DataConfig
+    from eaglex.exporter.train.pipeline import train_drafter as run_training
+
+    torch.set_num_threads(threads)
+    model_dir = resolve_model(model)
+    data = DataConfig(
+        sources=sources,
+        samples=samples,
+        regenerate=regenerate,
+        max_length=max_length,
+        max_new_tokens=max_new_tokens,
+        val_samples=val_samples,
+        draft_vocab_size=draft_vocab_size,
+        seed=seed,
+    )
+    train = TrainConfig(
+        ttt_steps=ttt_steps,
+        epochs=epochs,
+        batch_tokens=batch_tokens,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        grad_clip=grad_clip,
+        seed=seed,
+    )
+    exclude = EvalFilter(all_eval_prompts(progress))
+    run_training(
+        model_dir,
+        out,
+        work_dir or cache_dir() / "train" / out.name,
+        data,
+        train,
+        exclude,
+        progress,
+        out_dtype=getattr(torch, dtype),
+    )
+    click.echo(out)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--sets", default="mt-bench,humaneval,gsm8k,xsum", show_default=True,
+              help="Comma-separated benchmark sets (first turns of MT-bench; HumanEval; GSM8K; XSum).")
+@click.option("--limit", default=20, show_default=True, help="Prompts per set (MT-bench has 80).")
+@click.option("--max-new-tokens", default=128, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="eaglex methods only; peers are greedy.")
+@click.option("--threads", default=2, show_default=True)
+@click.option("--compare", is_flag=True,
+              help="Also run peers on the same weights and prompts: transformers generate, its prompt lookup, "
+                   "and llama.cpp when llama-cpp-python is installed (extra eaglex[peers]).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for results.json, results.md and results.png [default: bench-results/DATE].")
+@user_errors
+def bench(artifact: Path, sets: str, limit: int, max_new_tokens: int, temperature: float, threads: int,
+          compare: bool, out: Path | None) -> None:
+    """Acceptance length, tokens/s and speedup per benchmark set, methods interleaved prompt by prompt."""
+    import json
+
+    from eaglex.bench.datasets import load_prompts
+    from eaglex.bench.methods import EaglexMethod
+    from eaglex.bench.peers import peer_methods
+    from eaglex.bench.report import markdown_table, plot
+    from eaglex.bench.suite import run_suite
+    from eaglex.runtime.engine import Engine
+
+    engine = Engine.load(artifact, threads=threads)
+    if engine.drafter is None:
+        raise EaglexError(f"{artifact} has no drafter: export it with --drafter to benchmark EAGLE-3")
+    prompts = {name: load_prompts(name, limit) for name in sets.split(",")}
+    methods = [EaglexMethod(engine, False, temperature), EaglexMethod(engine, True, temperature)]
+    if compare:
+        methods += peer_methods(engine, threads)
+    for method in methods:
+        progress(f"{method.name}: {method.setup}")
+    results = run_suite(engine, methods, prompts, max_new_tokens)
+    out = out or Path("bench-results") / time.strftime("%Y-%m-%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"artifact": str(artifact), "max_new_tokens": max_new_tokens, "temperature": temperature,
+              "threads": threads, "methods": {m.name: m.setup for m in methods}, "results": results}
+    tuned = artifact / "tune.json"
+    sweep = json.loads(tuned.read_text())["sweep"] if tuned.exists() else None
+    (out / "results.json").write_text(json.dumps(record, indent=1))
+    (out / "results.md").write_text(markdown_table(results) + "\n")
+    plot(results, out / "results.png", sweep)
+    click.echo(markdown_table(results))
+    progress(f"wrote {out}/results.json, results.md, results.png")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--threads", default=2, show_default=True)
+@click.option("--prompts-per-set", default=4, show_default=True,
+              help="Calibration prompts from the end of GSM8K, HumanEval and XSum (never benchmark prompts).")
+@click.option("--new-tokens", default=64, show_default=True, help="Greedy continuation length per prompt.")
+@click.option("--reps", default=5, show_default=True, help="Timing repetitions per cost measurement.")
+@click.option("--check", default=3, show_default=True, help="Best predicted shapes to confirm by decoding.")
+@user_errors
+def tune(artifact: Path, threads: int, prompts_per_set: int, new_tokens: int, reps: int, check: int) -> None:
+    """Pick the draft tree (top_k, depth, total_tokens) that decodes fastest on this machine; store it in
+    the artifact's manifest so run and bench use it by default."""
+    from eaglex.bench.tune import tune as tune_tree
+    from eaglex.bench.tune import write_tree
+
+    result = tune_tree(artifact, threads, prompts_per_set, new_tokens, reps, check, progress)
+    write_tree(artifact, result)
+    for row in result["measured"]:
+        click.echo(f"top_k {row['top_k']:2d} depth {row['depth']} total_tokens {row['total_tokens']:3d}: "
+                   f"predicted {row['predicted_tokens_per_second']:.1f} tok/s, "
+                   f"measured {row['measured_tokens_per_second']:.1f} tok/s")
+    click.echo(f"plain decoding: {result['plain_tokens_per_second']:.1f} tok/s; chosen: {result['best']}")
 
 
 if __name__ == "__main__":

@@ -1,22 +1,35 @@
 """Tree attention: the one op through which every attention layer of the exported graphs goes.
 
 In torch it is a custom op with a real implementation (so the torch modules can be checked against
-Hugging Face before export) and a fake one (for tracing). In ONNX it becomes a single
-`com.microsoft.GroupQueryAttention` node with `causal=0` and an additive `attention_bias`: the tree mask
-comes from the runtime, and `causal=1` would silently mask it wrong. The translation lives only here, so
-another backend (e.g. a TensorRT plugin node) needs one more translation function and nothing else.
+Hugging Face before export) and a fake one (for tracing). There are two graph flavours, and this file is
+the only place that knows them:
+
+- `onnxruntime` (default): a single `com.microsoft.GroupQueryAttention` node with `causal=0` and an
+  additive `attention_bias`: the tree mask comes from the runtime, and `causal=1` would silently mask it
+  wrong. Mask inputs: attention_bias [1, 1, S, L] float, seqlens_k [1], total_sequence_length [].
+- `tensorrt`: an `eaglex::TreeAttention` node (plugins/README.md), the TensorRT plugin's op. Mask inputs:
+  tree_mask [1, S, W] int32 (bit-packed), cache_len [1], mask_start [1].
+
+The modules pass their three mask inputs through untouched, so `tree_attention` picks the flavour from
+the mask's dtype (float: bias, int32: bits), and `export.py` picks it by the example inputs it traces.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import onnx.defs
 import torch
 from onnxscript import values
 from torch import Tensor
+from torch.export import Dim
+
+from eaglex.errors import EaglexError
 
 
 @torch.library.custom_op("eaglex::tree_attention", mutates_args=())
-def tree_attention(
+def bias_tree_attention(
     query: Tensor,
     key: Tensor,
     value: Tensor,
@@ -38,9 +51,59 @@ def tree_attention(
     pasts with the new rows written (ONNX Runtime writes in place when the runtime aliases them).
     """
     del seqlens_k
+    total = int(total_sequence_length)
+    return _attend(
+        query, key, value, past_key, past_value, total, attention_bias, num_heads, kv_num_heads, scale
+    )
+
+
+@torch.library.custom_op("eaglex::tree_attention_packed", mutates_args=())
+def packed_tree_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    past_key: Tensor,
+    past_value: Tensor,
+    cache_len: Tensor,
+    mask_start: Tensor,
+    tree_mask: Tensor,
+    num_heads: int,
+    kv_num_heads: int,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The same attention with the plugin's mask: cache_len = P, mask_start = C (int32 [1]), tree_mask
+    int32 [1, S, W], bit (c - C) % 32 of word (c - C) // 32 set where row s may attend to column c >= C."""
+    total = int(cache_len[0]) + query.shape[1]
+    start = int(mask_start[0])
+    words = tree_mask[0, :, :, None].to(torch.int64)
+    bits = ((words >> torch.arange(32)) & 1).flatten(1).bool()  # [S, 32 W]: column start + i
+    visible = torch.ones(query.shape[1], total, dtype=torch.bool)
+    visible[:, start:] = bits[:, : total - start]
+    bias = torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))[None, None]
+    return _attend(query, key, value, past_key, past_value, total, bias, num_heads, kv_num_heads, scale)
+
+
+@bias_tree_attention.register_fake
+@packed_tree_attention.register_fake
+def _(query, key, value, past_key, past_value, length_a, length_b, mask, *attributes):
+    del attributes  # shapes do not depend on them
+    return torch.empty_like(query), torch.empty_like(past_key), torch.empty_like(past_value)
+
+
+def _attend(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    past_key: Tensor,
+    past_value: Tensor,
+    total: int,
+    bias: Tensor,
+    num_heads: int,
+    kv_num_heads: int,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
     rows = query.shape[1]
     head_dim = past_key.shape[-1]
-    total = int(total_sequence_length)
     present_key, present_value = past_key.clone(), past_value.clone()
     present_key[:, :, total - rows : total] = key.view(1, rows, kv_num_heads, head_dim).transpose(1, 2)
     present_value[:, :, total - rows : total] = value.view(1, rows, kv_num_heads, head_dim).transpose(1, 2)
@@ -49,15 +112,31 @@ def tree_attention(
     q = query.view(1, rows, num_heads, head_dim).transpose(1, 2)
     k = present_key[:, :, :total].repeat_interleave(group, dim=1)
     v = present_value[:, :, :total].repeat_interleave(group, dim=1)
-    weights = torch.softmax((q @ k.transpose(-1, -2)) * scale + attention_bias, dim=-1)
+    weights = torch.softmax((q @ k.transpose(-1, -2)) * scale + bias, dim=-1)
     out = (weights @ v).transpose(1, 2).reshape(1, rows, num_heads * head_dim)
     return out, present_key, present_value
 
 
-@tree_attention.register_fake
-def _(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, attention_bias, *attributes):
-    del attributes  # shapes do not depend on them
-    return torch.empty_like(query), torch.empty_like(past_key), torch.empty_like(past_value)
+def tree_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    past_key: Tensor,
+    past_value: Tensor,
+    length_a: Tensor,
+    length_b: Tensor,
+    mask: Tensor,
+    num_heads: int,
+    kv_num_heads: int,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The modules' attention call. (length_a, length_b, mask) are the flavour's mask inputs:
+    (seqlens_k, total_sequence_length, attention_bias) with a float mask, (cache_len, mask_start,
+    tree_mask) with an int32 one."""
+    op = packed_tree_attention if mask.dtype == torch.int32 else bias_tree_attention
+    return op(
+        query, key, value, past_key, past_value, length_a, length_b, mask, num_heads, kv_num_heads, scale
+    )
 
 
 def _group_query_attention_schema() -> onnx.defs.OpSchema:
@@ -138,6 +217,119 @@ def _onnxruntime_tree_attention(
     )
 
 
+PLUGIN_DOMAIN, PLUGIN_OP, PLUGIN_VERSION = "eaglex", "TreeAttention", "1"
+
+
+def _tree_attention_schema() -> onnx.defs.OpSchema:
+    """`eaglex::TreeAttention` as plugins/README.md defines it."""
+    param = onnx.defs.OpSchema.FormalParameter
+    inputs = [param(name, "T") for name in ("query", "key", "value", "past_key", "past_value")]
+    inputs += [param(name, "tensor(int32)") for name in ("cache_len", "mask_start", "tree_mask")]
+    outputs = [param(name, "T") for name in ("output", "present_key", "present_value")]
+    attr, kinds = onnx.defs.OpSchema.Attribute, onnx.defs.OpSchema.AttrType
+    return onnx.defs.OpSchema(
+        PLUGIN_OP,
+        PLUGIN_DOMAIN,
+        1,
+        inputs=inputs,
+        outputs=outputs,
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "")],
+        attributes=[
+            attr("num_heads", kinds.INT, ""),
+            attr("kv_num_heads", kinds.INT, ""),
+            attr("scale", kinds.FLOAT, ""),
+            # TensorRT's ONNX parser finds the plugin by op type, these two attributes and its registry.
+            attr("plugin_version", kinds.STRING, ""),
+            attr("plugin_namespace", kinds.STRING, ""),
+        ],
+    )
+
+
+def _register_tree_attention() -> onnx.defs.OpSchema:
+    if not onnx.defs.has(PLUGIN_OP, PLUGIN_DOMAIN):
+        onnx.defs.register_schema(_tree_attention_schema())
+    return onnx.defs.get_schema(PLUGIN_OP, 1, PLUGIN_DOMAIN)
+
+
+_TREE_ATTENTION = values.Op(values.Opset(PLUGIN_DOMAIN, 1), PLUGIN_OP, _register_tree_attention())
+
+
+def _plugin_tree_attention(
+    query,
+    key,
+    value,
+    past_key,
+    past_value,
+    cache_len,
+    mask_start,
+    tree_mask,
+    num_heads: int,
+    kv_num_heads: int,
+    scale: float,
+):
+    return _TREE_ATTENTION(
+        query,
+        key,
+        value,
+        past_key,
+        past_value,
+        cache_len,
+        mask_start,
+        tree_mask,
+        num_heads=num_heads,
+        kv_num_heads=kv_num_heads,
+        scale=scale,
+        plugin_version=PLUGIN_VERSION,
+        plugin_namespace=PLUGIN_DOMAIN,
+    )
+
+
 def onnx_translation_table() -> dict:
-    """`custom_translation_table` for torch.onnx.export: tree attention as onnxruntime's GQA node."""
-    return {torch.ops.eaglex.tree_attention.default: _onnxruntime_tree_attention}
+    """`custom_translation_table` for torch.onnx.export: each flavour's op becomes its ONNX node."""
+    return {
+        torch.ops.eaglex.tree_attention.default: _onnxruntime_tree_attention,
+        torch.ops.eaglex.tree_attention_packed.default: _plugin_tree_attention,
+    }
+
+
+BACKENDS = ("onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class MaskInputs:
+    """A flavour's three mask inputs as the graphs take them, in the modules' argument order."""
+
+    names: tuple[str, str, str]
+    examples: tuple[Tensor, Tensor, Tensor]
+    dynamic_shapes: tuple[dict | None, dict | None, dict | None]
+    dim_names: dict[str, dict[int, str]]
+
+
+def mask_inputs(backend: str, rows: int, past_rows: int, s: Any, length: Any, max_context: int) -> MaskInputs:
+    """Example mask inputs for tracing `rows` new rows after `past_rows`; s, length: the S and L dims."""
+    total = past_rows + rows
+    if backend == "onnxruntime":
+        return MaskInputs(
+            ("attention_bias", "seqlens_k", "total_sequence_length"),
+            (
+                torch.zeros(1, 1, rows, total),
+                torch.tensor([total - 1], dtype=torch.int32),
+                torch.tensor(total, dtype=torch.int32),
+            ),
+            ({2: s, 3: length}, None, None),
+            {"attention_bias": {2: "S", 3: "L"}},
+        )
+    if backend == "tensorrt":
+        # Two words in the example so torch.export does not specialise W to 1; words past L are ignored.
+        words = Dim("W", min=1, max=-(-max_context // 32))
+        return MaskInputs(
+            ("tree_mask", "cache_len", "mask_start"),
+            (
+                torch.full((1, rows, 2), -1, dtype=torch.int32),
+                torch.tensor([past_rows], dtype=torch.int32),
+                torch.tensor([0], dtype=torch.int32),
+            ),
+            ({1: s, 2: words}, None, None),
+            {"tree_mask": {1: "S", 2: "W"}},
+        )
+    raise EaglexError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")

@@ -25,9 +25,10 @@ from torch.export import Dim
 
 from eaglex.errors import EaglexError
 
-from .attention import onnx_translation_table
+from .attention import BACKENDS, mask_inputs, onnx_translation_table
 from .checkpoints import load_drafter, load_target, read_target_config
 from .drafter import Eagle3Drafter
+from .quantize import SCHEMES, quantize_graph
 from .target import Target, TargetConfig
 from .tokens import copy_tokenizer, special_tokens
 
@@ -47,13 +48,24 @@ def export_artifact(
     tree: Mapping[str, int] | None = None,
     progress: Callable[[str], Any] = print,
     overwrite: bool = False,
+    backend: str = "onnxruntime",
+    quantize: str | None = None,
+    quantize_drafter: str | None = None,
+    quantize_embeddings: bool = True,
 ) -> Path:
     """Export a Hugging Face target (and optionally an EAGLE-3 drafter) to an artifact folder.
 
     max_context: KV-cache capacity M, fixed in the graphs' cache shapes; default the smaller of
     DEFAULT_MAX_CONTEXT and the model's max_position_embeddings. tree: overrides of the manifest's
-    default draft-tree parameters. progress: receives one line per stage. Returns out_dir.
+    default draft-tree parameters. progress: receives one line per stage. backend: the graph flavour,
+    "onnxruntime" (GroupQueryAttention) or "tensorrt" (the eaglex::TreeAttention plugin op). quantize:
+    "int8" or "int4" weight-only quantization of the target (exporter/quantize.py); quantize_drafter: the
+    same for the drafter (None: as the target, "none": float32); quantize_embeddings: quantize the token
+    embedding table and the lm_heads too. Returns out_dir.
     """
+    if backend not in BACKENDS:
+        raise EaglexError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    quantize_drafter = _check_quantization(quantize, quantize_drafter, backend, drafter_dir)
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
     _check_out_dir(out_dir, overwrite)
     stage = _stage_printer(progress)
@@ -73,10 +85,16 @@ def export_artifact(
     work.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared like any folder
     try:
         stage("tracing target")
-        export_target_graph(target, work / "target.onnx", max_context)
+        export_target_graph(target, work / "target.onnx", max_context, backend)
         if drafter is not None:
             stage("tracing drafter")
-            export_drafter_graph(drafter, work / "drafter.onnx", max_context)
+            export_drafter_graph(drafter, work / "drafter.onnx", max_context, backend)
+        quantization = {}
+        for role, file, scheme, logits in (("target", "target.onnx", quantize, "logits"),
+                                           ("drafter", "drafter.onnx", quantize_drafter, "topk_logprobs")):
+            if scheme is not None:
+                stage(f"quantizing {role} to {scheme}")
+                quantization[role] = quantize_graph(work / file, scheme, logits, quantize_embeddings)
         stage("writing embeddings and tokenizer")
         np.save(work / "embed_tokens.npy", target.embed_tokens.weight.detach().float().numpy())
         copy_tokenizer(model_dir, work)
@@ -84,13 +102,16 @@ def export_artifact(
         manifest = {
             "format": "eaglex-artifact",
             "version": FORMAT_VERSION,
-            "backend": "onnxruntime",
+            "backend": backend,
             "target": _target_entry(target, model_dir, max_context),
             "drafter": _drafter_entry(drafter, Path(drafter_dir)) if drafter is not None else None,
             "tokens": tokens,
             "tree": tree_params,
             "files": _file_table(work),
         }
+        manifest["target"]["quantization"] = quantization.get("target")  # null: float32 weights
+        if manifest["drafter"] is not None:
+            manifest["drafter"]["quantization"] = quantization.get("drafter")
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _move_into_place(work, out_dir)
     except BaseException:
@@ -100,27 +121,25 @@ def export_artifact(
     return out_dir
 
 
-def export_target_graph(target: Target, path: Path, max_context: int) -> None:
+def export_target_graph(target: Target, path: Path, max_context: int, backend: str = "onnxruntime") -> None:
     """Trace the target to `path` (+ `path`.data) with dynamic S (new rows), L (P + S) and R (logit rows)."""
     c = target.config
     rows, past_rows, logit_rows = 3, 2, 2  # example sizes >= 2 so no dimension is specialised to 0 or 1
     total = past_rows + rows
     cache = torch.zeros(1, c.num_kv_heads, max_context, c.head_dim)
+    s, length = Dim("S", min=1, max=max_context), Dim("L", min=1, max=max_context)
+    r = Dim("R", max=max_context)
+    mask = mask_inputs(backend, rows, past_rows, s, length, max_context)
     args = (
         torch.zeros(1, rows, dtype=torch.int64),
         torch.arange(past_rows, total)[None],
-        torch.zeros(1, 1, rows, total),
-        torch.tensor([total - 1], dtype=torch.int32),
-        torch.tensor(total, dtype=torch.int32),
+        *mask.examples,
         torch.arange(logit_rows),
         [cache.clone() for _ in range(2 * c.num_layers)],
     )
-    s, length = Dim("S", min=1, max=max_context), Dim("L", min=1, max=max_context)
-    r = Dim("R", max=max_context)
     # The caches keep the static shape [1, kv, M, d].
-    dynamic_shapes = ({1: s}, {1: s}, {2: s, 3: length}, None, None, {0: r}, [None] * (2 * c.num_layers))
-    inputs = ["input_ids", "position_ids", "attention_bias", "seqlens_k", "total_sequence_length"]
-    inputs += ["logit_index"]
+    dynamic_shapes = ({1: s}, {1: s}, *mask.dynamic_shapes, {0: r}, [None] * (2 * c.num_layers))
+    inputs = ["input_ids", "position_ids", *mask.names, "logit_index"]
     outputs = ["logits", "features"]
     for i in range(c.num_layers):
         inputs += [f"{name}.{i}" for name in CACHE_INPUTS]
@@ -128,7 +147,7 @@ def export_target_graph(target: Target, path: Path, max_context: int) -> None:
     dim_names = {
         "input_ids": {1: "S"},
         "position_ids": {1: "S"},
-        "attention_bias": {2: "S", 3: "L"},
+        **mask.dim_names,
         "logit_index": {0: "R"},
         "logits": {1: "R"},
         "features": {1: "S"},
@@ -136,41 +155,42 @@ def export_target_graph(target: Target, path: Path, max_context: int) -> None:
     _trace(target, args, dynamic_shapes, inputs, outputs, path, dim_names)
 
 
-def export_drafter_graph(drafter: Eagle3Drafter, path: Path, max_context: int) -> None:
+def export_drafter_graph(
+    drafter: Eagle3Drafter, path: Path, max_context: int, backend: str = "onnxruntime"
+) -> None:
     """Trace the drafter with dynamic Sf, Sh (either may be 0 at run time), L, R and top_k."""
     c = drafter.config
     n_features, n_hidden, past_rows, logit_rows = 2, 3, 2, 2
     rows = n_features + n_hidden
     total = past_rows + rows
     cache = torch.zeros(1, c.num_kv_heads, max_context, c.head_dim)
+    sf, sh = Dim("Sf", min=0, max=max_context), Dim("Sh", min=0, max=max_context)
+    length, r = Dim("L", min=1, max=max_context), Dim("R", max=max_context)
+    # S = Sf + Sh: torch.export derives it, and we name it "S" in the saved graph.
+    s = Dim.AUTO
+    mask = mask_inputs(backend, rows, past_rows, s, length, max_context)
     args = (
         torch.zeros(1, rows, c.hidden_size),
         torch.zeros(1, n_features, len(c.feature_layers) * c.target_hidden_size),
         torch.zeros(1, n_hidden, c.hidden_size),
         torch.arange(past_rows, total)[None],
-        torch.zeros(1, 1, rows, total),
-        torch.tensor([total - 1], dtype=torch.int32),
-        torch.tensor(total, dtype=torch.int32),
+        *mask.examples,
         torch.arange(logit_rows),
         torch.tensor([min(MAX_TOP_K, c.draft_vocab_size)]),
         cache.clone(),
         cache.clone(),
     )
-    sf, sh = Dim("Sf", min=0, max=max_context), Dim("Sh", min=0, max=max_context)
-    length, r = Dim("L", min=1, max=max_context), Dim("R", max=max_context)
-    # S = Sf + Sh: torch.export derives it, and we name it "S" in the saved graph.
-    s = Dim.AUTO
-    dynamic_shapes = ({1: s}, {1: sf}, {1: sh}, {1: s}, {2: s, 3: length}, None, None, {0: r})
+    dynamic_shapes = ({1: s}, {1: sf}, {1: sh}, {1: s}, *mask.dynamic_shapes, {0: r})
     dynamic_shapes += (None,) * 3
-    inputs = ["input_embeds", "features", "hidden", "position_ids", "attention_bias", "seqlens_k"]
-    inputs += ["total_sequence_length", "logit_index", "top_k", "past_key.0", "past_value.0"]
+    inputs = ["input_embeds", "features", "hidden", "position_ids", *mask.names]
+    inputs += ["logit_index", "top_k", "past_key.0", "past_value.0"]
     outputs = ["hidden_out", "topk_logprobs", "topk_ids", "present_key.0", "present_value.0"]
     dim_names = {
         "input_embeds": {1: "S"},
         "features": {1: "Sf"},
         "hidden": {1: "Sh"},
         "position_ids": {1: "S"},
-        "attention_bias": {2: "S", 3: "L"},
+        **mask.dim_names,
         "logit_index": {0: "R"},
         "hidden_out": {1: "S"},
         "topk_logprobs": {1: "R", 2: "top_k"},
@@ -245,6 +265,20 @@ def _tree_params(tree: Mapping[str, int] | None, max_context: int) -> dict[str, 
             f"max_total_tokens {params['max_total_tokens']}"
         )
     return params
+
+
+def _check_quantization(quantize: str | None, quantize_drafter: str | None, backend: str,
+                        drafter_dir: str | Path | None) -> str | None:
+    """Validates the quantization settings; returns the drafter's scheme (None: float32)."""
+    for scheme in (quantize, quantize_drafter):
+        if scheme is not None and scheme != "none" and scheme not in SCHEMES:
+            raise EaglexError(f"unknown quantization {scheme!r}: choose one of {', '.join(SCHEMES)}")
+    drafter_scheme = quantize if quantize_drafter is None else quantize_drafter
+    if drafter_scheme == "none" or drafter_dir is None:
+        drafter_scheme = None
+    if backend != "onnxruntime" and (quantize or drafter_scheme):
+        raise EaglexError("quantized graphs (MatMulNBits) are for the onnxruntime backend: drop --quantize")
+    return drafter_scheme
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:

@@ -50,7 +50,11 @@ class EagleDrafter:
         self.last = (out["topk_logprobs"][0], out["topk_ids"][0], out["hidden_out"][0, -1:])
 
     def propose(self, root: int, top_k: int, depth: int, total_tokens: int) -> DraftTree:
-        assert self.last is not None, "extend() must run before propose()"
+        return self.grow(root, top_k, depth).build(total_tokens)
+
+    def grow(self, root: int, top_k: int, depth: int) -> DraftTreeBuilder:
+        """Runs the drafter level by level; the builder holds every candidate with its score."""
+        assert self.last is not None, "extend() must run before grow()"
         logprobs, ids, hidden = self.last
         builder = DraftTreeBuilder(root, top_k)
         tokens, parent_rows = builder.add_level(logprobs[:, :top_k], ids[:, :top_k])
@@ -65,4 +69,4 @@ class EagleDrafter:
                             committed + (level - 2) * top_k, mask, np.arange(len(tokens)), top_k)
             tokens, parent_rows = builder.add_level(out["topk_logprobs"][0], out["topk_ids"][0])
             hidden = out["hidden_out"][0][parent_rows]
-        return builder.build(total_tokens)
+        return builder

@@ -9,13 +9,28 @@ from pathlib import Path
 import numpy as np
 
 from eaglex.errors import EaglexError
+from eaglex.runtime.backends.base import GraphSession
 from eaglex.runtime.draft import EagleDrafter
 from eaglex.runtime.generate import GenerationConfig, GenerationStats, generate
 from eaglex.runtime.manifest import Manifest, load_manifest
 from eaglex.runtime.sampling import validate_sampling
 from eaglex.runtime.tokenizer import StreamDecoder, Tokenizer
 
-BACKENDS = ("onnxruntime",)
+BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def open_session(manifest: Manifest, backend: str, file: str, layers: int, kv_heads: int, head_dim: int,
+                 threads: int) -> GraphSession:
+    """One graph of the artifact on `backend`; TensorRT runs the engine `eaglex build` made from it."""
+    if backend == "tensorrt":
+        from eaglex.runtime.backends.tensorrt import TrtGraphSession
+
+        return TrtGraphSession.from_manifest(manifest, file, layers, kv_heads, head_dim)
+    from eaglex.runtime.backends.onnxruntime import OrtGraphSession
+
+    # A TensorRT-flavoured artifact also runs on onnxruntime, through the op's CPU reference.
+    plugin_op = manifest.raw.get("backend") == "tensorrt"
+    return OrtGraphSession(manifest.path(file), layers, kv_heads, head_dim, threads, plugin_op=plugin_op)
 
 
 class Engine:
@@ -27,19 +42,17 @@ class Engine:
     def __init__(self, manifest: Manifest, threads: int = 2, backend: str = "onnxruntime"):
         if backend not in BACKENDS:
             raise EaglexError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-        from eaglex.runtime.backends.onnxruntime import OrtGraphSession
-
         if threads < 1:
             raise EaglexError(f"--threads must be at least 1, got {threads}")
-        self.manifest = manifest
+        self.manifest, self.threads = manifest, threads
         target = manifest.target
         self.tokenizer = Tokenizer(manifest.root)
-        self.target = OrtGraphSession(manifest.path(target.file), target.num_layers, target.num_kv_heads,
-                                      target.head_dim, threads)
+        self.target = open_session(manifest, backend, target.file, target.num_layers, target.num_kv_heads,
+                                   target.head_dim, threads)
         self.drafter: EagleDrafter | None = None
         if manifest.drafter is not None:
             spec = manifest.drafter
-            session = OrtGraphSession(manifest.path(spec.file), 1, spec.num_kv_heads, spec.head_dim, threads)
+            session = open_session(manifest, backend, spec.file, 1, spec.num_kv_heads, spec.head_dim, threads)
             embeddings = np.load(manifest.path("embed_tokens.npy"), mmap_mode="r")
             self.drafter = EagleDrafter(session, embeddings, 3 * target.hidden_size)
         self.stop_tokens = set(manifest.eos_token_ids)

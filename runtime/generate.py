@@ -35,7 +35,9 @@ class GenerationStats:
     drafter_calls: int = 0
     verified_tokens: int = 0  # tokens those passes produced (accepted drafts + bonus tokens)
     prefill_seconds: float = 0.0
-    decode_seconds: float = 0.0
+    decode_seconds: float = 0.0  # all of the rounds: drafting + verification + host work between them
+    draft_seconds: float = 0.0  # drafter calls (extend and tree growth)
+    verify_seconds: float = 0.0  # target passes
     stop_reason: str = ""
     accepted_lengths: list[int] = field(default_factory=list)
 
@@ -80,8 +82,12 @@ def generate(target: GraphSession, drafter: EagleDrafter | None, prompt: list[in
         tree = tree.truncate(capacity - cache_len)  # parents precede children, so a prefix is a tree
 
         mask = np.concatenate([np.ones((len(tree.tokens), cache_len), bool), tree.attention_mask()], axis=1)
+        drafted = time.perf_counter()
         out = target.run({"input_ids": tree.tokens[None], "position_ids": (cache_len + tree.depths)[None],
                           "logit_index": np.arange(len(tree.tokens))}, cache_len, mask)
+        verified = time.perf_counter()
+        stats.draft_seconds += drafted - clock
+        stats.verify_seconds += verified - drafted
         logits = out["logits"][0]
         if greedy:
             path, bonus = accept_greedy(tree, logits.argmax(-1))
@@ -97,7 +103,9 @@ def generate(target: GraphSession, drafter: EagleDrafter | None, prompt: list[in
         cache_len += len(path)
         root = bonus
         if drafter is not None and generated[-1] not in stop_tokens and len(generated) < budget:
+            extending = time.perf_counter()
             drafter.extend(np.asarray(new, np.int64), out["features"][0, path], config.top_k)
+            stats.draft_seconds += time.perf_counter() - extending
         stats.decode_seconds += time.perf_counter() - clock
         yield new
 

@@ -131,19 +131,22 @@ class DraftTreeBuilder:
         """
         return self._scratch.copy()
 
-    def build(self, total_tokens: int) -> DraftTree:
+    def build(self, total_tokens: int, max_depth: int | None = None) -> DraftTree:
         """The tree to verify: the root plus the best `total_tokens - 1` pool entries.
 
         The sort is stable and a parent enters the pool before its children, so on equal scores the parent
         ranks first; with scores non-increasing along every path, the kept set is closed under ancestors.
         Kept entries stay in pool order, which puts parents before children.
+        `max_depth` considers only the first levels: the tree a shallower growth would have given, since
+        deeper levels never change the shallower ones (`eaglex tune` evaluates many shapes from one pool).
         """
         if total_tokens < 1:
             raise ValueError(f"total_tokens must be >= 1, got {total_tokens}")
         if not self._size:
             return chain_tree([self.root_token])
+        levels = slice(0, max_depth)
         tokens, parents, scores, depths = (
-            np.concatenate(a) for a in (self._tokens, self._parents, self._scores, self._depths)
+            np.concatenate(a[levels]) for a in (self._tokens, self._parents, self._scores, self._depths)
         )
         keep = np.sort(np.argsort(-scores, kind="stable")[: total_tokens - 1])
         # Pool index -> tree index, shifted by one so that the root (pool index -1) maps to node 0.

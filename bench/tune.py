@@ -1,0 +1,214 @@
+"""Size the draft tree for this machine: measured costs combined with measured acceptance.
+
+A round costs one verify pass over T nodes plus `depth` drafter calls of `top_k` rows, and yields the
+accepted drafts plus a bonus token. On a GPU a 60-node verify costs about what one token does; on a CPU
+it costs several times more, so the best tree is much smaller. `tune` measures
+  - the target's time per verify pass for each tree size T, and the drafter's time per call of k rows;
+  - for every tree shape (top_k, depth, T), how many drafts would be accepted, at every position of
+    reference continuations: from one pool grown per position, since the tree for any smaller shape is a
+    sub-tree of it (runtime/tree.py `build(total_tokens, max_depth)`), and a tree accepts the longest
+    prefix of the target's greedy continuation that it contains;
+and picks the shape with the most predicted tokens per second, then checks the best few by decoding.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eaglex.bench.datasets import Prompt, load_prompts
+from eaglex.errors import EaglexError
+from eaglex.runtime.engine import Engine
+from eaglex.runtime.generate import GenerationStats
+from eaglex.runtime.tree import DraftTree
+
+TOP_KS = (1, 2, 4, 8)
+MAX_DEPTH = 8
+SIZES = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+CONTEXT = 256  # cache length at which costs are measured (typical of a chat turn), if the cache allows
+
+
+def calibration_prompts(per_set: int) -> list[Prompt]:
+    """The last prompts of sets whose first prompts `eaglex bench` uses: tuning never sees benchmark prompts."""
+    prompts = []
+    for name in ("gsm8k", "humaneval", "xsum"):
+        prompts += load_prompts(name)[-per_set:]
+    return prompts
+
+
+def _median_seconds(call, reps: int) -> float:
+    call()  # warm-up
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _context(engine: Engine) -> int:
+    return min(CONTEXT, engine.target.capacity // 2)
+
+
+def verify_cost(engine: Engine, sizes: tuple[int, ...], reps: int) -> dict[int, float]:
+    """Seconds per target pass over T tree nodes, T in sizes, with CONTEXT tokens in the cache."""
+    costs, context = {}, _context(engine)
+    for size in sizes:
+        feeds = {"input_ids": np.full((1, size), 1, np.int64),
+                 "position_ids": np.full((1, size), context, np.int64), "logit_index": np.arange(size)}
+        mask = np.ones((size, context + size), bool)
+        costs[size] = _median_seconds(lambda f=feeds, m=mask: engine.target.run(f, context, m), reps)
+    return costs
+
+
+def draft_cost(engine: Engine, prompt: list[int], top_ks: tuple[int, ...], reps: int) -> dict[tuple[int, int], float]:
+    """Seconds to grow a tree of each (top_k, depth) after `prompt`: drafter calls plus the host work
+    between them (embedding rows, masks, candidate bookkeeping)."""
+    drafter = engine.drafter
+    assert drafter is not None
+    features = np.zeros((len(prompt), 3 * drafter.embeddings.shape[1]), np.float32)
+    costs = {}
+    for k in top_ks:
+        drafter.reset()
+        drafter.extend(np.asarray(prompt, np.int64), features, k)
+        for depth in range(1, MAX_DEPTH + 1):
+            costs[k, depth] = _median_seconds(lambda k=k, d=depth: drafter.grow(prompt[-1], k, d), reps)
+    return costs
+
+
+def accepted_drafts(tree: DraftTree, continuation: list[int]) -> int:
+    """How many drafts greedy verification accepts: the longest prefix of the continuation on a tree path."""
+    node, accepted = 0, 0
+    for token in continuation:
+        children = tree.children(node)
+        match = children[tree.tokens[children] == token]
+        if not len(match):
+            break
+        node, accepted = int(match[0]), accepted + 1
+    return accepted
+
+
+def acceptance(engine: Engine, prompts: list[Prompt], top_ks: tuple[int, ...], sizes: tuple[int, ...],
+               new_tokens: int, progress) -> dict[tuple[int, int, int], float]:
+    """Mean accepted drafts per round for every (top_k, depth, total_tokens), over every position of the
+    prompts' greedy continuations."""
+    drafter = engine.drafter
+    assert drafter is not None
+    sums: dict[tuple[int, int, int], int] = {}
+    rounds = 0
+    for i, prompt in enumerate(prompts):
+        ids = engine.encode(prompt.text, prompt.chat)
+        config = engine.default_config(max_new_tokens=new_tokens, speculative=False)
+        reference = [t for chunk in engine.generate(ids, config) for t in chunk]
+        sequence = np.array(ids + reference, np.int64)
+        # One pass over the whole sequence gives the features the drafter pairs with each next token.
+        n = len(sequence) - 1
+        out = engine.target.run({"input_ids": sequence[None, :n], "position_ids": np.arange(n)[None],
+                                 "logit_index": np.array([n - 1])}, 0, np.tri(n, dtype=bool))
+        features = out["features"][0]
+        for k in top_ks:
+            drafter.reset()
+            drafter.extend(sequence[1 : len(ids) + 1], features[: len(ids)], k)
+            for position in range(len(ids), n):  # the root is sequence[position], already emitted
+                builder = drafter.grow(int(sequence[position]), k, MAX_DEPTH)
+                continuation = sequence[position + 1 :].tolist()
+                for depth, size in itertools.product(range(1, MAX_DEPTH + 1), sizes):
+                    tree = builder.build(size, max_depth=depth)
+                    key = (k, depth, size)
+                    sums[key] = sums.get(key, 0) + accepted_drafts(tree, continuation)
+                drafter.extend(sequence[position + 1 : position + 2], features[position : position + 1], k)
+                rounds += k == top_ks[0]
+        progress(f"calibration prompt {i + 1}/{len(prompts)}")
+    return {key: total / rounds for key, total in sums.items()}
+
+
+@dataclass(frozen=True)
+class Shape:
+    top_k: int
+    depth: int
+    total_tokens: int
+    predicted_tokens_per_second: float
+
+
+def predict(accepted: dict[tuple[int, int, int], float], verify: dict[int, float],
+            draft: dict[tuple[int, int], float], host: float) -> list[Shape]:
+    """Predicted tokens/s of every shape: (drafts accepted + bonus) per round, over the round's cost:
+    verify pass + tree growth + one drafter call to commit the accepted rows + the loop's own work."""
+    shapes = [
+        Shape(k, d, t, (accepted[k, d, t] + 1) / (verify[t] + draft[k, d] + draft[k, 1] + host))
+        for (k, d, t) in accepted
+        if t <= 1 + k + (d - 1) * k * k  # a larger tree than the pool holds is the same tree
+    ]
+    return sorted(shapes, key=lambda s: -s.predicted_tokens_per_second)
+
+
+def decode(engine: Engine, prompts: list[Prompt], shape: Shape | None, new_tokens: int) -> tuple[float, float]:
+    """Measured (tokens per second, seconds per round) of decoding the prompts with this tree shape."""
+    tokens, seconds, rounds = 0, 0.0, 0
+    for prompt in prompts:
+        stats = GenerationStats()
+        tree = {} if shape is None else {"top_k": shape.top_k, "depth": shape.depth,
+                                         "total_tokens": shape.total_tokens}
+        config = engine.default_config(max_new_tokens=new_tokens, speculative=shape is not None, **tree)
+        for _ in engine.generate(engine.encode(prompt.text, prompt.chat), config, stats):
+            pass
+        tokens, seconds = tokens + stats.verified_tokens, seconds + stats.decode_seconds
+        rounds += stats.target_passes
+    return tokens / seconds, seconds / rounds
+
+
+def tune(artifact: Path, threads: int, per_set: int, new_tokens: int, reps: int, check: int,
+         progress) -> dict:
+    engine = Engine.load(artifact, threads=threads)
+    if engine.drafter is None:
+        raise EaglexError(f"{artifact} has no drafter: there is no tree to tune")
+    limit = engine.manifest.tree.max_total_tokens
+    sizes = tuple(s for s in SIZES if s <= limit)
+    top_ks = tuple(k for k in TOP_KS if k <= engine.manifest.drafter.max_top_k)  # type: ignore[union-attr]
+    progress("measuring verify and drafter costs")
+    verify = verify_cost(engine, sizes, reps)
+    draft = draft_cost(engine, list(range(1, 65)), top_ks, reps)
+    room = engine.target.capacity - new_tokens - MAX_DEPTH * max(top_ks)  # drafter scratch rows too
+    prompts = [p for p in calibration_prompts(per_set) if len(engine.encode(p.text, p.chat)) <= room]
+    if not prompts:
+        raise EaglexError(f"no calibration prompt fits the context of {engine.target.capacity} tokens")
+    accepted = acceptance(engine, prompts, top_ks, sizes, new_tokens, progress)
+    # The loop's own work per round (masks, acceptance, cache compaction), from plain decoding.
+    plain, plain_round = decode(engine, prompts, None, new_tokens)
+    host = max(plain_round - verify_cost(engine, (1,), reps)[1], 0.0)
+    shapes = predict(accepted, verify, draft, host)
+    progress(f"checking the best {check} shapes by decoding")
+    measured = {s: decode(engine, prompts, s, new_tokens)[0] for s in shapes[:check]}
+    best = max(measured, key=measured.get)
+    sweep = []
+    for size in sizes:  # the best shape at each tree size, for the plot
+        top = next(s for s in shapes if s.total_tokens == size)
+        sweep.append({**top.__dict__, "measured_tokens_per_second": measured.get(top)})
+    return {
+        "best": {"top_k": best.top_k, "depth": best.depth, "total_tokens": best.total_tokens},
+        "plain_tokens_per_second": plain,
+        "host_seconds_per_round": host,
+        "measured": [{**s.__dict__, "measured_tokens_per_second": v} for s, v in measured.items()],
+        "verify_seconds": {str(k): v for k, v in verify.items()},
+        "grow_seconds": {f"top_k {k} depth {d}": v for (k, d), v in draft.items()},
+        "calibration": {"prompts": [f"{p.set}/{p.id}" for p in prompts], "new_tokens": new_tokens},
+        "sweep": sweep,
+    }
+
+
+def write_tree(artifact: Path, result: dict) -> None:
+    """Stores the tuned tree in the manifest (`run` and `bench` use it by default) and the details in
+    tune.json; each file is replaced atomically."""
+    manifest_path = artifact / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["tree"].update(result["best"])
+    for path, data in ((artifact / "tune.json", result), (manifest_path, manifest)):
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(data, indent=2))
+        partial.replace(path)

@@ -1,0 +1,217 @@
+"""Weight-only quantization of exported graphs, for CPUs where decoding is bound by weight traffic.
+
+Every linear layer becomes `com.microsoft.MatMulNBits` (int4 or int8 blocks along K, one fp32 scale and a
+zero point per block, int8 compute: accuracy_level 4), made by onnxruntime's own MatMulNBitsQuantizer.
+With `embeddings`, the token-embedding `Gather` becomes `com.microsoft.GatherBlockQuantized` over the same
+blocks, and the lm_head (tied to that table in SmolLM2 and Llama-3.2) is quantized like any linear layer.
+Activations, norms, attention and the KV cache stay float32, so graph inputs and outputs are unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from eaglex.errors import EaglexError
+
+SCHEMES = {"int8": 8, "int4": 4}
+DEFAULT_BLOCK_SIZE = 32  # as llama.cpp's Q4_1 / Q8_0; REFERENCE section 7 measured MatMulNBits at 32
+ACCURACY_LEVEL = 4  # int8 activations inside MatMulNBits: the fast path of MLAS on x86
+
+
+def quantize_graph(
+    path: Path, scheme: str, logits_output: str, embeddings: bool = True, block_size: int = DEFAULT_BLOCK_SIZE
+) -> dict[str, Any]:
+    """Rewrites the graph at `path` (+ `path`.data) in place; returns its manifest `quantization` entry.
+
+    logits_output: the graph output the lm_head feeds ("logits", or the drafter's "topk_logprobs"): the
+    lm_head is found from it, so `embeddings=False` can keep it (and the embedding table) in float32.
+    """
+    if scheme not in SCHEMES:
+        raise EaglexError(f"unknown quantization {scheme!r}: choose one of {', '.join(SCHEMES)}")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise EaglexError(f"quantization block size must be a power of two >= 16, got {block_size}")
+    bits = SCHEMES[scheme]
+    with _quiet_quantizer():
+        return _quantize(path, bits, scheme, logits_output, embeddings, block_size)
+
+
+def _quantize(
+    path: Path, bits: int, scheme: str, logits_output: str, embeddings: bool, block_size: int
+) -> dict[str, Any]:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(path))  # weights and all: the quantizer reads them, and the .data file is rewritten
+    lm_head = _lm_head(model.graph, logits_output)
+    if embeddings:
+        _untie(model.graph, lm_head)
+        gathered = _quantize_embedding_gathers(model.graph, bits, block_size)
+    else:
+        gathered = 0
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=bits,
+        block_size=block_size,
+        is_symmetric=False,  # a zero point per block, as Q4_1: it fits the skewed blocks of small models
+        accuracy_level=ACCURACY_LEVEL,
+        nodes_to_exclude=[] if embeddings else [lm_head.name],
+        op_types_to_quantize=("MatMul",),
+    )
+    quantizer.process()
+    model = quantizer.model.model
+    linear = sum(node.op_type == "MatMulNBits" for node in model.graph.node)
+    if linear == 0:
+        raise EaglexError(f"{path.name} has no linear layer with constant weights to quantize")
+    _save(model, path)
+    return {
+        "weights": scheme,
+        "method": "MatMulNBits",
+        "block_size": block_size,
+        "symmetric": False,
+        "accuracy_level": ACCURACY_LEVEL,
+        "quantized_linear_layers": linear,
+        "embeddings": gathered > 0,
+        "lm_head": embeddings,
+    }
+
+
+def streamed_weight_bytes(path: Path) -> int:
+    """Bytes of weights a one-token pass reads: every initializer except tables that are only gathered from
+    (a Gather reads one row). Divided into time, this is the memory bandwidth a decode step achieves."""
+    model = onnx.load(str(path), load_external_data=False)
+    gathers = ("Gather", "GatherBlockQuantized")
+    gathered = {n.input[0] for n in model.graph.node if n.op_type in gathers}
+    read = {i for n in model.graph.node if n.op_type not in gathers for i in n.input}
+    total = 0
+    for tensor in model.graph.initializer:
+        if tensor.name in gathered and tensor.name not in read:
+            continue
+        total += _tensor_bytes(tensor)
+    return total
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    for entry in tensor.external_data:
+        if entry.key == "length":
+            return int(entry.value)
+    return len(tensor.raw_data) or numpy_helper.to_array(tensor).nbytes
+
+
+def _lm_head(graph: onnx.GraphProto, output: str) -> onnx.NodeProto:
+    """The MatMul nearest to `output`, walking back through the nodes that produce it."""
+    producer = {out: node for node in graph.node for out in node.output}
+    frontier, seen = [output], set()
+    while frontier:
+        name = frontier.pop(0)
+        node = producer.get(name)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type == "MatMul":
+            return node
+        frontier += list(node.input)
+    raise EaglexError(f"no lm_head MatMul feeds the graph output {output!r}: not an eaglex export")
+
+
+def _untie(graph: onnx.GraphProto, lm_head: onnx.NodeProto) -> None:
+    """A tied lm_head reads Transpose(embedding table); give it its own transposed copy so the quantizer,
+    which only quantizes constant weights, sees it (the two quantized copies together are still ~1/4 of
+    the float32 table at int4)."""
+    producer = {out: node for node in graph.node for out in node.output}
+    transpose = producer.get(lm_head.input[1])
+    initializers = {t.name: t for t in graph.initializer}
+    if transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in initializers:
+        return
+    table = numpy_helper.to_array(initializers[transpose.input[0]])
+    name = f"{transpose.input[0]}.lm_head"
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(table.T), name))
+    lm_head.input[1] = name
+    if not any(transpose.output[0] in node.input for node in graph.node):
+        graph.node.remove(transpose)
+
+
+def _quantize_embedding_gathers(graph: onnx.GraphProto, bits: int, block_size: int) -> int:
+    """Gather(table [V, H], ids) -> GatherBlockQuantized over uint8 blocks along H (packed low nibble first
+    at 4 bits), quantized by onnxruntime's own block kernel. Returns how many Gathers were rewritten."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        DefaultWeightOnlyQuantizer,
+    )
+
+    quantizer = DefaultWeightOnlyQuantizer(
+        DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=False, bits=bits)
+    )
+    initializers = {t.name: t for t in graph.initializer}
+    count = 0
+    for index, node in enumerate(list(graph.node)):
+        table = initializers.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or len(table.dims) != 2 or table.data_type != onnx.TensorProto.FLOAT:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if axis != 0:
+            continue
+        weights = numpy_helper.to_array(table)
+        # The kernel quantizes the columns of a [K, N] matrix in blocks along K: columns = table rows.
+        packed, scales, zero_points = quantizer.qbits_block_quant(np.ascontiguousarray(weights.T))
+        rows = weights.shape[0]
+        base = f"{table.name}.gather_q{bits}"
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(packed.reshape(rows, -1), base),
+                numpy_helper.from_array(scales, f"{base}.scales"),
+                numpy_helper.from_array(zero_points, f"{base}.zero_points"),
+            ]
+        )
+        quantized = helper.make_node(
+            "GatherBlockQuantized",
+            [base, node.input[1], f"{base}.scales", f"{base}.zero_points"],
+            list(node.output),
+            name=f"{node.name}_q{bits}",
+            domain="com.microsoft",
+            bits=bits,
+            block_size=block_size,
+            gather_axis=0,
+            quantize_axis=1,
+        )
+        graph.node.remove(node)
+        graph.node.insert(index, quantized)
+        count += 1
+    used = {i for node in graph.node for i in node.input}
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+    return count
+
+
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    # Importing the quantizer calls logging.basicConfig(level=INFO) on the root logger, after which every
+    # library's INFO lines (one per quantized node, among them) reach the user: undo that on the way out.
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)  # onnx appends to an existing external-data file
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
+    data.chmod(0o644)  # onnx creates it private; an artifact is shared like any folder

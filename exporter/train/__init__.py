@@ -1,0 +1,13 @@
+"""EAGLE-3 drafter training with training-time test (docs: REFERENCE section 4).
+
+The pipeline, one idea per file, in the order it runs (`pipeline.train_drafter` ties them together):
+
+  data        conversations (ShareGPT or any ShareGPT-format JSON/JSONL) -> token ids + assistant mask
+  evalsets    the benchmark prompts that must never enter training data
+  regenerate  optionally replace first-turn answers with the target's own greedy output
+  vocab       draft vocabulary from response-token frequencies -> `d2t` offsets and `t2d` mask
+  features    frozen target -> its three feature layers and final hidden, cached to disk in fp16
+  ttt         the unrolled training-time-test forward, its attention pattern and its loss
+  loop        AdamW with warmup and cosine decay, gradient clipping, checkpoints, resume
+  checkpoint  the official EAGLE-3 checkpoint format (config.json + model.safetensors)
+"""

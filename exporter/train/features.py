@@ -1,0 +1,212 @@
+"""The frozen target's view of each training sequence, computed once and cached on disk in fp16.
+
+Per token the cache holds: the three feature layers' input residual stream (pre-norm, what the runtime's
+`features` output gives the drafter), the final normed hidden (the teacher's logits over the draft
+vocabulary are `lm_head` rows times it, recomputed exactly at training time instead of storing 49k-wide
+logits) and the target's argmax over its full vocabulary (the teacher counts only where that argmax has a
+draft id). Epochs then cost only drafter passes. The cache is append-only and resumable: `meta.json`
+records what is complete, and anything written after it is cut off on reopening.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from eaglex.errors import EaglexError
+
+from .data import Sample
+from .progress import Progress
+
+FP16_MAX = 65504.0  # residual streams carry a few huge activations (~25k in SmolLM2); clip, never overflow
+
+
+@dataclass
+class Batch:
+    """Right-padded training sequences [B, N]; rows past a sequence's length are padding."""
+
+    ids: Tensor  # int64
+    loss_mask: Tensor  # bool: the token is part of an assistant turn
+    lengths: Tensor  # int64 [B]
+    features: Tensor  # float32 [B, N, 3H]
+    final_hidden: Tensor  # float32 [B, N, H], the target's normed last hidden
+    argmax: Tensor  # int64: the target's greedy next token at each position
+
+
+class FeatureStore:
+    """Flat per-token arrays for a list of sequences, one file each, plus `meta.json` (lengths so far)."""
+
+    def __init__(self, folder: str | Path, hidden_size: int, num_feature_layers: int = 3) -> None:
+        self.folder = Path(folder)
+        self.widths = {
+            "ids": (np.int32, 1),
+            "loss_mask": (np.uint8, 1),
+            "argmax": (np.int32, 1),
+            "features": (np.float16, num_feature_layers * hidden_size),
+            "final_hidden": (np.float16, hidden_size),
+        }
+        meta = self.folder / "meta.json"
+        self.lengths: list[int] = json.loads(meta.read_text())["lengths"] if meta.is_file() else []
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
+        self._maps: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{name}.bin"
+
+    def append(self, arrays: Sequence[dict[str, np.ndarray]]) -> None:
+        """Adds whole sequences, then records them in meta.json: an interrupted write is never counted."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        complete = self.num_tokens
+        for name, (dtype, width) in self.widths.items():
+            with open(self._path(name), "ab") as f:
+                f.truncate(complete * width * np.dtype(dtype).itemsize)  # drop an interrupted tail
+                for sequence in arrays:
+                    f.write(np.ascontiguousarray(sequence[name], dtype=dtype).tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+        self.lengths += [len(sequence["ids"]) for sequence in arrays]
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
+        tmp = self.folder / "meta.json.tmp"
+        tmp.write_text(json.dumps({"lengths": self.lengths}))
+        tmp.replace(self.folder / "meta.json")
+        self._maps.clear()
+
+    def _map(self, name: str) -> np.ndarray:
+        if name not in self._maps:
+            dtype, width = self.widths[name]
+            shape = (self.num_tokens, width)
+            self._maps[name] = np.memmap(self._path(name), dtype=dtype, mode="r", shape=shape)
+        return self._maps[name]
+
+    def column(self, name: str) -> np.ndarray:
+        """One array over every stored token, [tokens] or [tokens, width] (memory-mapped)."""
+        array = self._map(name)
+        return array[:, 0] if array.shape[1] == 1 else array
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        """Sequences `indices`, right-padded to the longest, as fp32/int64 tensors."""
+        lengths = [self.lengths[i] for i in indices]
+        rows = max(lengths)
+
+        def stack(name: str, dtype: np.dtype) -> Tensor:
+            source = self._map(name)
+            out = np.zeros((len(indices), rows, source.shape[1]), dtype=dtype)
+            for b, i in enumerate(indices):
+                out[b, : lengths[b]] = source[self.offsets[i] : self.offsets[i + 1]]
+            return torch.from_numpy(out if source.shape[1] > 1 else out[..., 0])
+
+        return Batch(
+            ids=stack("ids", np.int64),
+            loss_mask=stack("loss_mask", np.bool_),
+            lengths=torch.tensor(lengths),
+            features=stack("features", np.float32),
+            final_hidden=stack("final_hidden", np.float32),
+            argmax=stack("argmax", np.int64),
+        )
+
+
+def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Consecutive runs of the length-sorted indices whose padded size (count x longest) fits batch_tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+class TargetFeatures:
+    """Runs the frozen Hugging Face target and captures the residual stream *before* each feature layer
+    with forward pre-hooks (unambiguous across transformers versions, unlike `output_hidden_states`)."""
+
+    def __init__(self, model: nn.Module, feature_layers: Sequence[int]) -> None:
+        self.model = model.eval()
+        self.decoder = model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        self.feature_layers = tuple(feature_layers)
+        self.captured: dict[int, Tensor] = {}
+        for i in self.feature_layers:
+            self.decoder.layers[i].register_forward_pre_hook(self._capture(i), with_kwargs=True)
+
+    def _capture(self, layer: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            del module
+            self.captured[layer] = args[0] if args else kwargs["hidden_states"]
+
+        return hook
+
+    @torch.no_grad()
+    def __call__(self, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """ids [B, S], right-padded -> features [B, S, 3H], final hidden [B, S, H], argmax [B, S].
+
+        No attention mask is needed: with padding only at the end, causal attention keeps every real row
+        from seeing it.
+        """
+        final = self.decoder(input_ids=ids).last_hidden_state
+        features = torch.cat([self.captured[i] for i in self.feature_layers], dim=-1)
+        self.captured.clear()
+        # Full-vocabulary logits in row chunks: [4096, 49152] fp32 at once would be 800 MB.
+        flat = final.flatten(0, 1)
+        argmax = torch.cat([self.lm_head(rows).argmax(-1) for rows in flat.split(512)]).view(ids.shape)
+        return features, final, argmax
+
+
+def _fp16(x: Tensor) -> np.ndarray:
+    return x.clamp(-FP16_MAX, FP16_MAX).to(torch.float16).numpy()
+
+
+def extract(
+    target: TargetFeatures,
+    samples: Sequence[Sample],
+    store: FeatureStore,
+    batch_tokens: int,
+    report: Callable[[str], None],
+    what: str = "target features",
+) -> None:
+    """Appends every sample's target view to `store` (in length order), resuming after what it holds."""
+    batches = length_batches([len(s.ids) for s in samples], batch_tokens)
+    done_samples, done_batches = len(store), 0
+    for batch in batches:  # the store holds whole batches in this fixed order
+        if done_samples <= 0:
+            break
+        done_samples -= len(batch)
+        done_batches += 1
+    if done_samples != 0:
+        raise EaglexError(f"{store.folder} does not match these samples: delete it or use another work dir")
+    total = sum(len(s.ids) for s in samples)
+    progress = Progress(what, total, report, done=store.num_tokens)
+    for batch in batches[done_batches:]:
+        ids = nn.utils.rnn.pad_sequence([torch.tensor(samples[i].ids) for i in batch], batch_first=True)
+        features, final, argmax = target(ids)
+        arrays = []
+        for b, i in enumerate(batch):
+            n = len(samples[i].ids)
+            arrays.append(
+                {
+                    "ids": np.asarray(samples[i].ids),
+                    "loss_mask": np.asarray(samples[i].loss_mask),
+                    "argmax": argmax[b, :n].numpy(),
+                    "features": _fp16(features[b, :n]),
+                    "final_hidden": _fp16(final[b, :n]),
+                }
+            )
+        store.append(arrays)
+        progress.update(sum(len(samples[i].ids) for i in batch))
+    if progress.done > progress.start_done:
+        report(progress.line("done"))

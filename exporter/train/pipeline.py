@@ -1,0 +1,214 @@
+"""`eaglex train-drafter` from start to finish: data -> (regenerated answers) -> cached target features ->
+draft vocabulary -> training-time-test training -> an official-format drafter.
+
+Everything slow is cached in the work folder and resumed on a rerun with the same settings: regenerated
+answers (regenerated.jsonl), target features (features/), the trainer's checkpoint (checkpoint/).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from eaglex.errors import EaglexError
+from eaglex.exporter.checkpoints import read_target_config
+from eaglex.exporter.drafter import Eagle3Drafter
+from eaglex.exporter.tokens import special_tokens
+
+from .checkpoint import new_drafter_config, write_drafter
+from .data import EvalFilter, Message, Sample, first_turn, load_records, to_messages, tokenize_conversation
+from .features import FeatureStore, TargetFeatures, extract
+from .loop import TrainConfig, Trainer
+from .regenerate import regenerate
+from .vocab import DraftVocab, build_draft_vocab
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    sources: tuple[str, ...] = ("sharegpt",)  # "sharegpt" (from PyPI) or ShareGPT-format files
+    samples: int = 2000  # conversations to train on (0: all), after dropping evaluation prompts
+    regenerate: int = 0  # how many of them get their first answer rewritten by the target (greedy)
+    max_length: int = 1024  # tokens per training sequence (longer ones are cut)
+    max_new_tokens: int = 256  # length limit of a regenerated answer
+    val_samples: int = 32  # held out (taken first, so regenerated when regenerate > 0) for validation
+    draft_vocab_size: int = 8192
+    seed: int = 0
+
+
+def select_conversations(
+    sources: Sequence[str], count: int, seed: int, exclude: EvalFilter, report: Callable[[str], None]
+) -> list[list[Message]]:
+    """Usable conversations of all sources in a seeded random order, minus any with an evaluation prompt."""
+    conversations = []
+    for source in sources:
+        records = load_records(source, report)
+        usable = [m for m in map(to_messages, records) if m is not None]
+        report(f"{source}: {len(records)} records, {len(usable)} usable conversations")
+        conversations += usable
+    random.Random(seed).shuffle(conversations)
+    chosen, dropped = [], 0
+    for messages in conversations:
+        if count and len(chosen) == count:
+            break
+        if exclude.contains_eval_prompt(messages):
+            dropped += 1
+        else:
+            chosen.append(messages)
+    report(f"using {len(chosen)} conversations ({dropped} dropped for containing an evaluation prompt)")
+    return chosen
+
+
+def _check_settings(work_dir: Path, settings: dict[str, Any]) -> None:
+    """A work folder's caches belong to one set of data settings: refuse to mix them."""
+    path = work_dir / "settings.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != settings:
+            changed = sorted(k for k in settings.keys() | saved.keys() if saved.get(k) != settings.get(k))
+            raise EaglexError(
+                f"{work_dir} holds data made with other settings ({', '.join(changed)}): "
+                "rerun with the same settings to resume, or pass another --work-dir"
+            )
+    else:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _init_drafter(drafter: Eagle3Drafter, hf_model: nn.Module, vocab: DraftVocab, seed: int) -> None:
+    """Linear layers N(0, 0.02), norms 1, except the output side, which starts as the target's own:
+    lm_head = the target's lm_head rows of the draft vocabulary, norm = the target's final norm."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in drafter.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, 0.02, generator=generator)
+        drafter.lm_head.weight.copy_(hf_model.get_output_embeddings().weight[vocab.target_ids])
+        drafter.norm.weight.copy_(hf_model.get_decoder().norm.weight)
+        drafter.d2t.copy_(vocab.d2t)
+        drafter.t2d.copy_(vocab.t2d)
+
+
+def build_samples(
+    model: nn.Module,
+    tokenizer: Any,
+    conversations: list[list[Message]],
+    data: DataConfig,
+    work_dir: Path,
+    stop_ids: list[int],
+    report: Callable[[str], None],
+) -> list[Sample]:
+    regenerated: list[Sample | None] = []
+    if data.regenerate:
+        prompts = [first_turn(m) for m in conversations[: data.regenerate]]
+        regenerated = regenerate(
+            model,
+            tokenizer,
+            prompts,
+            work_dir / "regenerated.jsonl",
+            data.max_new_tokens,
+            data.max_length - data.max_new_tokens,
+            stop_ids,
+            batch_size=32,
+            report=report,
+        )
+    rest = [tokenize_conversation(tokenizer, m, data.max_length) for m in conversations[len(regenerated) :]]
+    samples = [s for s in regenerated + rest if s is not None]
+    report(
+        f"{len(samples)} training sequences, {sum(len(s.ids) for s in samples)} tokens "
+        f"({sum(sum(s.loss_mask) for s in samples)} in assistant turns)"
+    )
+    return samples
+
+
+def train_drafter(
+    model_dir: Path,
+    out_dir: Path,
+    work_dir: Path,
+    data: DataConfig,
+    train: TrainConfig,
+    exclude: EvalFilter,
+    report: Callable[[str], None] = print,
+    extract_batch_tokens: int = 4096,
+    out_dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Trains an EAGLE-3 drafter for the Hugging Face model in model_dir and writes it to out_dir."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    target_config = read_target_config(model_dir)
+    if not 0 < data.draft_vocab_size <= target_config.vocab_size:
+        raise EaglexError(
+            f"--draft-vocab-size {data.draft_vocab_size} must be between 1 and the target's vocabulary "
+            f"size {target_config.vocab_size}"
+        )
+    _check_settings(work_dir, {"model": str(Path(model_dir).resolve()), **asdict(data)})
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+    conversations = select_conversations(data.sources, data.samples, data.seed, exclude, report)
+    stop_ids = special_tokens(Path(model_dir))["eos_token_ids"]
+    samples = build_samples(model, tokenizer, conversations, data, work_dir, stop_ids, report)
+    if len(samples) <= data.val_samples:
+        raise EaglexError(
+            f"only {len(samples)} usable training sequences, not more than the {data.val_samples} held out: "
+            "pass more data or a larger --samples"
+        )
+    target = TargetFeatures(model, new_drafter_config(target_config, data.draft_vocab_size).feature_layers)
+    stores = {}
+    for split, part in (("val", samples[: data.val_samples]), ("train", samples[data.val_samples :])):
+        stores[split] = FeatureStore(work_dir / "features" / split, target_config.hidden_size)
+        extract(target, part, stores[split], extract_batch_tokens, report, what=f"target features ({split})")
+
+    train_store = stores["train"]
+    answers = train_store.column("ids")[train_store.column("loss_mask").astype(bool)]
+    vocab = build_draft_vocab(answers, target_config.vocab_size, data.draft_vocab_size)
+    report(
+        f"draft vocabulary: {data.draft_vocab_size} tokens cover {100 * vocab.coverage:.1f}% of answer tokens"
+    )
+
+    torch.manual_seed(train.seed)
+    drafter = Eagle3Drafter(new_drafter_config(target_config, data.draft_vocab_size))
+    _init_drafter(drafter, model, vocab, train.seed)
+    embed = model.get_input_embeddings().weight.detach().clone()
+    teacher_head = model.get_output_embeddings().weight.detach()[vocab.target_ids].clone()
+    del model, target  # only the embedding table and the draft rows of lm_head are needed from here on
+
+    trainer = Trainer(
+        drafter,
+        embed,
+        teacher_head,
+        train,
+        work_dir / "checkpoint",
+        target_config.max_position_embeddings,
+        report,
+    )
+    val = trainer.train(train_store, stores["val"])
+    record = {
+        "target": str(model_dir),
+        "data": asdict(data),
+        "train": asdict(train),
+        "budget": {
+            **trainer.budget(),
+            "pipeline_hours_this_run": round((time.perf_counter() - started) / 3600, 3),
+        },
+        "train_sequences": len(train_store),
+        "train_tokens_per_epoch": train_store.num_tokens,
+        "draft_vocab_coverage": round(vocab.coverage, 4),
+    }
+    if val is not None:
+        record["validation"] = {
+            "accuracy_per_step": val.accuracy,
+            "chain_acceptance_estimate": val.chain_acceptance(),
+        }
+        report(f"validation: {val.summary()}")
+    write_drafter(drafter, out_dir, target_config.max_position_embeddings, out_dtype, extra=record)
+    report(f"drafter written to {out_dir}")
+    return out_dir

@@ -1,0 +1,55 @@
+"""`eaglex bench` and `eaglex tune` on a tiny model, so the commands cannot rot (timings are not checked)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from test_cli import eaglex
+
+from eaglex.bench.tune import accepted_drafts
+from eaglex.runtime.tree import DraftTree
+
+
+@pytest.fixture(scope="module")
+def artifact(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "artifact"
+    result = eaglex("export", "--model", tiny_model("llama"), "--drafter", "random", "--out", out,
+                    "--max-context", "512")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_bench_writes_json_table_and_plot(artifact, tmp_path):
+    result = eaglex("bench", artifact, "--sets", "mt-bench,gsm8k", "--limit", "2", "--max-new-tokens", "8",
+                    "--compare", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert set(record["results"]) == {"mt-bench", "gsm8k"}
+    for per_method in record["results"].values():
+        assert {"eaglex plain", "eaglex EAGLE-3", "transformers", "transformers prompt lookup"} <= set(per_method)
+        # Greedy EAGLE-3 and transformers reproduce eaglex plain decoding token for token.
+        assert per_method["eaglex EAGLE-3"]["same_output_as_reference"] == 2
+        assert per_method["transformers"]["same_output_as_reference"] == 2
+        assert all(s["tokens_per_second"] > 0 for s in per_method.values())
+    assert "| mt-bench | 2 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tune_writes_the_best_tree_into_the_manifest(artifact, tmp_path):
+    tuned = tmp_path / "tuned"
+    shutil.copytree(artifact, tuned)
+    result = eaglex("tune", tuned, "--prompts-per-set", "1", "--new-tokens", "8", "--reps", "1", "--check", "2")
+    assert result.returncode == 0, result.stderr
+    best = json.loads((tuned / "tune.json").read_text())["best"]
+    assert json.loads((tuned / "manifest.json").read_text())["tree"] == {**best, "max_total_tokens": 128}
+    assert eaglex("run", tuned, "--prompt", "w5 w6", "--max-new-tokens", "4").returncode == 0
+
+
+def test_accepted_drafts_follows_the_longest_matching_path():
+    tree = DraftTree(np.array([9, 1, 2, 3, 4]), np.array([-1, 0, 0, 2, 3]), np.array([0, 1, 1, 2, 3]))
+    assert accepted_drafts(tree, [2, 3, 4, 7]) == 3
+    assert accepted_drafts(tree, [2, 5]) == 1
+    assert accepted_drafts(tree, [8]) == 0
