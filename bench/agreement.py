@@ -61,8 +61,11 @@ def teacher_forced_logits(engine: Engine, sequence: Sequence[int], start: int) -
     n = len(tokens)
     if n + 1 > engine.target.capacity:
         raise EaglexError(f"{n + 1} tokens exceed the artifact's context of {engine.target.capacity}")
-    feeds = {"input_ids": tokens[None], "position_ids": np.arange(n)[None],
-             "logit_index": np.arange(start - 1, n)}
+    feeds = {
+        "input_ids": tokens[None],
+        "position_ids": np.arange(n)[None],
+        "logit_index": np.arange(start - 1, n),
+    }
     return engine.target.run(feeds, 0, np.tri(n, dtype=bool))["logits"][0]
 
 
@@ -79,8 +82,9 @@ def greedy_continuation(engine: Engine, prompt: list[int], new_tokens: int) -> l
     return [t for chunk in engine.generate(prompt, config, GenerationStats()) for t in chunk]
 
 
-def measure_agreement(candidate: Engine, reference: Engine, prompts: Sequence[tuple[str, bool]],
-                      new_tokens: int = 64) -> Agreement:
+def measure_agreement(
+    candidate: Engine, reference: Engine, prompts: Sequence[tuple[str, bool]], new_tokens: int = 64
+) -> Agreement:
     """Greedy match rate and KL of `candidate` against `reference` on the reference's greedy continuations."""
     if candidate.manifest.target.vocab_size != reference.manifest.target.vocab_size:
         raise EaglexError("the two artifacts have different vocabularies: they are not the same model")
@@ -89,8 +93,10 @@ def measure_agreement(candidate: Engine, reference: Engine, prompts: Sequence[tu
         prompt = reference.encode(text, chat)
         continuation = greedy_continuation(reference, prompt, new_tokens)
         sequence = prompt + continuation
-        match, kl = compare_logits(teacher_forced_logits(reference, sequence, len(prompt)),
-                                   teacher_forced_logits(candidate, sequence, len(prompt)))
+        match, kl = compare_logits(
+            teacher_forced_logits(reference, sequence, len(prompt)),
+            teacher_forced_logits(candidate, sequence, len(prompt)),
+        )
         matches.append(match)
         kls.append(kl)
     match, kl = np.concatenate(matches), np.concatenate(kls)

@@ -392,5 +392,28 @@ def tune(artifact: Path, threads: int, prompts_per_set: int, new_tokens: int, re
     click.echo(f"plain decoding: {result['plain_tokens_per_second']:.1f} tok/s; chosen: {result['best']}")
 
 
+@main.command("eval")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--reference", required=True, type=click.Path(path_type=Path),
+              help="The float32 artifact of the same model (exported without --quantize).")
+@click.option("--prompts", "prompt_file", default=None, type=click.Path(path_type=Path),
+              help="JSON list of prompt strings (chat) or {text, chat} records [default: MT-bench first turns].")
+@click.option("--limit", default=20, show_default=True, help="How many prompts.")
+@click.option("--new-tokens", default=64, show_default=True, help="Reference greedy continuation length.")
+@click.option("--threads", default=2, show_default=True)
+@user_errors
+def evaluate(artifact: Path, reference: Path, prompt_file: Path | None, limit: int, new_tokens: int,
+             threads: int) -> None:
+    """Agreement of a (quantized) artifact with its float32 reference: greedy token match rate and mean
+    KL(reference || artifact), teacher-forced on the reference's greedy continuations."""
+    from eaglex.bench.agreement import default_prompts, load_prompt_file, measure_agreement
+    from eaglex.runtime.engine import Engine
+
+    prompts = load_prompt_file(prompt_file)[:limit] if prompt_file else default_prompts(limit, progress)
+    candidate, ref = Engine.load(artifact, threads=threads), Engine.load(reference, threads=threads)
+    scheme = (candidate.manifest.raw["target"].get("quantization") or {}).get("weights", "float32")
+    click.echo(f"{scheme} vs float32: {measure_agreement(candidate, ref, prompts, new_tokens).line()}")
+
+
 if __name__ == "__main__":
     main()

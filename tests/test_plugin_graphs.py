@@ -335,9 +335,9 @@ def test_build_and_tensorrt_run_fail_clearly_without_tensorrt(artifacts):
     )
 
 
-class _TreeAttentionOp(OpRun):
-    """The op's numpy reference for onnx's ReferenceEvaluator, which computes in each tensor's own dtype
-    (so fp16 and bf16 graphs are evaluated in fp16 and bf16)."""
+class TreeAttention(OpRun):
+    """The op's numpy reference for onnx's ReferenceEvaluator (which finds it by class name). The evaluator
+    computes in each tensor's own dtype, so fp16 and bf16 graphs are evaluated in fp16 and bf16."""
 
     op_domain = "eaglex"
 
@@ -401,7 +401,7 @@ def test_low_precision_graphs_for_tensorrt(artifacts, precision, tolerance):
 
     def logits(graph: onnx.ModelProto, cache_dtype) -> np.ndarray:
         caches = {f"past_{k}.{i}": np.zeros(shape, cache_dtype) for i in range(4) for k in ("key", "value")}
-        evaluator = ReferenceEvaluator(graph, new_ops=[_TreeAttentionOp])
+        evaluator = ReferenceEvaluator(graph, new_ops=[TreeAttention])
         return evaluator.run(["logits"], {**feeds, **caches})[0].astype(np.float32)
 
     want, got = logits(original, np.float32), logits(model, dtype)

@@ -38,11 +38,11 @@ def hf_model(smollm2_dir):
     return AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
 
 
-def hf_greedy(model, prompt: list[int], stop_tokens: set[int]) -> list[int]:
+def hf_greedy(model, prompt: list[int], stop_tokens: set[int], new_tokens: int = NEW_TOKENS) -> list[int]:
     import torch
 
     with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, do_sample=False,
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False,
                              eos_token_id=sorted(stop_tokens), pad_token_id=sorted(stop_tokens)[0])
     return out[0, len(prompt) :].tolist()
 
@@ -57,3 +57,14 @@ def test_greedy_output_equals_transformers(engine, hf_model, index):
     ours = [t for chunk in engine.generate(prompt, config, stats) for t in chunk]
     assert ours == hf_greedy(hf_model, prompt, engine.stop_tokens)
     assert stats.new_tokens == len(ours)
+
+
+def test_edge_cases_on_the_real_model(engine, hf_model):
+    """A one-token prompt, a single new token, and a sampled run that stays within the vocabulary."""
+    for prompt, new_tokens in (([engine.manifest.bos_token_id or 1], 24), (engine.encode("Hello"), 1)):
+        config = engine.default_config(max_new_tokens=new_tokens, top_k=4, depth=3, total_tokens=16)
+        ours = [t for chunk in engine.generate(prompt, config) for t in chunk]
+        assert ours == hf_greedy(hf_model, prompt, engine.stop_tokens, new_tokens)
+    config = engine.default_config(max_new_tokens=16, temperature=0.8, top_p=0.9, seed=1)
+    sampled = [t for chunk in engine.generate(engine.encode("Hello", chat=True), config) for t in chunk]
+    assert 1 <= len(sampled) <= 16 and all(0 <= t < engine.manifest.target.vocab_size for t in sampled)
