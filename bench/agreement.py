@@ -9,7 +9,7 @@ Only the runtime is used (numpy and onnxruntime), so `eaglex eval` works whereve
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,8 @@ from eaglex.errors import EaglexError
 from eaglex.runtime.engine import Engine
 from eaglex.runtime.generate import GenerationStats
 
+# (sequence, start) -> logits [len(sequence) - start, V] predicting sequence[start:] from what precedes
+Scorer = Callable[[Sequence[int], int], np.ndarray]
 DEFAULT_PROMPTS = "mt_bench"  # first turns of MT-bench, the set the issue's speed target is measured on
 
 
@@ -82,25 +84,40 @@ def greedy_continuation(engine: Engine, prompt: list[int], new_tokens: int) -> l
     return [t for chunk in engine.generate(prompt, config, GenerationStats()) for t in chunk]
 
 
+def artifact_scorer(engine: Engine) -> Scorer:
+    return lambda sequence, start: teacher_forced_logits(engine, sequence, start)
+
+
 def measure_agreement(
-    candidate: Engine, reference: Engine, prompts: Sequence[tuple[str, bool]], new_tokens: int = 64
-) -> Agreement:
-    """Greedy match rate and KL of `candidate` against `reference` on the reference's greedy continuations."""
-    if candidate.manifest.target.vocab_size != reference.manifest.target.vocab_size:
-        raise EaglexError("the two artifacts have different vocabularies: they are not the same model")
-    matches, kls = [], []
+    candidates: Mapping[str, Scorer],
+    reference: Engine,
+    prompts: Sequence[tuple[str, bool]],
+    new_tokens: int = 64,
+) -> dict[str, Agreement]:
+    """Greedy match rate and KL of each candidate against `reference`, on the reference's greedy
+    continuations (decoded once, shared by all candidates)."""
+    matches: dict[str, list[np.ndarray]] = {name: [] for name in candidates}
+    kls: dict[str, list[np.ndarray]] = {name: [] for name in candidates}
     for text, chat in prompts:
         prompt = reference.encode(text, chat)
-        continuation = greedy_continuation(reference, prompt, new_tokens)
-        sequence = prompt + continuation
-        match, kl = compare_logits(
-            teacher_forced_logits(reference, sequence, len(prompt)),
-            teacher_forced_logits(candidate, sequence, len(prompt)),
+        sequence = prompt + greedy_continuation(reference, prompt, new_tokens)
+        expected = teacher_forced_logits(reference, sequence, len(prompt))
+        for name, score in candidates.items():
+            logits = score(sequence, len(prompt))
+            if logits.shape != expected.shape:
+                raise EaglexError(
+                    f"{name} scores {logits.shape[-1]} tokens, the reference {expected.shape[-1]}"
+                )
+            match, kl = compare_logits(expected, logits)
+            matches[name].append(match)
+            kls[name].append(kl)
+    result = {}
+    for name in candidates:
+        match, kl = np.concatenate(matches[name]), np.concatenate(kls[name])
+        result[name] = Agreement(
+            len(prompts), len(match), float(match.mean()), float(kl.mean()), float(kl.max())
         )
-        matches.append(match)
-        kls.append(kl)
-    match, kl = np.concatenate(matches), np.concatenate(kls)
-    return Agreement(len(prompts), len(match), float(match.mean()), float(kl.mean()), float(kl.max()))
+    return result
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

@@ -43,11 +43,22 @@ class EaglexMethod:
 
     def __call__(self, prompt: list[int], max_new_tokens: int) -> Decode:
         stats = GenerationStats()
-        config = self.engine.default_config(max_new_tokens=max_new_tokens, speculative=self.speculative,
-                                            temperature=self.temperature, seed=0, **self.tree)
+        config = self.engine.default_config(
+            max_new_tokens=max_new_tokens,
+            speculative=self.speculative,
+            temperature=self.temperature,
+            seed=0,
+            **self.tree,
+        )
         tokens = [t for chunk in self.engine.generate(prompt, config, stats) for t in chunk]
-        return Decode(tokens, stats.decode_seconds, stats.target_passes, self.engine.weight_bytes_read(stats),
-                      stats.draft_seconds, stats.verify_seconds)
+        return Decode(
+            tokens,
+            stats.decode_seconds,
+            stats.target_passes,
+            self.engine.weight_bytes_read(stats),
+            stats.draft_seconds,
+            stats.verify_seconds,
+        )
 
 
 class _FirstTokenClock:
@@ -81,8 +92,9 @@ class TransformersMethod:
         self.stop_tokens, self.prompt_lookup = sorted(stop_tokens), prompt_lookup
         self.name = "transformers prompt lookup" if prompt_lookup else "transformers"
         version = __import__("transformers").__version__
-        self.setup = (f"transformers {version}, torch {torch.__version__}, fp32, {threads} threads"
-                      + (", prompt_lookup_num_tokens=10" if prompt_lookup else ""))
+        self.setup = f"transformers {version}, torch {torch.__version__}, fp32, {threads} threads" + (
+            ", prompt_lookup_num_tokens=10" if prompt_lookup else ""
+        )
 
     def __call__(self, prompt: list[int], max_new_tokens: int) -> Decode:
         import torch
@@ -90,9 +102,15 @@ class TransformersMethod:
         clock = _FirstTokenClock()
         extra = {"prompt_lookup_num_tokens": 10} if self.prompt_lookup else {}
         with torch.inference_mode():
-            out = self.model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False,
-                                      eos_token_id=self.stop_tokens, pad_token_id=self.stop_tokens[0],
-                                      streamer=clock, **extra)
+            out = self.model.generate(
+                torch.tensor([prompt]),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=self.stop_tokens,
+                pad_token_id=self.stop_tokens[0],
+                streamer=clock,
+                **extra,
+            )
         seconds = time.perf_counter() - clock.first
         tokens = out[0, len(prompt) :].tolist()
         # Plain generate streams one token per pass; assisted generation streams each accepted run at once.

@@ -13,7 +13,9 @@ from eaglex.runtime.engine import Engine
 def peer_methods(engine: Engine, threads: int) -> list[Method]:
     source = Path(engine.manifest.raw["target"]["source"])
     if not (source / "config.json").is_file():
-        raise EaglexError(f"--compare needs the target's Hugging Face folder {source} (named in the manifest)")
+        raise EaglexError(
+            f"--compare needs the target's Hugging Face folder {source} (named in the manifest)"
+        )
     try:
         methods: list[Method] = [
             TransformersMethod(source, threads, engine.stop_tokens),

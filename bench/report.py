@@ -11,18 +11,31 @@ Results = dict[str, dict[str, dict[str, float]]]  # {set: {method: summary}}
 
 def markdown_table(results: Results) -> str:
     methods = list(next(iter(results.values())))
-    header = ["set", "prompts", "tau"] + [f"{m} tok/s (GB/s)" for m in methods] + ["EAGLE-3 / plain", "same output"]
+    header = (
+        ["set", "prompts", "tau"]
+        + [f"{m} tok/s (GB/s)" for m in methods]
+        + ["EAGLE-3 / plain", "same output"]
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, per_method in results.items():
         spec, plain = per_method.get(SPEC), per_method.get(PLAIN)
-        cells = [name, f"{int(next(iter(per_method.values()))['prompts'])}",
-                 f"{spec['acceptance_length']:.2f}" if spec else "-"]
-        cells += [f"{s['tokens_per_second']:.1f} ({s['weight_GB_per_second']:.1f})" for s in per_method.values()]
+        cells = [
+            name,
+            f"{int(next(iter(per_method.values()))['prompts'])}",
+            f"{spec['acceptance_length']:.2f}" if spec else "-",
+        ]
+        cells += [
+            f"{s['tokens_per_second']:.1f} ({s['weight_GB_per_second']:.1f})" for s in per_method.values()
+        ]
         speedup = spec["tokens_per_second"] / plain["tokens_per_second"] if spec and plain else None
         cells.append(f"{speedup:.2f}x" if speedup else "-")
         prompts = int(next(iter(per_method.values()))["prompts"])
-        cells.append(", ".join(f"{m}: {int(s['same_output_as_reference'])}/{prompts}"
-                               for m, s in list(per_method.items())[1:]))
+        cells.append(
+            ", ".join(
+                f"{m}: {int(s['same_output_as_reference'])}/{prompts}"
+                for m, s in list(per_method.items())[1:]
+            )
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -53,8 +66,12 @@ def plot(results: Results, path: Path, tree_sweep: list[dict[str, float]] | None
     ax = axes[1]
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
-        ax.bar([x + i * width for x in range(len(sets))], [results[s][method]["tokens_per_second"] for s in sets],
-               width, label=method)
+        ax.bar(
+            [x + i * width for x in range(len(sets))],
+            [results[s][method]["tokens_per_second"] for s in sets],
+            width,
+            label=method,
+        )
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(sets))], sets)
     ax.set_ylabel("decode tokens/s")
     ax.set_title("tokens/s per method")
@@ -63,10 +80,13 @@ def plot(results: Results, path: Path, tree_sweep: list[dict[str, float]] | None
         ax = axes[2]
         sizes = [row["total_tokens"] for row in tree_sweep]
         ax.plot(sizes, [row["predicted_tokens_per_second"] for row in tree_sweep], "o-", label="predicted")
-        measured = [(row["total_tokens"], row["measured_tokens_per_second"]) for row in tree_sweep
-                    if row.get("measured_tokens_per_second")]
+        measured = [
+            (row["total_tokens"], row["measured_tokens_per_second"])
+            for row in tree_sweep
+            if row.get("measured_tokens_per_second")
+        ]
         if measured:
-            ax.plot(*zip(*measured), "s", label="measured")
+            ax.plot(*zip(*measured, strict=False), "s", label="measured")
         ax.set_xlabel("tree size (nodes verified per pass)")
         ax.set_ylabel("tokens/s")
         ax.set_title("tokens/s vs tree size")

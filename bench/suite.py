@@ -63,12 +63,21 @@ class Progress:
         eta = elapsed / self.done * (self.total - self.done)
         bar = "#" * (30 * self.done // self.total)
         end = "\n" if self.done == self.total else ""
-        print(f"\r[{bar:<30}] {self.done}/{self.total} {label:<24} eta {eta / 60:5.1f} min",
-              end=end, file=sys.stderr, flush=True)
+        print(
+            f"\r[{bar:<30}] {self.done}/{self.total} {label:<24} eta {eta / 60:5.1f} min",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
 
 
-def run_suite(engine: Engine, methods: Sequence[Method], prompts: dict[str, list[Prompt]],
-              max_new_tokens: int, warmup: bool = True) -> dict[str, dict[str, dict[str, float]]]:
+def run_suite(
+    engine: Engine,
+    methods: Sequence[Method],
+    prompts: dict[str, list[Prompt]],
+    max_new_tokens: int,
+    warmup: bool = True,
+) -> dict[str, dict[str, dict[str, float]]]:
     """Returns {set: {method: summary}}. The first method is the reference whose outputs the others are
     compared with (at temperature 0 every exact method must reproduce it)."""
     if warmup:  # first calls pay for allocations and page faults; keep them out of every number

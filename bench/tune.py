@@ -35,7 +35,7 @@ CONTEXT = 256  # cache length at which costs are measured (typical of a chat tur
 
 
 def calibration_prompts(per_set: int) -> list[Prompt]:
-    """The last prompts of sets whose first prompts `eaglex bench` uses: tuning never sees benchmark prompts."""
+    """The last prompts of sets whose first prompts `eaglex bench` uses: tuning never sees bench prompts."""
     prompts = []
     for name in ("gsm8k", "humaneval", "xsum"):
         prompts += load_prompts(name)[-per_set:]
@@ -60,14 +60,19 @@ def verify_cost(engine: Engine, sizes: tuple[int, ...], reps: int) -> dict[int, 
     """Seconds per target pass over T tree nodes, T in sizes, with CONTEXT tokens in the cache."""
     costs, context = {}, _context(engine)
     for size in sizes:
-        feeds = {"input_ids": np.full((1, size), 1, np.int64),
-                 "position_ids": np.full((1, size), context, np.int64), "logit_index": np.arange(size)}
+        feeds = {
+            "input_ids": np.full((1, size), 1, np.int64),
+            "position_ids": np.full((1, size), context, np.int64),
+            "logit_index": np.arange(size),
+        }
         mask = np.ones((size, context + size), bool)
         costs[size] = _median_seconds(lambda f=feeds, m=mask: engine.target.run(f, context, m), reps)
     return costs
 
 
-def draft_cost(engine: Engine, prompt: list[int], top_ks: tuple[int, ...], reps: int) -> dict[tuple[int, int], float]:
+def draft_cost(
+    engine: Engine, prompt: list[int], top_ks: tuple[int, ...], reps: int
+) -> dict[tuple[int, int], float]:
     """Seconds to grow a tree of each (top_k, depth) after `prompt`: drafter calls plus the host work
     between them (embedding rows, masks, candidate bookkeeping)."""
     drafter = engine.drafter
@@ -94,8 +99,14 @@ def accepted_drafts(tree: DraftTree, continuation: list[int]) -> int:
     return accepted
 
 
-def acceptance(engine: Engine, prompts: list[Prompt], top_ks: tuple[int, ...], sizes: tuple[int, ...],
-               new_tokens: int, progress) -> dict[tuple[int, int, int], float]:
+def acceptance(
+    engine: Engine,
+    prompts: list[Prompt],
+    top_ks: tuple[int, ...],
+    sizes: tuple[int, ...],
+    new_tokens: int,
+    progress,
+) -> dict[tuple[int, int, int], float]:
     """Mean accepted drafts per round for every (top_k, depth, total_tokens), over every position of the
     prompts' greedy continuations."""
     drafter = engine.drafter
@@ -109,8 +120,15 @@ def acceptance(engine: Engine, prompts: list[Prompt], top_ks: tuple[int, ...], s
         sequence = np.array(ids + reference, np.int64)
         # One pass over the whole sequence gives the features the drafter pairs with each next token.
         n = len(sequence) - 1
-        out = engine.target.run({"input_ids": sequence[None, :n], "position_ids": np.arange(n)[None],
-                                 "logit_index": np.array([n - 1])}, 0, np.tri(n, dtype=bool))
+        out = engine.target.run(
+            {
+                "input_ids": sequence[None, :n],
+                "position_ids": np.arange(n)[None],
+                "logit_index": np.array([n - 1]),
+            },
+            0,
+            np.tri(n, dtype=bool),
+        )
         features = out["features"][0]
         for k in top_ks:
             drafter.reset()
@@ -136,8 +154,12 @@ class Shape:
     predicted_tokens_per_second: float
 
 
-def predict(accepted: dict[tuple[int, int, int], float], verify: dict[int, float],
-            draft: dict[tuple[int, int], float], host: float) -> list[Shape]:
+def predict(
+    accepted: dict[tuple[int, int, int], float],
+    verify: dict[int, float],
+    draft: dict[tuple[int, int], float],
+    host: float,
+) -> list[Shape]:
     """Predicted tokens/s of every shape: (drafts accepted + bonus) per round, over the round's cost:
     verify pass + tree growth + one drafter call to commit the accepted rows + the loop's own work."""
     shapes = [
@@ -148,13 +170,18 @@ def predict(accepted: dict[tuple[int, int, int], float], verify: dict[int, float
     return sorted(shapes, key=lambda s: -s.predicted_tokens_per_second)
 
 
-def decode(engine: Engine, prompts: list[Prompt], shape: Shape | None, new_tokens: int) -> tuple[float, float]:
+def decode(
+    engine: Engine, prompts: list[Prompt], shape: Shape | None, new_tokens: int
+) -> tuple[float, float]:
     """Measured (tokens per second, seconds per round) of decoding the prompts with this tree shape."""
     tokens, seconds, rounds = 0, 0.0, 0
     for prompt in prompts:
         stats = GenerationStats()
-        tree = {} if shape is None else {"top_k": shape.top_k, "depth": shape.depth,
-                                         "total_tokens": shape.total_tokens}
+        tree = (
+            {}
+            if shape is None
+            else {"top_k": shape.top_k, "depth": shape.depth, "total_tokens": shape.total_tokens}
+        )
         config = engine.default_config(max_new_tokens=new_tokens, speculative=shape is not None, **tree)
         for _ in engine.generate(engine.encode(prompt.text, prompt.chat), config, stats):
             pass
@@ -163,8 +190,9 @@ def decode(engine: Engine, prompts: list[Prompt], shape: Shape | None, new_token
     return tokens / seconds, seconds / rounds
 
 
-def tune(artifact: Path, threads: int, per_set: int, new_tokens: int, reps: int, check: int,
-         progress) -> dict:
+def tune(
+    artifact: Path, threads: int, per_set: int, new_tokens: int, reps: int, check: int, progress
+) -> dict:
     engine = Engine.load(artifact, threads=threads)
     if engine.drafter is None:
         raise EaglexError(f"{artifact} has no drafter: there is no tree to tune")

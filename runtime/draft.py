@@ -27,8 +27,17 @@ class EagleDrafter:
         self.calls = 0
         self.last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def _run(self, tokens: np.ndarray, features: np.ndarray, hidden: np.ndarray, positions: np.ndarray,
-             cache_len: int, mask: np.ndarray, logit_rows: np.ndarray, top_k: int) -> dict[str, np.ndarray]:
+    def _run(
+        self,
+        tokens: np.ndarray,
+        features: np.ndarray,
+        hidden: np.ndarray,
+        positions: np.ndarray,
+        cache_len: int,
+        mask: np.ndarray,
+        logit_rows: np.ndarray,
+        top_k: int,
+    ) -> dict[str, np.ndarray]:
         self.calls += 1
         feeds = {
             "input_embeds": np.asarray(self.embeddings[tokens], np.float32)[None],
@@ -44,8 +53,16 @@ class EagleDrafter:
         """Commits rows (features[i], tokens[i]); the last row's top-k becomes the next tree's first level."""
         n, start = len(tokens), self.cache_len
         mask = np.tri(n, start + n, start, dtype=bool)  # all committed slots, causal among the new rows
-        out = self._run(tokens, features[None], self.no_hidden, np.arange(start, start + n), start, mask,
-                        np.array([n - 1]), top_k)
+        out = self._run(
+            tokens,
+            features[None],
+            self.no_hidden,
+            np.arange(start, start + n),
+            start,
+            mask,
+            np.array([n - 1]),
+            top_k,
+        )
         self.cache_len += n
         self.last = (out["topk_logprobs"][0], out["topk_ids"][0], out["hidden_out"][0, -1:])
 
@@ -65,8 +82,16 @@ class EagleDrafter:
             scratch = builder.scratch_mask()  # [k, (level-1)*k]: ancestors' rows and its own
             mask = np.concatenate([np.ones((len(tokens), committed), bool), scratch], axis=1)
             position = committed + level - 2  # a level-(d-1) node sits one past its parent's position
-            out = self._run(tokens, self.no_features, hidden[None], np.full(len(tokens), position),
-                            committed + (level - 2) * top_k, mask, np.arange(len(tokens)), top_k)
+            out = self._run(
+                tokens,
+                self.no_features,
+                hidden[None],
+                np.full(len(tokens), position),
+                committed + (level - 2) * top_k,
+                mask,
+                np.arange(len(tokens)),
+                top_k,
+            )
             tokens, parent_rows = builder.add_level(out["topk_logprobs"][0], out["topk_ids"][0])
             hidden = out["hidden_out"][0][parent_rows]
         return builder

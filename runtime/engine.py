@@ -19,8 +19,9 @@ from eaglex.runtime.tokenizer import StreamDecoder, Tokenizer
 BACKENDS = ("onnxruntime", "tensorrt")
 
 
-def open_session(manifest: Manifest, backend: str, file: str, layers: int, kv_heads: int, head_dim: int,
-                 threads: int) -> GraphSession:
+def open_session(
+    manifest: Manifest, backend: str, file: str, layers: int, kv_heads: int, head_dim: int, threads: int
+) -> GraphSession:
     """One graph of the artifact on `backend`; TensorRT runs the engine `eaglex build` made from it."""
     if backend == "tensorrt":
         from eaglex.runtime.backends.tensorrt import TrtGraphSession
@@ -47,8 +48,9 @@ class Engine:
         self.manifest, self.threads = manifest, threads
         target = manifest.target
         self.tokenizer = Tokenizer(manifest.root)
-        self.target = open_session(manifest, backend, target.file, target.num_layers, target.num_kv_heads,
-                                   target.head_dim, threads)
+        self.target = open_session(
+            manifest, backend, target.file, target.num_layers, target.num_kv_heads, target.head_dim, threads
+        )
         self.drafter: EagleDrafter | None = None
         if manifest.drafter is not None:
             spec = manifest.drafter
@@ -58,8 +60,9 @@ class Engine:
         self.stop_tokens = set(manifest.eos_token_ids)
 
     @classmethod
-    def load(cls, artifact_dir: str | Path, threads: int = 2, backend: str = "onnxruntime",
-             checksums: bool = True) -> Engine:
+    def load(
+        cls, artifact_dir: str | Path, threads: int = 2, backend: str = "onnxruntime", checksums: bool = True
+    ) -> Engine:
         return cls(load_manifest(artifact_dir, checksums), threads, backend)
 
     def default_config(self, **overrides: object) -> GenerationConfig:
@@ -94,8 +97,9 @@ class Engine:
             raise EaglexError("the prompt is empty: give at least one token of text")
         if len(prompt) >= self.target.capacity:
             raise EaglexError(
-                f"the prompt has {len(prompt)} tokens but the artifact's context limit is {self.target.capacity} "
-                "(prompt plus at least one new token): shorten the prompt or re-export with a larger --max-context"
+                f"the prompt has {len(prompt)} tokens but the artifact's context limit is "
+                f"{self.target.capacity} (prompt plus at least one new token): shorten the prompt or "
+                "re-export with a larger --max-context"
             )
         if bad := [t for t in prompt if not 0 <= t < limits.target.vocab_size]:
             raise EaglexError(f"token id {bad[0]} is outside the vocabulary of {limits.target.vocab_size}")
@@ -104,24 +108,35 @@ class Engine:
         validate_sampling(config.temperature, config.top_p)
         if config.speculative and self.drafter is not None:
             if not 1 <= config.top_k <= max_top_k:
-                raise EaglexError(f"--top-k must be between 1 and {max_top_k} for this artifact, got {config.top_k}")
+                raise EaglexError(
+                    f"--top-k must be between 1 and {max_top_k} for this artifact, got {config.top_k}"
+                )
             if config.depth < 1:
                 raise EaglexError(f"--depth must be at least 1, got {config.depth}")
             if not 1 <= config.total_tokens <= limits.tree.max_total_tokens:
                 raise EaglexError(
-                    f"--total-tokens must be between 1 and {limits.tree.max_total_tokens}, got {config.total_tokens}"
+                    f"--total-tokens must be between 1 and {limits.tree.max_total_tokens}, "
+                    f"got {config.total_tokens}"
                 )
 
-    def generate(self, prompt: list[int], config: GenerationConfig,
-                 stats: GenerationStats | None = None) -> Iterator[list[int]]:
+    def generate(
+        self, prompt: list[int], config: GenerationConfig, stats: GenerationStats | None = None
+    ) -> Iterator[list[int]]:
         """Yields lists of new token ids as they are accepted (one list per target pass)."""
         self.check(prompt, config)
         drafter = self.drafter if config.speculative else None
-        return generate(self.target, drafter, prompt, config, self.stop_tokens,
-                        stats if stats is not None else GenerationStats())
+        return generate(
+            self.target,
+            drafter,
+            prompt,
+            config,
+            self.stop_tokens,
+            stats if stats is not None else GenerationStats(),
+        )
 
-    def stream_text(self, prompt: list[int], config: GenerationConfig,
-                    stats: GenerationStats | None = None) -> Iterator[str]:
+    def stream_text(
+        self, prompt: list[int], config: GenerationConfig, stats: GenerationStats | None = None
+    ) -> Iterator[str]:
         """Yields decoded text pieces as tokens are accepted."""
         decoder = StreamDecoder(self.tokenizer)
         for tokens in self.generate(prompt, config, stats):

@@ -51,8 +51,14 @@ class GenerationStats:
         return self.verified_tokens / self.decode_seconds if self.decode_seconds else 0.0
 
 
-def generate(target: GraphSession, drafter: EagleDrafter | None, prompt: list[int], config: GenerationConfig,
-             stop_tokens: set[int], stats: GenerationStats) -> Iterator[list[int]]:
+def generate(
+    target: GraphSession,
+    drafter: EagleDrafter | None,
+    prompt: list[int],
+    config: GenerationConfig,
+    stop_tokens: set[int],
+    stats: GenerationStats,
+) -> Iterator[list[int]]:
     """Yields the new tokens of each target pass as they are accepted; fills `stats` on the way."""
     rng = np.random.default_rng(config.seed)
     greedy = config.temperature == 0
@@ -62,10 +68,13 @@ def generate(target: GraphSession, drafter: EagleDrafter | None, prompt: list[in
 
     clock = time.perf_counter()
     tokens = np.asarray(prompt, np.int64)
-    out = target.run({"input_ids": tokens[None], "position_ids": np.arange(n)[None],
-                      "logit_index": np.array([n - 1])}, 0, np.tri(n, dtype=bool))
+    out = _run_target(target, tokens, np.arange(n), 0, np.tri(n, dtype=bool), np.array([n - 1]))
     logits = out["logits"][0, -1]
-    root = int(logits.argmax()) if greedy else sample(probabilities(logits, config.temperature, config.top_p), rng)
+    root = (
+        int(logits.argmax())
+        if greedy
+        else sample(probabilities(logits, config.temperature, config.top_p), rng)
+    )
     generated, cache_len = [root], n
     if drafter is not None:
         drafter.reset()
@@ -83,8 +92,7 @@ def generate(target: GraphSession, drafter: EagleDrafter | None, prompt: list[in
 
         mask = np.concatenate([np.ones((len(tree.tokens), cache_len), bool), tree.attention_mask()], axis=1)
         drafted = time.perf_counter()
-        out = target.run({"input_ids": tree.tokens[None], "position_ids": (cache_len + tree.depths)[None],
-                          "logit_index": np.arange(len(tree.tokens))}, cache_len, mask)
+        out = _run_target(target, tree.tokens, cache_len + tree.depths, cache_len, mask, np.arange(len(tree)))
         verified = time.perf_counter()
         stats.draft_seconds += drafted - clock
         stats.verify_seconds += verified - drafted
@@ -93,7 +101,7 @@ def generate(target: GraphSession, drafter: EagleDrafter | None, prompt: list[in
             path, bonus = accept_greedy(tree, logits.argmax(-1))
         else:
             path, bonus = accept_sampling(tree, logits, config.temperature, config.top_p, rng)
-        new = _stop_at(tree.tokens[path[1:]].tolist() + [bonus], stop_tokens, budget - len(generated))
+        new = _stop_at([*tree.tokens[path[1:]].tolist(), bonus], stop_tokens, budget - len(generated))
         generated += new
         stats.target_passes += 1
         stats.verified_tokens += len(new)
@@ -117,6 +125,18 @@ def generate(target: GraphSession, drafter: EagleDrafter | None, prompt: list[in
         stats.stop_reason = "length"
     else:
         stats.stop_reason = "context limit"
+
+
+def _run_target(
+    target: GraphSession,
+    tokens: np.ndarray,
+    positions: np.ndarray,
+    cache_len: int,
+    mask: np.ndarray,
+    logit_rows: np.ndarray,
+) -> dict[str, np.ndarray]:
+    feeds = {"input_ids": tokens[None], "position_ids": positions[None], "logit_index": logit_rows}
+    return target.run(feeds, cache_len, mask)
 
 
 def _stop_at(tokens: list[int], stop_tokens: set[int], room: int) -> list[int]:

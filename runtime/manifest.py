@@ -1,4 +1,4 @@
-"""Reads and checks `manifest.json`, the versioned contract between exporter and runtime (docs/ARTIFACT.md)."""
+"""Reads and checks `manifest.json`, the versioned contract of exporter and runtime (docs/ARTIFACT.md)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def sha256(path: Path) -> str:
 
 
 def verify_files(root: Path, files: dict[str, dict[str, Any]], checksums: bool = True) -> None:
-    """Refuses an artifact with a missing, truncated or altered file: loading it would fail obscurely later."""
+    """Refuses an artifact with a missing, truncated or altered file: it would fail obscurely later."""
     for name, info in files.items():
         path = root / name
         if not path.is_file():

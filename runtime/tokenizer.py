@@ -19,12 +19,16 @@ class Tokenizer:
     def __init__(self, folder: Path):
         path = folder / "tokenizer.json"
         if not path.is_file():
-            raise EaglexError(f"{folder} has no tokenizer.json; re-export the artifact from a model folder that has one")
+            raise EaglexError(
+                f"{folder} has no tokenizer.json; re-export the artifact from a model folder that has one"
+            )
         self.tokenizer = HFTokenizer.from_file(str(path))
         config_path = folder / "tokenizer_config.json"
         self.config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         template_path = folder / "chat_template.jinja"
-        self.chat_template = template_path.read_text() if template_path.is_file() else self.config.get("chat_template")
+        self.chat_template = (
+            template_path.read_text() if template_path.is_file() else self.config.get("chat_template")
+        )
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
@@ -39,7 +43,9 @@ class Tokenizer:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise
         special = {k: v for k, v in self.config.items() if k.endswith("_token") and isinstance(v, str)}
-        text = env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=True, **special)
+        text = env.from_string(self.chat_template).render(
+            messages=messages, add_generation_prompt=True, **special
+        )
         return self.encode(text, add_special_tokens=False)
 
 

@@ -67,8 +67,21 @@ def peak_rss_mb(artifact: Path, tokens: int, threads: int) -> float:
 
     Call it before this process loads any model: a forked child starts with its parent's resident pages,
     which would count towards the child's peak."""
-    cmd = [sys.executable, "-m", "eaglex.cli", "run", str(artifact), "--prompt", PROMPT, "--chat",
-           "--max-new-tokens", str(tokens), "--no-spec", "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "eaglex.cli",
+        "run",
+        str(artifact),
+        "--prompt",
+        PROMPT,
+        "--chat",
+        "--max-new-tokens",
+        str(tokens),
+        "--no-spec",
+        "--threads",
+        str(threads),
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
@@ -97,8 +110,11 @@ def main() -> None:
         stats = eaglex_plain(engine, prompt, args.tokens)
         ours.append(stats.tokens_per_second)
         theirs.append(transformers_generate(model, prompt, args.tokens))
-        print(f"round {round_ + 1}/{args.rounds}: eaglex {ours[-1]:.1f} tok/s, transformers {theirs[-1]:.1f} tok/s",
-              file=sys.stderr)
+        print(
+            f"round {round_ + 1}/{args.rounds}: eaglex {ours[-1]:.1f} tok/s, "
+            f"transformers {theirs[-1]:.1f} tok/s",
+            file=sys.stderr,
+        )
     short, long = per_token_ms(engine, 64), per_token_ms(engine, 1024)
 
     ours_m, theirs_m = statistics.median(ours), statistics.median(theirs)

@@ -16,20 +16,34 @@ from eaglex.runtime.tree import DraftTree
 @pytest.fixture(scope="module")
 def artifact(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "artifact"
-    result = eaglex("export", "--model", tiny_model("llama"), "--drafter", "random", "--out", out,
-                    "--max-context", "512")
+    result = eaglex(
+        "export", "--model", tiny_model("llama"), "--drafter", "random", "--out", out, "--max-context", "512"
+    )
     assert result.returncode == 0, result.stderr
     return out
 
 
 def test_bench_writes_json_table_and_plot(artifact, tmp_path):
-    result = eaglex("bench", artifact, "--sets", "mt-bench,gsm8k", "--limit", "2", "--max-new-tokens", "8",
-                    "--compare", "--out", tmp_path)
+    result = eaglex(
+        "bench",
+        artifact,
+        "--sets",
+        "mt-bench,gsm8k",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--compare",
+        "--out",
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "results.json").read_text())
     assert set(record["results"]) == {"mt-bench", "gsm8k"}
     for per_method in record["results"].values():
-        assert {"eaglex plain", "eaglex EAGLE-3", "transformers", "transformers prompt lookup"} <= set(per_method)
+        assert {"eaglex plain", "eaglex EAGLE-3", "transformers", "transformers prompt lookup"} <= set(
+            per_method
+        )
         # Greedy EAGLE-3 and transformers reproduce eaglex plain decoding token for token.
         assert per_method["eaglex EAGLE-3"]["same_output_as_reference"] == 2
         assert per_method["transformers"]["same_output_as_reference"] == 2
@@ -41,7 +55,9 @@ def test_bench_writes_json_table_and_plot(artifact, tmp_path):
 def test_tune_writes_the_best_tree_into_the_manifest(artifact, tmp_path):
     tuned = tmp_path / "tuned"
     shutil.copytree(artifact, tuned)
-    result = eaglex("tune", tuned, "--prompts-per-set", "1", "--new-tokens", "8", "--reps", "1", "--check", "2")
+    result = eaglex(
+        "tune", tuned, "--prompts-per-set", "1", "--new-tokens", "8", "--reps", "1", "--check", "2"
+    )
     assert result.returncode == 0, result.stderr
     best = json.loads((tuned / "tune.json").read_text())["best"]
     assert json.loads((tuned / "manifest.json").read_text())["tree"] == {**best, "max_total_tokens": 128}

@@ -12,7 +12,9 @@ import pytest
 
 
 def eaglex(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "eaglex.cli", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "eaglex.cli", *map(str, args)], capture_output=True, text=True
+    )
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> None:
@@ -29,8 +31,9 @@ def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> None:
 @pytest.fixture(scope="module")
 def artifact(tiny_model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "artifact"
-    result = eaglex("export", "--model", tiny_model("llama"), "--drafter", "random", "--out", out,
-                    "--max-context", "160")
+    result = eaglex(
+        "export", "--model", tiny_model("llama"), "--drafter", "random", "--out", out, "--max-context", "160"
+    )
     assert result.returncode == 0, result.stderr
     assert "tracing target" in result.stderr  # progress is shown
     return out
@@ -63,10 +66,14 @@ def test_export_refuses_an_existing_folder_and_leaves_nothing_behind(artifact, t
     config = json.loads((tiny_model("llama") / "config.json").read_text())
     broken = tmp_path / "gpt2"
     shutil.copytree(tiny_model("llama"), broken)
-    (broken / "config.json").write_text(json.dumps({**config, "model_type": "gpt2", "architectures": ["GPT2"]}))
+    (broken / "config.json").write_text(
+        json.dumps({**config, "model_type": "gpt2", "architectures": ["GPT2"]})
+    )
     assert_user_error(eaglex("export", "--model", broken, "--out", tmp_path / "out"), "unsupported")
     assert not (tmp_path / "out").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], "a partial folder was left behind"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], (
+        "a partial folder was left behind"
+    )
 
 
 def test_drafter_that_does_not_fit_the_target(tiny_model, tmp_path):
@@ -75,8 +82,20 @@ def test_drafter_that_does_not_fit_the_target(tiny_model, tmp_path):
     drafter = write_random_drafter(tiny_model("llama"), tmp_path / "drafter", draft_vocab_size=64)
     config = json.loads((drafter / "config.json").read_text())
     (drafter / "config.json").write_text(json.dumps({**config, "hidden_size": 96}))
-    assert_user_error(eaglex("export", "--model", tiny_model("llama"), "--drafter", drafter,
-                             "--out", tmp_path / "out", "--max-context", "160"), "hidden")
+    assert_user_error(
+        eaglex(
+            "export",
+            "--model",
+            tiny_model("llama"),
+            "--drafter",
+            drafter,
+            "--out",
+            tmp_path / "out",
+            "--max-context",
+            "160",
+        ),
+        "hidden",
+    )
     assert not (tmp_path / "out").exists()
 
 

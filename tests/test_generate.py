@@ -25,8 +25,9 @@ def artifact(tiny_model, tmp_path_factory):
     model = tiny_model("llama")
     tmp = tmp_path_factory.mktemp("generate")
     drafter = write_random_drafter(model, tmp / "drafter", draft_vocab_size=64)
-    return export_artifact(model, tmp / "artifact", drafter_dir=drafter, max_context=MAX_CONTEXT,
-                           progress=lambda _: None)
+    return export_artifact(
+        model, tmp / "artifact", drafter_dir=drafter, max_context=MAX_CONTEXT, progress=lambda _: None
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,14 @@ def hf_greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
     import torch
 
     with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                             do_sample=False, eos_token_id=None, pad_token_id=0)
+        out = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
     return out[0, len(prompt) :].tolist()
 
 
@@ -109,7 +116,9 @@ def test_plain_decoding_matches_transformers(engine, hf_model):
         assert stats.target_passes == 39  # one token per pass after the prefill
 
 
-@pytest.mark.parametrize(("top_k", "depth", "total_tokens"), [(1, 5, 6), (4, 4, 16), (8, 5, 60), (16, 3, 128)])
+@pytest.mark.parametrize(
+    ("top_k", "depth", "total_tokens"), [(1, 5, 6), (4, 4, 16), (8, 5, 60), (16, 3, 128)]
+)
 def test_speculative_greedy_equals_plain(engine, top_k, depth, total_tokens):
     for prompt in prompts(5, seed=top_k):
         plain, _ = run(engine, prompt, speculative=False)
@@ -132,7 +141,9 @@ def test_oracle_trees_are_accepted_and_the_cache_is_compacted(engine, seed):
     assert spec == plain
     assert stats.acceptance_length > 2.0, "the oracle's paths should be accepted deep"
     filled = len(prompt) + len(plain) - 1  # every token but the last emitted one went through the target
-    np.testing.assert_allclose(engine.target.cache.data[..., :filled, :], plain_cache[..., :filled, :], atol=1e-5)
+    np.testing.assert_allclose(
+        engine.target.cache.data[..., :filled, :], plain_cache[..., :filled, :], atol=1e-5
+    )
 
 
 def test_stop_token_inside_an_accepted_path(engine):

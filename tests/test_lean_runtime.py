@@ -10,5 +10,7 @@ def test_runtime_imports_neither_torch_nor_transformers() -> None:
         "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules); "
         "print(','.join(heavy))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "", f"importing the runtime loaded {out}"

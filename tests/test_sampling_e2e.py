@@ -26,8 +26,12 @@ RUNS = 4000
 def engine(tiny_model, tmp_path_factory):
     from eaglex.exporter.export import export_artifact
 
-    artifact = export_artifact(tiny_model("llama"), tmp_path_factory.mktemp("sampling") / "artifact",
-                               max_context=160, progress=lambda _: None)
+    artifact = export_artifact(
+        tiny_model("llama"),
+        tmp_path_factory.mktemp("sampling") / "artifact",
+        max_context=160,
+        progress=lambda _: None,
+    )
     engine = Engine.load(artifact, threads=1)
     engine.stop_tokens = set()
     return engine
@@ -91,7 +95,9 @@ def second_and_third_tokens(engine: Engine, exact, seed: int) -> np.ndarray:
     counts = np.zeros((vocab, vocab), dtype=np.int64)
     try:
         for run in range(RUNS):
-            config = GenerationConfig(max_new_tokens=3, temperature=TEMPERATURE, seed=seed * RUNS + run, top_k=1)
+            config = GenerationConfig(
+                max_new_tokens=3, temperature=TEMPERATURE, seed=seed * RUNS + run, top_k=1
+            )
             tokens = [t for chunk in engine.generate(PROMPT, config) for t in chunk]
             counts[tokens[1], tokens[2]] += 1
     finally:

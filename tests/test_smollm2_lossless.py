@@ -42,8 +42,13 @@ def hf_greedy(model, prompt: list[int], stop_tokens: set[int], new_tokens: int =
     import torch
 
     with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False,
-                             eos_token_id=sorted(stop_tokens), pad_token_id=sorted(stop_tokens)[0])
+        out = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            eos_token_id=sorted(stop_tokens),
+            pad_token_id=sorted(stop_tokens)[0],
+        )
     return out[0, len(prompt) :].tolist()
 
 
@@ -51,7 +56,8 @@ def hf_greedy(model, prompt: list[int], stop_tokens: set[int], new_tokens: int =
 def test_greedy_output_equals_transformers(engine, hf_model, index):
     prompt = engine.encode(PROMPTS[index]["text"], chat=PROMPTS[index]["chat"])
     tree = TREES[index % len(TREES)]
-    settings = {"speculative": False} if tree is None else dict(zip(("top_k", "depth", "total_tokens"), tree))
+    names = ("top_k", "depth", "total_tokens")
+    settings = {"speculative": False} if tree is None else dict(zip(names, tree, strict=True))
     stats = GenerationStats()
     config = engine.default_config(max_new_tokens=NEW_TOKENS, **settings)
     ours = [t for chunk in engine.generate(prompt, config, stats) for t in chunk]

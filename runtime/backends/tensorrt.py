@@ -39,6 +39,14 @@ def _modules() -> tuple[Any, Any]:
     return tensorrt, cudart
 
 
+def _numpy_dtype(trt: Any, dtype: Any) -> np.dtype:
+    if dtype == trt.bfloat16:  # numpy has no bfloat16; ml_dtypes (a dependency of onnx) does
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(trt.nptype(dtype))
+
+
 class _Cuda:
     """cuda-python's runtime calls return (error, *values): raise on error, unwrap the values."""
 
@@ -93,12 +101,12 @@ class TrtGraphSession:
                 f"TensorRT cannot load {engine_path}: rebuild it with eaglex build on this machine"
             )
         engine = self.engine
-        self.stream = self.cuda("cudaStreamCreate")
+        self.stream = int(self.cuda("cudaStreamCreate"))  # TensorRT takes streams as integers
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.inputs = [n for n in names if is_input[n] and not n.startswith("past_")]
         self.outputs = [n for n in names if not is_input[n] and not n.startswith("present_")]
-        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        self.dtypes = {n: _numpy_dtype(trt, engine.get_tensor_dtype(n)) for n in names}
 
         shape = tuple(engine.get_tensor_shape("past_key.0"))  # [1, kv, M, d], static
         self.capacity, self.layers = int(shape[2]), layers
