@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from eaglex.errors import EaglexError
-
-from .export import _sha256
+from eaglex.runtime.backends.tensorrt import load_plugin_library
+from eaglex.runtime.manifest import sha256
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 ENGINE_DIR = "engines"
@@ -72,8 +72,7 @@ def build_engines(
     library = _plugin_library()
     shutil.copy2(library, engines / PLUGIN_LIBRARY)
     logger = trt.Logger(trt.Logger.WARNING)
-    trt.init_libnvinfer_plugins(logger, "")
-    trt.get_plugin_registry().load_library(str(engines / PLUGIN_LIBRARY))
+    load_plugin_library(trt, engines / PLUGIN_LIBRARY)
 
     cache_path = Path(timing_cache) if timing_cache else engines / "timing.cache"
     entries: dict[str, Any] = {}
@@ -82,7 +81,7 @@ def build_engines(
         graphs.append(("drafter", manifest["drafter"]))
     for name, spec in graphs:
         progress(f"building the {name} engine ({precision}); this takes minutes")
-        profiles = _profiles(name, manifest, max_prompt, max_nodes)
+        profiles = optimization_profiles(name, manifest, max_prompt, max_nodes)
         with _graph_at_precision(root / spec["file"], precision) as onnx_path:
             plan = _build(trt, logger, onnx_path, profiles, cache_path)
         engine_file = f"{ENGINE_DIR}/{name}.{precision}.engine"
@@ -98,7 +97,7 @@ def build_engines(
     }
     files = {k: v for k, v in manifest["files"].items() if not k.startswith(f"{ENGINE_DIR}/")}
     for path in sorted(engines.iterdir()):
-        files[f"{ENGINE_DIR}/{path.name}"] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        files[f"{ENGINE_DIR}/{path.name}"] = {"bytes": path.stat().st_size, "sha256": sha256(path)}
     manifest["files"] = files
     partial = manifest_path.with_suffix(".json.partial")
     partial.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -145,7 +144,9 @@ def _plugin_library() -> Path:
     return build_library("eaglex_tree_attention_trt", options)
 
 
-def _profiles(graph: str, manifest: dict, max_prompt: int, max_nodes: int) -> list[dict[str, Any]]:
+def optimization_profiles(
+    graph: str, manifest: dict, max_prompt: int, max_nodes: int
+) -> list[dict[str, Any]]:
     """Shapes (min, opt, max) of each dynamic input, per profile. W, the tree mask's words, spans the
     whole cache so that any mask_start fits."""
     words = -(-manifest["target"]["max_context"] // 32)

@@ -90,8 +90,10 @@ def export_artifact(
             stage("tracing drafter")
             export_drafter_graph(drafter, work / "drafter.onnx", max_context, backend)
         quantization = {}
-        for role, file, scheme, logits in (("target", "target.onnx", quantize, "logits"),
-                                           ("drafter", "drafter.onnx", quantize_drafter, "topk_logprobs")):
+        for role, file, scheme, logits in (
+            ("target", "target.onnx", quantize, "logits"),
+            ("drafter", "drafter.onnx", quantize_drafter, "topk_logprobs"),
+        ):
             if scheme is not None:
                 stage(f"quantizing {role} to {scheme}")
                 quantization[role] = quantize_graph(work / file, scheme, logits, quantize_embeddings)
@@ -251,7 +253,11 @@ def _rename_dims(path: Path, dim_names: dict[str, dict[int, str]]) -> None:
 
 def _tree_params(tree: Mapping[str, int] | None, max_context: int) -> dict[str, int]:
     # A tree never outgrows the cache: the runtime also trims trees to the room left near the limit.
-    params = {**DEFAULT_TREE, "max_total_tokens": min(DEFAULT_TREE["max_total_tokens"], max_context), **(tree or {})}
+    params = {
+        **DEFAULT_TREE,
+        "max_total_tokens": min(DEFAULT_TREE["max_total_tokens"], max_context),
+        **(tree or {}),
+    }
     unknown = sorted(set(params) - set(DEFAULT_TREE))
     if unknown:
         raise EaglexError(f"unknown tree parameter {unknown[0]}: use {', '.join(DEFAULT_TREE)}")
@@ -267,8 +273,9 @@ def _tree_params(tree: Mapping[str, int] | None, max_context: int) -> dict[str, 
     return params
 
 
-def _check_quantization(quantize: str | None, quantize_drafter: str | None, backend: str,
-                        drafter_dir: str | Path | None) -> str | None:
+def _check_quantization(
+    quantize: str | None, quantize_drafter: str | None, backend: str, drafter_dir: str | Path | None
+) -> str | None:
     """Validates the quantization settings; returns the drafter's scheme (None: float32)."""
     for scheme in (quantize, quantize_drafter):
         if scheme is not None and scheme != "none" and scheme not in SCHEMES:

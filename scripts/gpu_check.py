@@ -92,7 +92,7 @@ def sdpa(args: dict, t: dict[str, torch.Tensor], keys: torch.Tensor, values: tor
     """torch's SDPA over the same rows and mask; keys/values: the caches with the new rows in them."""
     rows, heads = args["query"].shape[1], args["num_heads"]
     total = int(args["cache_len"][0]) + rows
-    mask = torch.from_numpy(decode_mask(int(args["mask_start"][0]), args["tree_mask"], total)).cuda()
+    mask = torch.from_numpy(decode_mask(int(args["mask_start"][0]), args["tree_mask"], total)).to(keys.device)
     q = t["query"].view(1, rows, heads, -1).transpose(1, 2)
     out = F.scaled_dot_product_attention(
         q, keys[:, :, :total], values[:, :, :total], attn_mask=mask, scale=args["scale"], enable_gqa=True

@@ -294,6 +294,8 @@ def test_smollm2_plugin_graphs_match_default_and_transformers(
 
 @pytest.mark.smollm2
 def test_smollm2_plugin_artifact_is_lossless(smollm2_dir, smollm2_plugin_artifact):
+    """Greedy speculative decoding through the op's CPU reference equals transformers (few tokens: the
+    reference path costs about a second per target pass)."""
     import torch
     from test_smollm2_lossless import PROMPTS
     from transformers import AutoModelForCausalLM
@@ -301,19 +303,19 @@ def test_smollm2_plugin_artifact_is_lossless(smollm2_dir, smollm2_plugin_artifac
     engine = Engine.load(smollm2_plugin_artifact, threads=2)
     hf = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
     stop = sorted(engine.stop_tokens)
-    for index, tree in ((0, (8, 5, 60)), (3, None)):
+    for index, tree, new_tokens in ((0, (8, 5, 60), 12), (3, None, 8)):
         prompt = engine.encode(PROMPTS[index]["text"], chat=PROMPTS[index]["chat"])
         settings = (
             {"speculative": False}
             if tree is None
             else dict(zip(("top_k", "depth", "total_tokens"), tree, strict=True))
         )
-        config = engine.default_config(max_new_tokens=48, **settings)
+        config = engine.default_config(max_new_tokens=new_tokens, **settings)
         ours = [t for chunk in engine.generate(prompt, config) for t in chunk]
         with torch.inference_mode():
             want = hf.generate(
                 torch.tensor([prompt]),
-                max_new_tokens=48,
+                max_new_tokens=new_tokens,
                 do_sample=False,
                 eos_token_id=stop,
                 pad_token_id=stop[0],
@@ -407,3 +409,106 @@ def test_low_precision_graphs_for_tensorrt(artifacts, precision, tolerance):
     want, got = logits(original, np.float32), logits(model, dtype)
     assert np.abs(got - want).max() < tolerance * np.abs(want).max()
     assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_engine_profiles_cover_every_runtime_call(artifacts):
+    """`eaglex build`'s optimisation profiles must name every dynamic input of each graph and take the
+    shapes (and top_k values) of every call the runtime makes: prefill, verify passes, drafter levels."""
+    from eaglex.exporter.engines import optimization_profiles
+    from eaglex.plugins.tree_attention.mask import mask_feeds
+
+    plugin = artifacts[2]
+    manifest = json.loads((plugin / "manifest.json").read_text())
+    engine = Engine.load(plugin, threads=2)
+    engine.stop_tokens = set()
+    calls: dict[str, list[dict[str, np.ndarray]]] = {"target": [], "drafter": []}
+    for graph, session in (("target", engine.target), ("drafter", engine.drafter.session)):
+
+        def recording(feeds, cache_len, mask, session=session, graph=graph, run=session.run):
+            calls[graph].append({**feeds, **mask_feeds(mask, cache_len)})
+            return run(feeds, cache_len, mask)
+
+        session.run = recording
+    prompt = list(range(3, 3 + 90))  # a long prompt, then trees of several shapes
+    for tree in ((8, 5, 60), (16, 3, 128), (1, 8, 9)):
+        config = GenerationConfig(
+            max_new_tokens=12, **dict(zip(("top_k", "depth", "total_tokens"), tree, strict=True))
+        )
+        list(engine.generate(prompt, config))
+
+    for graph in ("target", "drafter"):
+        profiles = optimization_profiles(graph, manifest, MAX_CONTEXT, manifest["tree"]["max_total_tokens"])
+        model = onnx.load(str(plugin / f"{graph}.onnx"), load_external_data=False)
+        dynamic = {
+            i.name for i in model.graph.input if any(d.dim_param for d in i.type.tensor_type.shape.dim)
+        }
+        for profile in profiles:
+            assert set(profile["shapes"]) == dynamic, f"{graph} {profile['name']}: profile inputs"
+            for low, opt, high in profile["shapes"].values():
+                assert all(a <= b <= c for a, b, c in zip(low, opt, high, strict=True))
+
+        def fits(call: dict[str, np.ndarray], profile: dict) -> bool:
+            shapes = all(
+                all(a <= s <= b for a, s, b in zip(low, call[name].shape, high, strict=True))
+                for name, (low, _, high) in profile["shapes"].items()
+            )
+            values = all(
+                all(a <= v <= b for a, v, b in zip(low, call[name].tolist(), high, strict=True))
+                for name, (low, _, high) in profile.get("values", {}).items()
+            )
+            return shapes and values
+
+        assert calls[graph]
+        for call in calls[graph]:
+            shapes = {name: value.shape for name, value in call.items()}
+            assert any(fits(call, profile) for profile in profiles), f"{graph}: no profile takes {shapes}"
+
+
+def test_torch_modules_take_either_mask_flavour(tiny_model):
+    """The torch op behind the plugin node (int32 bit mask) computes what the bias flavour computes, so
+    the modules can be checked eagerly in either flavour."""
+    import torch
+
+    from eaglex.exporter.checkpoints import load_target
+    from eaglex.plugins.tree_attention.mask import mask_feeds
+
+    target = load_target(tiny_model("llama"))
+    c = target.config
+    n, nodes = len(PROMPT), len(TREE_PARENTS)
+    tree, depths = tree_mask(TREE_PARENTS)
+    calls = [  # (tokens, positions, cache_len, mask)
+        (PROMPT, np.arange(n), 0, np.tri(n, dtype=bool)),
+        (TREE_TOKENS, n + depths, n, np.concatenate([np.ones((nodes, n), bool), tree], axis=1)),
+    ]
+    caches = {
+        flavour: [torch.zeros(1, c.num_kv_heads, 32, c.head_dim) for _ in range(2 * c.num_layers)]
+        for flavour in ("bias", "bits")
+    }
+    for tokens, positions, cache_len, mask in calls:
+        total = mask.shape[1]
+        packed = {k: torch.from_numpy(v) for k, v in mask_feeds(mask, cache_len).items()}
+        inputs = {
+            "bias": (
+                torch.from_numpy(np.where(mask, 0.0, -np.inf).astype(np.float32))[None, None],
+                torch.tensor([total - 1], dtype=torch.int32),
+                torch.tensor(total, dtype=torch.int32),
+            ),
+            "bits": (packed["tree_mask"], packed["cache_len"], packed["mask_start"]),
+        }
+        outputs = {}
+        with torch.no_grad():
+            for flavour, (mask_input, length_a, length_b) in inputs.items():
+                logits, _, *presents = target(
+                    torch.tensor([tokens]),
+                    torch.from_numpy(positions)[None],
+                    mask_input,
+                    length_a,
+                    length_b,
+                    torch.arange(len(tokens)),
+                    caches[flavour],
+                )
+                caches[flavour] = presents
+                outputs[flavour] = logits
+        torch.testing.assert_close(outputs["bits"], outputs["bias"], atol=1e-5, rtol=1e-5)
+    for a, b in zip(caches["bits"], caches["bias"], strict=True):
+        torch.testing.assert_close(a, b)

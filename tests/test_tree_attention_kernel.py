@@ -8,6 +8,7 @@ scripts/gpu_check.sh runs the real kernel against the same reference and torch's
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -166,3 +167,37 @@ def test_cuda_kernel_compiles_for_ampere_and_hopper(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "spill" not in result.stderr and (tmp_path / "kernel.o").stat().st_size > 0
+
+
+def _tensorrt_headers() -> Path | None:
+    """TensorRT's C++ headers: $TensorRT_ROOT/include, or where libnvinfer-dev puts them."""
+    root = os.environ.get("TensorRT_ROOT")  # noqa: SIM112 (the name CMake and NVIDIA use)
+    places = (
+        [Path(root) / "include"] if root else [Path("/usr/include"), Path("/usr/include/x86_64-linux-gnu")]
+    )
+    return next((p for p in places if (p / "NvInferRuntime.h").is_file()), None)
+
+
+@pytest.mark.skipif(
+    _tensorrt_headers() is None or shutil.which("nvcc") is None,
+    reason="needs nvcc and TensorRT's C++ headers (libnvinfer-dev or TensorRT_ROOT; pip's TensorRT has none)",
+)
+def test_tensorrt_plugin_library_builds_and_answers_the_builder(tmp_path):
+    """Builds libeaglex_tree_attention_trt.so with CMake, then loads it as IPluginRegistry::loadLibrary does
+    and checks the plugin's build-time answers (tests/native/plugin_selftest.cpp); no GPU needed."""
+    headers = _tensorrt_headers()
+    library = build.build_library(
+        "eaglex_tree_attention_trt",
+        ["-DEAGLEX_TENSORRT=ON", f"-DTensorRT_ROOT={headers.parent}", "-DCMAKE_CUDA_ARCHITECTURES=90"],
+    )
+    program = tmp_path / "plugin_selftest"
+    source = Path(__file__).parent / "native" / "plugin_selftest.cpp"
+    # nvcc as the compiler driver: it adds the CUDA headers that TensorRT's headers include.
+    compiled = subprocess.run(
+        ["nvcc", "-std=c++17", "-isystem", str(headers), str(source), "-ldl", "-o", str(program)],
+        capture_output=True,
+        text=True,
+    )
+    assert compiled.returncode == 0, compiled.stderr
+    result = subprocess.run([str(program), str(library)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("ok"), result.stdout

@@ -36,8 +36,9 @@ _FLOAT, _INT32 = PyCustomOpDef.dt_float, PyCustomOpDef.dt_int32
 )
 def _tree_attention(query, key, value, past_key, past_value, cache_len, mask_start, tree_mask, **attrs):
     # onnxruntime-extensions hands the op copies of its inputs and copies the outputs back into the
-    # (aliased) present buffers, so writing the copies here is what updates the runtime's cache.
-    past_key, past_value = np.array(past_key), np.array(past_value)
+    # (aliased) present buffers, so writing the copies here is what updates the runtime's cache. That
+    # copy goes through Python lists: the cost of this path grows with the cache size M.
+    past_key, past_value = (np.require(a, requirements="W") for a in (past_key, past_value))
     out = tree_attention(
         query,
         key,

@@ -56,13 +56,13 @@ class OrtGraphSession:
         for name in self.output_names:
             self.binding.bind_output(name)
         for i in range(layers):
-            for kind, buffer in zip(("key", "value"), self.cache.layer(i)):
+            for kind, buffer in zip(("key", "value"), self.cache.layer(i), strict=True):
                 value = ort.OrtValue.ortvalue_from_numpy(buffer)  # shares memory with the numpy view
                 self.binding.bind_ortvalue_input(f"past_{kind}.{i}", value)
                 self.binding.bind_ortvalue_output(f"present_{kind}.{i}", value)
 
     def run(self, feeds: Mapping[str, np.ndarray], cache_len: int, mask: np.ndarray) -> dict[str, np.ndarray]:
-        rows, total = mask.shape
+        total = mask.shape[1]
         if total > self.capacity:
             raise EaglexError(
                 f"{total} rows exceed the KV cache of {self.capacity}; re-export with a larger --max-context"

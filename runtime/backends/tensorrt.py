@@ -27,7 +27,6 @@ INSTALL = (
     "the TensorRT backend needs tensorrt and cuda-python on a machine with an NVIDIA GPU: "
     "pip install 'eaglex[tensorrt]' (TensorRT wheels come from pypi.nvidia.com)"
 )
-_loaded_libraries: set[str] = set()
 
 
 def _modules() -> tuple[Any, Any]:
@@ -45,6 +44,15 @@ def _numpy_dtype(trt: Any, dtype: Any) -> np.dtype:
 
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(trt.nptype(dtype))
+
+
+def load_plugin_library(trt: Any, path: Path) -> None:
+    """Registers the tree-attention plugin once per process: the registry refuses a second library that
+    brings an already registered creator."""
+    registry = trt.get_plugin_registry()
+    registered = registry.get_creator("TreeAttention", "1", "eaglex") is not None
+    if not registered and registry.load_library(str(path)) is None:
+        raise EaglexError(f"TensorRT cannot load the plugin library {path}: rebuild with eaglex build")
 
 
 class _Cuda:
@@ -92,9 +100,7 @@ class TrtGraphSession:
         trt, cudart = _modules()
         self.trt, self.cuda = trt, _Cuda(cudart)
         logger = trt.Logger(trt.Logger.WARNING)
-        if str(plugin_library) not in _loaded_libraries:  # a registry refuses a library loaded twice
-            trt.get_plugin_registry().load_library(str(plugin_library))
-            _loaded_libraries.add(str(plugin_library))
+        load_plugin_library(trt, plugin_library)
         self.engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
             raise EaglexError(
