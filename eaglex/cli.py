@@ -65,30 +65,74 @@ def resolve_model(model: str) -> Path:
 
 
 @main.command()
-@click.option("--model", required=True, help="Hugging Face model folder, or a name eaglex fetch knows (smollm2).")
-@click.option("--drafter", default=None,
-              help="EAGLE-3 drafter folder in the official format, or 'random' for an untrained one. "
-                   "Without it the artifact decodes without speculation.")
+@click.option(
+    "--model", required=True, help="Hugging Face model folder, or a name eaglex fetch knows (smollm2)."
+)
+@click.option(
+    "--drafter",
+    default=None,
+    help="EAGLE-3 drafter folder in the official format, or 'random' for an untrained one. "
+    "Without it the artifact decodes without speculation.",
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact folder to create.")
-@click.option("--max-context", default=None, type=int,
-              help="KV cache capacity in tokens [default: 2048, or the model's limit if smaller].")
+@click.option(
+    "--max-context",
+    default=None,
+    type=int,
+    help="KV cache capacity in tokens [default: 2048, or the model's limit if smaller].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact folder.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime",
-              show_default=True,
-              help="Graph flavour: onnxruntime's GroupQueryAttention, or the eaglex::TreeAttention plugin op "
-                   "that TensorRT engines (eaglex build) use; both run on onnxruntime.")
-@click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
-              help="Weight-only quantization of the target's linear layers (MatMulNBits, blocks of 32, int8 "
-                   "compute) for fast CPU decoding [default: float32 weights].")
-@click.option("--quantize-drafter", type=click.Choice(["int8", "int4", "none"]), default=None,
-              help="The same for the drafter [default: as --quantize].")
-@click.option("--quantize-embeddings/--float-embeddings", default=True, show_default=True,
-              help="With --quantize: also quantize the token embedding table (GatherBlockQuantized) and the "
-                   "lm_heads, which SmolLM2 ties to it; that table is a fifth of SmolLM2's weights.")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "tensorrt"]),
+    default="onnxruntime",
+    show_default=True,
+    help="Graph flavour: onnxruntime's GroupQueryAttention, or the eaglex::TreeAttention plugin op "
+    "that TensorRT engines (eaglex build) use; both run on onnxruntime.",
+)
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8", "int4"]),
+    default=None,
+    help="Weight-only quantization of the target's linear layers (MatMulNBits, blocks of 32) for fast "
+    "CPU decoding [default: float32 weights].",
+)
+@click.option(
+    "--quantize-drafter",
+    type=click.Choice(["int8", "int4", "none"]),
+    default=None,
+    help="The same for the drafter [default: as --quantize].",
+)
+@click.option(
+    "--quantize-embeddings/--float-embeddings",
+    default=True,
+    show_default=True,
+    help="With --quantize: also quantize the token embedding table (GatherBlockQuantized) and the "
+    "lm_heads, which SmolLM2 ties to it; that table is a fifth of SmolLM2's weights.",
+)
+@click.option(
+    "--activations",
+    "quantize_activations",
+    type=click.Choice(["fp32", "int8"]),
+    default=None,
+    help="With --quantize: activations inside the target's quantized layers [default: fp32 for int4, int8 "
+    "for int8 (onnxruntime has no fast fp32 kernel for 8-bit weights)]. int8 is faster, but speculative "
+    "output can then differ from plain decoding: int8 rounding amplifies the last-bit differences between "
+    "verifying a tree and decoding one token. The drafter always uses int8: it only proposes.",
+)
 @user_errors
-def export(model: str, drafter: str | None, out: Path, max_context: int | None, overwrite: bool,
-           backend: str, quantize: str | None, quantize_drafter: str | None,
-           quantize_embeddings: bool) -> None:
+def export(
+    model: str,
+    drafter: str | None,
+    out: Path,
+    max_context: int | None,
+    overwrite: bool,
+    backend: str,
+    quantize: str | None,
+    quantize_drafter: str | None,
+    quantize_embeddings: bool,
+    quantize_activations: str | None,
+) -> None:
     """Export a target model (and drafter) to ONNX graphs plus a manifest."""
     from eaglex.exporter.export import export_artifact
 
@@ -97,11 +141,22 @@ def export(model: str, drafter: str | None, out: Path, max_context: int | None, 
     if drafter == "random":
         drafter_dir = random_drafter(model_dir)
     elif drafter_dir is not None and not drafter_dir.is_dir():
-        raise EaglexError(f"--drafter {drafter}: no such folder (give an EAGLE-3 checkpoint folder or 'random')")
-    path = export_artifact(model_dir, out, drafter_dir=drafter_dir, max_context=max_context,
-                           progress=progress, overwrite=overwrite, backend=backend,
-                           quantize=quantize, quantize_drafter=quantize_drafter,
-                           quantize_embeddings=quantize_embeddings)
+        raise EaglexError(
+            f"--drafter {drafter}: no such folder (give an EAGLE-3 checkpoint folder or 'random')"
+        )
+    path = export_artifact(
+        model_dir,
+        out,
+        drafter_dir=drafter_dir,
+        max_context=max_context,
+        progress=progress,
+        overwrite=overwrite,
+        backend=backend,
+        quantize=quantize,
+        quantize_drafter=quantize_drafter,
+        quantize_embeddings=quantize_embeddings,
+        quantize_activations=quantize_activations,
+    )
     click.echo(path)
 
 
@@ -131,24 +186,52 @@ def random_drafter(model_dir: Path) -> Path:
 @click.option("--top-p", default=1.0, show_default=True)
 @click.option("--seed", default=None, type=int, help="Seed for sampling.")
 @click.option("--top-k", default=None, type=int, help="Tree: children per node (default: the artifact's).")
-@click.option("--depth", default=None, type=int, help="Tree: levels below the root (default: the artifact's).")
-@click.option("--total-tokens", default=None, type=int, help="Tree: nodes verified per pass (default: the artifact's).")
+@click.option(
+    "--depth", default=None, type=int, help="Tree: levels below the root (default: the artifact's)."
+)
+@click.option(
+    "--total-tokens", default=None, type=int, help="Tree: nodes verified per pass (default: the artifact's)."
+)
 @click.option("--no-spec", is_flag=True, help="Plain decoding, one token per target pass.")
 @click.option("--threads", default=2, show_default=True, help="CPU threads for onnxruntime.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime",
-              show_default=True, help="onnxruntime (CPU), or the TensorRT engines of eaglex build (GPU).")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "tensorrt"]),
+    default="onnxruntime",
+    show_default=True,
+    help="onnxruntime (CPU), or the TensorRT engines of eaglex build (GPU).",
+)
 @user_errors
-def run(artifact: Path, prompt: str, chat: bool, max_new_tokens: int, temperature: float, top_p: float,
-        seed: int | None, top_k: int | None, depth: int | None, total_tokens: int | None, no_spec: bool,
-        threads: int, backend: str) -> None:
+def run(
+    artifact: Path,
+    prompt: str,
+    chat: bool,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+    top_k: int | None,
+    depth: int | None,
+    total_tokens: int | None,
+    no_spec: bool,
+    threads: int,
+    backend: str,
+) -> None:
     """Generate text from an artifact, streaming it as it is accepted."""
     from eaglex.runtime.engine import Engine
     from eaglex.runtime.generate import GenerationStats
 
     engine = Engine.load(artifact, threads=threads, backend=backend)
-    config = engine.default_config(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                   seed=seed, top_k=top_k, depth=depth, total_tokens=total_tokens,
-                                   speculative=not no_spec)
+    config = engine.default_config(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        top_k=top_k,
+        depth=depth,
+        total_tokens=total_tokens,
+        speculative=not no_spec,
+    )
     stats = GenerationStats()
     started = time.perf_counter()
     for piece in engine.stream_text(engine.encode(prompt, chat), config, stats):
@@ -158,7 +241,8 @@ def run(artifact: Path, prompt: str, chat: bool, max_new_tokens: int, temperatur
     bandwidth = engine.weight_bytes_read(stats) / max(stats.decode_seconds, 1e-9) / 1e9
     progress(
         f"[{mode}] {stats.new_tokens} tokens in {time.perf_counter() - started:.2f} s "
-        f"(prefill {stats.prompt_tokens} tokens {stats.prefill_seconds:.2f} s) | decode {stats.tokens_per_second:.1f} tok/s, "
+        f"(prefill {stats.prompt_tokens} tokens {stats.prefill_seconds:.2f} s) | "
+        f"decode {stats.tokens_per_second:.1f} tok/s, "
         f"{bandwidth:.2f} GB/s of weights | mean acceptance length {stats.acceptance_length:.2f} | "
         f"target passes {stats.target_passes} | stop: {stats.stop_reason}"
     )
@@ -169,10 +253,18 @@ def run(artifact: Path, prompt: str, chat: bool, max_new_tokens: int, temperatur
 @click.option("--fp16", "precision", flag_value="fp16", default=True, help="float16 engines (default).")
 @click.option("--bf16", "precision", flag_value="bf16", help="bfloat16 engines.")
 @click.option("--fp32", "precision", flag_value="fp32", help="Full-precision engines.")
-@click.option("--max-prompt", default=None, type=int,
-              help="Longest prompt the prefill profile takes [default: the artifact's context].")
-@click.option("--timing-cache", default=None, type=click.Path(path_type=Path),
-              help="TensorRT timing cache file to reuse and update [default: ARTIFACT/engines/timing.cache].")
+@click.option(
+    "--max-prompt",
+    default=None,
+    type=int,
+    help="Longest prompt the prefill profile takes [default: the artifact's context].",
+)
+@click.option(
+    "--timing-cache",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="TensorRT timing cache file to reuse and update [default: ARTIFACT/engines/timing.cache].",
+)
 @user_errors
 def build(artifact: Path, precision: str, max_prompt: int | None, timing_cache: Path | None) -> None:
     """Build TensorRT engines for an artifact exported with --backend tensorrt (needs TensorRT and a GPU)."""
@@ -293,10 +385,10 @@ def train_drafter(
         max_length=max_length,
         max_new_tokens=max_new_tokens,
         val_samples=val_samples,
-        draft_vocab_size=draft_vocab_size,
         seed=seed,
     )
     train = TrainConfig(
+        draft_vocab_size=draft_vocab_size,
         ttt_steps=ttt_steps,
         epochs=epochs,
         batch_tokens=batch_tokens,
@@ -321,20 +413,39 @@ def train_drafter(
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--sets", default="mt-bench,humaneval,gsm8k,xsum", show_default=True,
-              help="Comma-separated benchmark sets (first turns of MT-bench; HumanEval; GSM8K; XSum).")
+@click.option(
+    "--sets",
+    default="mt-bench,humaneval,gsm8k,xsum",
+    show_default=True,
+    help="Comma-separated benchmark sets (first turns of MT-bench; HumanEval; GSM8K; XSum).",
+)
 @click.option("--limit", default=20, show_default=True, help="Prompts per set (MT-bench has 80).")
 @click.option("--max-new-tokens", default=128, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True, help="eaglex methods only; peers are greedy.")
 @click.option("--threads", default=2, show_default=True)
-@click.option("--compare", is_flag=True,
-              help="Also run peers on the same weights and prompts: transformers generate, its prompt lookup, "
-                   "and llama.cpp when llama-cpp-python is installed (extra eaglex[peers]).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Folder for results.json, results.md and results.png [default: bench-results/DATE].")
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Also run peers on the same weights and prompts: transformers generate, its prompt lookup, "
+    "and llama.cpp when llama-cpp-python is installed (extra eaglex[peers]).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for results.json, results.md and results.png [default: bench-results/DATE].",
+)
 @user_errors
-def bench(artifact: Path, sets: str, limit: int, max_new_tokens: int, temperature: float, threads: int,
-          compare: bool, out: Path | None) -> None:
+def bench(
+    artifact: Path,
+    sets: str,
+    limit: int,
+    max_new_tokens: int,
+    temperature: float,
+    threads: int,
+    compare: bool,
+    out: Path | None,
+) -> None:
     """Acceptance length, tokens/s and speedup per benchmark set, methods interleaved prompt by prompt."""
     import json
 
@@ -357,8 +468,14 @@ def bench(artifact: Path, sets: str, limit: int, max_new_tokens: int, temperatur
     results = run_suite(engine, methods, prompts, max_new_tokens)
     out = out or Path("bench-results") / time.strftime("%Y-%m-%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    record = {"artifact": str(artifact), "max_new_tokens": max_new_tokens, "temperature": temperature,
-              "threads": threads, "methods": {m.name: m.setup for m in methods}, "results": results}
+    record = {
+        "artifact": str(artifact),
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "threads": threads,
+        "methods": {m.name: m.setup for m in methods},
+        "results": results,
+    }
     tuned = artifact / "tune.json"
     sweep = json.loads(tuned.read_text())["sweep"] if tuned.exists() else None
     (out / "results.json").write_text(json.dumps(record, indent=1))
@@ -371,8 +488,12 @@ def bench(artifact: Path, sets: str, limit: int, max_new_tokens: int, temperatur
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--threads", default=2, show_default=True)
-@click.option("--prompts-per-set", default=4, show_default=True,
-              help="Calibration prompts from the end of GSM8K, HumanEval and XSum (never benchmark prompts).")
+@click.option(
+    "--prompts-per-set",
+    default=4,
+    show_default=True,
+    help="Calibration prompts from the end of GSM8K, HumanEval and XSum (never benchmark prompts).",
+)
 @click.option("--new-tokens", default=64, show_default=True, help="Greedy continuation length per prompt.")
 @click.option("--reps", default=5, show_default=True, help="Timing repetitions per cost measurement.")
 @click.option("--check", default=3, show_default=True, help="Best predicted shapes to confirm by decoding.")
@@ -386,33 +507,46 @@ def tune(artifact: Path, threads: int, prompts_per_set: int, new_tokens: int, re
     result = tune_tree(artifact, threads, prompts_per_set, new_tokens, reps, check, progress)
     write_tree(artifact, result)
     for row in result["measured"]:
-        click.echo(f"top_k {row['top_k']:2d} depth {row['depth']} total_tokens {row['total_tokens']:3d}: "
-                   f"predicted {row['predicted_tokens_per_second']:.1f} tok/s, "
-                   f"measured {row['measured_tokens_per_second']:.1f} tok/s")
+        click.echo(
+            f"top_k {row['top_k']:2d} depth {row['depth']} total_tokens {row['total_tokens']:3d}: "
+            f"predicted {row['predicted_tokens_per_second']:.1f} tok/s, "
+            f"measured {row['measured_tokens_per_second']:.1f} tok/s"
+        )
     click.echo(f"plain decoding: {result['plain_tokens_per_second']:.1f} tok/s; chosen: {result['best']}")
 
 
 @main.command("eval")
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--reference", required=True, type=click.Path(path_type=Path),
-              help="The float32 artifact of the same model (exported without --quantize).")
-@click.option("--prompts", "prompt_file", default=None, type=click.Path(path_type=Path),
-              help="JSON list of prompt strings (chat) or {text, chat} records [default: MT-bench first turns].")
+@click.option(
+    "--reference",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The float32 artifact of the same model (exported without --quantize).",
+)
+@click.option(
+    "--prompts",
+    "prompt_file",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="JSON list of prompt strings (chat) or {text, chat} records [default: MT-bench first turns].",
+)
 @click.option("--limit", default=20, show_default=True, help="How many prompts.")
 @click.option("--new-tokens", default=64, show_default=True, help="Reference greedy continuation length.")
 @click.option("--threads", default=2, show_default=True)
 @user_errors
-def evaluate(artifact: Path, reference: Path, prompt_file: Path | None, limit: int, new_tokens: int,
-             threads: int) -> None:
+def evaluate(
+    artifact: Path, reference: Path, prompt_file: Path | None, limit: int, new_tokens: int, threads: int
+) -> None:
     """Agreement of a (quantized) artifact with its float32 reference: greedy token match rate and mean
     KL(reference || artifact), teacher-forced on the reference's greedy continuations."""
-    from eaglex.bench.agreement import default_prompts, load_prompt_file, measure_agreement
+    from eaglex.bench.agreement import artifact_scorer, default_prompts, load_prompt_file, measure_agreement
     from eaglex.runtime.engine import Engine
 
     prompts = load_prompt_file(prompt_file)[:limit] if prompt_file else default_prompts(limit, progress)
     candidate, ref = Engine.load(artifact, threads=threads), Engine.load(reference, threads=threads)
     scheme = (candidate.manifest.raw["target"].get("quantization") or {}).get("weights", "float32")
-    click.echo(f"{scheme} vs float32: {measure_agreement(candidate, ref, prompts, new_tokens).line()}")
+    result = measure_agreement({scheme: artifact_scorer(candidate)}, ref, prompts, new_tokens)[scheme]
+    click.echo(f"{scheme} vs float32: {result.line()}")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ def export_artifact(
     quantize: str | None = None,
     quantize_drafter: str | None = None,
     quantize_embeddings: bool = True,
+    quantize_activations: str | None = None,
 ) -> Path:
     """Export a Hugging Face target (and optionally an EAGLE-3 drafter) to an artifact folder.
 
@@ -61,7 +62,9 @@ def export_artifact(
     "onnxruntime" (GroupQueryAttention) or "tensorrt" (the eaglex::TreeAttention plugin op). quantize:
     "int8" or "int4" weight-only quantization of the target (exporter/quantize.py); quantize_drafter: the
     same for the drafter (None: as the target, "none": float32); quantize_embeddings: quantize the token
-    embedding table and the lm_heads too. Returns out_dir.
+    embedding table and the lm_heads too; quantize_activations: "fp32" or "int8" inside the target's
+    quantized layers (None: fp32 for int4, int8 for int8; only fp32 keeps speculation lossless). Returns
+    out_dir.
     """
     if backend not in BACKENDS:
         raise EaglexError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -90,13 +93,15 @@ def export_artifact(
             stage("tracing drafter")
             export_drafter_graph(drafter, work / "drafter.onnx", max_context, backend)
         quantization = {}
-        for role, file, scheme, logits in (
-            ("target", "target.onnx", quantize, "logits"),
-            ("drafter", "drafter.onnx", quantize_drafter, "topk_logprobs"),
+        for role, file, scheme, logits, activations in (
+            ("target", "target.onnx", quantize, "logits", quantize_activations),
+            ("drafter", "drafter.onnx", quantize_drafter, "topk_logprobs", "int8"),  # it only proposes
         ):
             if scheme is not None:
                 stage(f"quantizing {role} to {scheme}")
-                quantization[role] = quantize_graph(work / file, scheme, logits, quantize_embeddings)
+                quantization[role] = quantize_graph(
+                    work / file, scheme, logits, quantize_embeddings, activations
+                )
         stage("writing embeddings and tokenizer")
         np.save(work / "embed_tokens.npy", target.embed_tokens.weight.detach().float().numpy())
         copy_tokenizer(model_dir, work)

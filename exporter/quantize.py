@@ -1,16 +1,25 @@
 """Weight-only quantization of exported graphs, for CPUs where decoding is bound by weight traffic.
 
 Every linear layer becomes `com.microsoft.MatMulNBits` (int4 or int8 blocks along K, one fp32 scale and a
-zero point per block, int8 compute: accuracy_level 4), made by onnxruntime's own MatMulNBitsQuantizer.
-With `embeddings`, the token-embedding `Gather` becomes `com.microsoft.GatherBlockQuantized` over the same
-blocks, and the lm_head (tied to that table in SmolLM2 and Llama-3.2) is quantized like any linear layer.
-Activations, norms, attention and the KV cache stay float32, so graph inputs and outputs are unchanged.
+zero point per block), made by onnxruntime's own MatMulNBitsQuantizer. With `embeddings`, the
+token-embedding `Gather` becomes `com.microsoft.GatherBlockQuantized` over the same blocks, and the
+lm_head (tied to that table in SmolLM2 and Llama-3.2) is quantized like any linear layer. Norms,
+attention and the KV cache stay float32, so graph inputs and outputs are unchanged.
+
+Activations inside MatMulNBits are float32 (accuracy_level 1) or int8 (accuracy_level 4, faster). Only
+float32 keeps speculative decoding lossless: attention over a draft tree and over a single token differ
+in the last bit (a different summation order), and int8 rounding of the activations amplifies that into
+different logits (measured on SmolLM2: speculative output left plain output in 4 of 8 prompts at int4).
+The drafter only proposes tokens, so it always takes the faster int8 activations.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,31 +29,49 @@ import onnx
 from onnx import helper, numpy_helper
 
 from eaglex.errors import EaglexError
+from eaglex.runtime.manifest import load_manifest, sha256
 
 SCHEMES = {"int8": 8, "int4": 4}
 DEFAULT_BLOCK_SIZE = 32  # as llama.cpp's Q4_1 / Q8_0; REFERENCE section 7 measured MatMulNBits at 32
-ACCURACY_LEVEL = 4  # int8 activations inside MatMulNBits: the fast path of MLAS on x86
+ACTIVATIONS = {"fp32": 1, "int8": 4}  # -> MatMulNBits accuracy_level
+# onnxruntime 1.32 has a fast float32-activation kernel for 4-bit weights only: 8-bit ones take ~10x longer.
+DEFAULT_ACTIVATIONS = {"int4": "fp32", "int8": "int8"}
 
 
 def quantize_graph(
-    path: Path, scheme: str, logits_output: str, embeddings: bool = True, block_size: int = DEFAULT_BLOCK_SIZE
+    path: Path,
+    scheme: str,
+    logits_output: str,
+    embeddings: bool = True,
+    activations: str | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> dict[str, Any]:
     """Rewrites the graph at `path` (+ `path`.data) in place; returns its manifest `quantization` entry.
 
     logits_output: the graph output the lm_head feeds ("logits", or the drafter's "topk_logprobs"): the
     lm_head is found from it, so `embeddings=False` can keep it (and the embedding table) in float32.
+    activations: "fp32" or "int8" inside the quantized layers (None: DEFAULT_ACTIVATIONS[scheme]).
     """
     if scheme not in SCHEMES:
         raise EaglexError(f"unknown quantization {scheme!r}: choose one of {', '.join(SCHEMES)}")
+    activations = activations or DEFAULT_ACTIVATIONS[scheme]
+    if activations not in ACTIVATIONS:
+        raise EaglexError(f"unknown activations {activations!r}: choose one of {', '.join(ACTIVATIONS)}")
     if block_size < 16 or block_size & (block_size - 1):
         raise EaglexError(f"quantization block size must be a power of two >= 16, got {block_size}")
     bits = SCHEMES[scheme]
     with _quiet_quantizer():
-        return _quantize(path, bits, scheme, logits_output, embeddings, block_size)
+        return _quantize(path, bits, scheme, logits_output, embeddings, activations, block_size)
 
 
 def _quantize(
-    path: Path, bits: int, scheme: str, logits_output: str, embeddings: bool, block_size: int
+    path: Path,
+    bits: int,
+    scheme: str,
+    logits_output: str,
+    embeddings: bool,
+    activations: str,
+    block_size: int,
 ) -> dict[str, Any]:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -60,7 +87,7 @@ def _quantize(
         bits=bits,
         block_size=block_size,
         is_symmetric=False,  # a zero point per block, as Q4_1: it fits the skewed blocks of small models
-        accuracy_level=ACCURACY_LEVEL,
+        accuracy_level=ACTIVATIONS[activations],
         nodes_to_exclude=[] if embeddings else [lm_head.name],
         op_types_to_quantize=("MatMul",),
     )
@@ -75,11 +102,70 @@ def _quantize(
         "method": "MatMulNBits",
         "block_size": block_size,
         "symmetric": False,
-        "accuracy_level": ACCURACY_LEVEL,
+        "activations": activations,
+        "accuracy_level": ACTIVATIONS[activations],
         "quantized_linear_layers": linear,
         "embeddings": gathered > 0,
         "lm_head": embeddings,
     }
+
+
+def quantize_artifact(
+    source: str | Path,
+    out: str | Path,
+    scheme: str,
+    drafter_scheme: str | None = None,
+    embeddings: bool = True,
+    activations: str | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str], object] = print,
+) -> Path:
+    """A quantized copy of a float32 onnxruntime artifact, without tracing the model again (`eaglex export
+    --quantize` does the same in one go). drafter_scheme: None quantizes the drafter as the target, "none"
+    keeps it float32. activations: the target's (see quantize_graph). The copy is built next to `out` and
+    renamed into place when complete."""
+    manifest = load_manifest(source)
+    source, out = Path(source).resolve(), Path(out).resolve()
+    raw = manifest.raw
+    if raw.get("backend") != "onnxruntime":
+        raise EaglexError(
+            f"{source} is a {raw.get('backend')} artifact: quantized graphs are for onnxruntime"
+        )
+    if raw["target"].get("quantization"):
+        raise EaglexError(f"{source} is already quantized: start from the float32 artifact")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise EaglexError(f"{out} already exists and is not empty: choose another folder or overwrite it")
+    drafter_scheme = scheme if drafter_scheme is None else drafter_scheme
+    if scheme not in SCHEMES or drafter_scheme not in (*SCHEMES, "none"):
+        raise EaglexError(f"unknown quantization {scheme!r} / {drafter_scheme!r}: use {', '.join(SCHEMES)}")
+    roles = [("target", scheme, "logits", activations)]
+    if raw.get("drafter") and drafter_scheme != "none":
+        roles.append(("drafter", drafter_scheme, "topk_logprobs", "int8"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        work.chmod(0o755)
+        for name in raw["files"]:
+            shutil.copy2(source / name, work / name)
+        if raw.get("drafter"):
+            raw["drafter"]["quantization"] = None
+        for role, role_scheme, logits, role_activations in roles:
+            progress(f"quantizing {role} to {role_scheme}")
+            raw[role]["quantization"] = quantize_graph(
+                work / raw[role]["file"], role_scheme, logits, embeddings, role_activations
+            )
+        raw["files"] = {
+            name: {"bytes": (work / name).stat().st_size, "sha256": sha256(work / name)}
+            for name in raw["files"]
+        }
+        (work / "manifest.json").write_text(json.dumps(raw, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out
 
 
 def streamed_weight_bytes(path: Path) -> int:
@@ -191,16 +277,18 @@ def _quantize_embedding_gathers(graph: onnx.GraphProto, bits: int, block_size: i
 
 @contextmanager
 def _quiet_quantizer() -> Iterator[None]:
-    # Importing the quantizer calls logging.basicConfig(level=INFO) on the root logger, after which every
-    # library's INFO lines (one per quantized node, among them) reach the user: undo that on the way out.
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
+    # Importing the quantizer calls logging.basicConfig(level=INFO), after which it logs a line per graph
+    # node to the user: keep its loggers at WARNING, and take the root handler away again afterwards.
+    root, quantizer_log = logging.getLogger(), logging.getLogger("onnxruntime.quantization")
+    root_level, handlers, level = root.level, list(root.handlers), quantizer_log.level
+    quantizer_log.setLevel(logging.WARNING)
     try:
         yield
     finally:
         for handler in [h for h in root.handlers if h not in handlers]:
             root.removeHandler(handler)
-        root.setLevel(level)
+        root.setLevel(root_level)
+        quantizer_log.setLevel(level)
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:

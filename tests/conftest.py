@@ -118,10 +118,38 @@ def smollm2_artifact(smollm2_dir, smollm2_drafter, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_plugin_artifact(smollm2_dir, smollm2_drafter, tmp_path_factory) -> Path:
-    """The same, TensorRT-flavoured (`eaglex export --backend tensorrt`): eaglex::TreeAttention nodes."""
+    """The same, TensorRT-flavoured (`eaglex export --backend tensorrt`): eaglex::TreeAttention nodes. Its
+    cache holds 512 rows: on a CPU the op's reference copies whole caches through Python."""
     from eaglex.exporter.export import export_artifact
 
     tmp = tmp_path_factory.mktemp("smollm2-plugin")
     return export_artifact(
-        smollm2_dir, tmp / "artifact", smollm2_drafter, progress=lambda _: None, backend="tensorrt"
+        smollm2_dir,
+        tmp / "artifact",
+        smollm2_drafter,
+        max_context=512,
+        progress=lambda _: None,
+        backend="tensorrt",
     )
+
+
+@pytest.fixture(scope="session")
+def smollm2_quantized(smollm2_artifact, tmp_path_factory):
+    """smollm2_quantized("int8" | "int4") -> the session's SmolLM2 artifact quantized (target and drafter),
+    made once per scheme from the float32 one without tracing again."""
+    from eaglex.exporter.quantize import quantize_artifact
+
+    made: dict[str, Path] = {}
+
+    def get(scheme: str) -> Path:
+        if scheme not in made:
+            folder = tmp_path_factory.mktemp(f"smollm2-{scheme}") / "artifact"
+            made[scheme] = quantize_artifact(smollm2_artifact, folder, scheme, progress=lambda _: None)
+        return made[scheme]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def smollm2_int4_artifact(smollm2_quantized) -> Path:
+    return smollm2_quantized("int4")

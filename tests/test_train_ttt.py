@@ -24,6 +24,15 @@ CONFIG = DrafterConfig(
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second thread only adds waiting, a lot of it on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_drafter(seed: int = 0) -> Eagle3Drafter:
     torch.manual_seed(seed)
     drafter = Eagle3Drafter(CONFIG)
@@ -57,8 +66,9 @@ def test_allowed_pattern_small_case():
 def make_inputs(batch: int = 2, length: int = 12, seed: int = 1):
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, CONFIG.vocab_size, (batch, length), generator=generator)
-    features = torch.randn(batch, length, 3 * CONFIG.target_hidden_size, generator=generator, dtype=torch.float64)
-    teacher = torch.randn(batch, length, CONFIG.draft_vocab_size, generator=generator, dtype=torch.float64) * 3
+    width, vocab = 3 * CONFIG.target_hidden_size, CONFIG.draft_vocab_size
+    features = torch.randn(batch, length, width, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(batch, length, vocab, generator=generator, dtype=torch.float64) * 3
     weight = torch.zeros(batch, length, dtype=torch.bool)
     weight[0, 7:] = True  # an "answer" from position 7 on
     weight[1:, 9:11] = True

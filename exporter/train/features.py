@@ -10,6 +10,7 @@ records what is complete, and anything written after it is cut off on reopening.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -52,8 +53,11 @@ class FeatureStore:
             "features": (np.float16, num_feature_layers * hidden_size),
             "final_hidden": (np.float16, hidden_size),
         }
-        meta = self.folder / "meta.json"
-        self.lengths: list[int] = json.loads(meta.read_text())["lengths"] if meta.is_file() else []
+        path = self.folder / "meta.json"
+        meta = json.loads(path.read_text()) if path.is_file() else {}
+        self.lengths: list[int] = meta.get("lengths", [])
+        # Hash of the sequences the store is filled from, so a rerun never appends different ones.
+        self.fingerprint: str | None = meta.get("fingerprint")
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
         self._maps: dict[str, np.ndarray] = {}
 
@@ -81,7 +85,7 @@ class FeatureStore:
         self.lengths += [len(sequence["ids"]) for sequence in arrays]
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
         tmp = self.folder / "meta.json.tmp"
-        tmp.write_text(json.dumps({"lengths": self.lengths}))
+        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "lengths": self.lengths}))
         tmp.replace(self.folder / "meta.json")
         self._maps.clear()
 
@@ -180,15 +184,14 @@ def extract(
     what: str = "target features",
 ) -> None:
     """Appends every sample's target view to `store` (in length order), resuming after what it holds."""
+    fingerprint = hashlib.sha256(json.dumps([(s.ids, s.loss_mask) for s in samples]).encode()).hexdigest()
+    if len(store) and store.fingerprint != fingerprint:
+        raise EaglexError(f"{store.folder} holds other sequences: delete it or use another --work-dir")
+    store.fingerprint = fingerprint
     batches = length_batches([len(s.ids) for s in samples], batch_tokens)
-    done_samples, done_batches = len(store), 0
-    for batch in batches:  # the store holds whole batches in this fixed order
-        if done_samples <= 0:
-            break
-        done_samples -= len(batch)
+    done_batches = 0
+    while sum(map(len, batches[:done_batches])) < len(store):  # the store holds whole batches, in order
         done_batches += 1
-    if done_samples != 0:
-        raise EaglexError(f"{store.folder} does not match these samples: delete it or use another work dir")
     total = sum(len(s.ids) for s in samples)
     progress = Progress(what, total, report, done=store.num_tokens)
     for batch in batches[done_batches:]:

@@ -26,6 +26,7 @@ from .ttt import TTTOutput, ttt_forward
 
 @dataclass(frozen=True)
 class TrainConfig:
+    draft_vocab_size: int = 8192
     ttt_steps: int = 7
     decay: float = 0.8  # step j's loss weighs decay**j
     epochs: int = 2
@@ -170,8 +171,11 @@ class Trainer:
         state = read_trainer_state(self.checkpoint_dir)
         if state is None:
             return False
-        if state["config"] != asdict(self.config):
-            changed = sorted(k for k, v in asdict(self.config).items() if state["config"].get(k) != v)
+        # Everything but the checkpoint interval shapes the result.
+        changed = sorted(
+            k for k, v in asdict(self.config).items() if k != "save_minutes" and state["config"].get(k) != v
+        )
+        if changed:
             raise EaglexError(
                 f"the checkpoint in {self.checkpoint_dir} was trained with other settings "
                 f"({', '.join(changed)}): use the same settings to resume, or another --work-dir"
@@ -185,7 +189,7 @@ class Trainer:
 
     def budget(self) -> dict[str, Any]:
         hours = round(self.seconds / 3600, 3)
-        return {"optimizer_steps": self.step, "trained_tokens": self.tokens, "hours": hours}
+        return {"optimizer_steps": self.step, "trained_tokens": self.tokens, "train_hours": hours}
 
     def train(self, store: FeatureStore, val: FeatureStore | None = None) -> StepStats | None:
         """Runs (or finishes) the configured epochs; returns the final validation stats, if any."""
@@ -194,6 +198,8 @@ class Trainer:
         total_steps = config.epochs * len(batches)
         if self.resume():
             self.report(f"resumed at epoch {self.epoch + 1}, optimizer step {self.step}/{total_steps}")
+        elif val is not None and len(val):
+            self.validate(val)  # the untrained baseline, logged as epoch 0
         progress = Progress("train", config.epochs * store.num_tokens, self.report, done=self.tokens)
         last_save = time.perf_counter()
         stats = StepStats()

@@ -39,7 +39,6 @@ class DataConfig:
     max_length: int = 1024  # tokens per training sequence (longer ones are cut)
     max_new_tokens: int = 256  # length limit of a regenerated answer
     val_samples: int = 32  # held out (taken first, so regenerated when regenerate > 0) for validation
-    draft_vocab_size: int = 8192
     seed: int = 0
 
 
@@ -69,6 +68,7 @@ def select_conversations(
 def _check_settings(work_dir: Path, settings: dict[str, Any]) -> None:
     """A work folder's caches belong to one set of data settings: refuse to mix them."""
     path = work_dir / "settings.json"
+    settings = json.loads(json.dumps(settings))  # tuples become lists, as they come back from the file
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved != settings:
@@ -82,16 +82,26 @@ def _check_settings(work_dir: Path, settings: dict[str, Any]) -> None:
         path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
-def _init_drafter(drafter: Eagle3Drafter, hf_model: nn.Module, vocab: DraftVocab, seed: int) -> None:
-    """Linear layers N(0, 0.02), norms 1, except the output side, which starts as the target's own:
-    lm_head = the target's lm_head rows of the draft vocabulary, norm = the target's final norm."""
+def _add_hours(work_dir: Path, phase: str, since: float) -> dict[str, float]:
+    """Accumulates the wall time of each phase over every run in the work folder (what the drafter cost)."""
+    path = work_dir / "hours.json"
+    hours = json.loads(path.read_text()) if path.is_file() else {}
+    hours[phase] = round(hours.get(phase, 0.0) + (time.perf_counter() - since) / 3600, 4)
+    path.write_text(json.dumps(hours, indent=2) + "\n")
+    return hours
+
+
+def _init_drafter(drafter: Eagle3Drafter, vocab: DraftVocab, seed: int) -> None:
+    """Linear layers N(0, 0.02) (Hugging Face's Llama default), norms 1.
+
+    Starting lm_head and norm from the target's own rows was tried on SmolLM2: its confident but
+    misplaced first predictions (loss 110 against 31) left it behind a random start after 25 steps.
+    """
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in drafter.modules():
             if isinstance(module, nn.Linear):
                 module.weight.normal_(0.0, 0.02, generator=generator)
-        drafter.lm_head.weight.copy_(hf_model.get_output_embeddings().weight[vocab.target_ids])
-        drafter.norm.weight.copy_(hf_model.get_decoder().norm.weight)
         drafter.d2t.copy_(vocab.d2t)
         drafter.t2d.copy_(vocab.t2d)
 
@@ -116,7 +126,7 @@ def build_samples(
             data.max_new_tokens,
             data.max_length - data.max_new_tokens,
             stop_ids,
-            batch_size=32,
+            batch_size=64,
             report=report,
         )
     rest = [tokenize_conversation(tokenizer, m, data.max_length) for m in conversations[len(regenerated) :]]
@@ -142,11 +152,10 @@ def train_drafter(
     """Trains an EAGLE-3 drafter for the Hugging Face model in model_dir and writes it to out_dir."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    started = time.perf_counter()
     target_config = read_target_config(model_dir)
-    if not 0 < data.draft_vocab_size <= target_config.vocab_size:
+    if not 0 < train.draft_vocab_size <= target_config.vocab_size:
         raise EaglexError(
-            f"--draft-vocab-size {data.draft_vocab_size} must be between 1 and the target's vocabulary "
+            f"--draft-vocab-size {train.draft_vocab_size} must be between 1 and the target's vocabulary "
             f"size {target_config.vocab_size}"
         )
     _check_settings(work_dir, {"model": str(Path(model_dir).resolve()), **asdict(data)})
@@ -155,28 +164,30 @@ def train_drafter(
 
     conversations = select_conversations(data.sources, data.samples, data.seed, exclude, report)
     stop_ids = special_tokens(Path(model_dir))["eos_token_ids"]
+    started = time.perf_counter()
     samples = build_samples(model, tokenizer, conversations, data, work_dir, stop_ids, report)
+    _add_hours(work_dir, "data", started)
     if len(samples) <= data.val_samples:
         raise EaglexError(
             f"only {len(samples)} usable training sequences, not more than the {data.val_samples} held out: "
             "pass more data or a larger --samples"
         )
-    target = TargetFeatures(model, new_drafter_config(target_config, data.draft_vocab_size).feature_layers)
+    target = TargetFeatures(model, new_drafter_config(target_config, train.draft_vocab_size).feature_layers)
     stores = {}
+    started = time.perf_counter()
     for split, part in (("val", samples[: data.val_samples]), ("train", samples[data.val_samples :])):
         stores[split] = FeatureStore(work_dir / "features" / split, target_config.hidden_size)
         extract(target, part, stores[split], extract_batch_tokens, report, what=f"target features ({split})")
+    _add_hours(work_dir, "features", started)
 
     train_store = stores["train"]
     answers = train_store.column("ids")[train_store.column("loss_mask").astype(bool)]
-    vocab = build_draft_vocab(answers, target_config.vocab_size, data.draft_vocab_size)
-    report(
-        f"draft vocabulary: {data.draft_vocab_size} tokens cover {100 * vocab.coverage:.1f}% of answer tokens"
-    )
+    vocab = build_draft_vocab(answers, target_config.vocab_size, train.draft_vocab_size)
+    coverage = f"{100 * vocab.coverage:.1f}%"
+    report(f"draft vocabulary: {train.draft_vocab_size} tokens cover {coverage} of answer tokens")
 
-    torch.manual_seed(train.seed)
-    drafter = Eagle3Drafter(new_drafter_config(target_config, data.draft_vocab_size))
-    _init_drafter(drafter, model, vocab, train.seed)
+    drafter = Eagle3Drafter(new_drafter_config(target_config, train.draft_vocab_size))
+    _init_drafter(drafter, vocab, train.seed)
     embed = model.get_input_embeddings().weight.detach().clone()
     teacher_head = model.get_output_embeddings().weight.detach()[vocab.target_ids].clone()
     del model, target  # only the embedding table and the draft rows of lm_head are needed from here on
@@ -190,15 +201,15 @@ def train_drafter(
         target_config.max_position_embeddings,
         report,
     )
+    started = time.perf_counter()
     val = trainer.train(train_store, stores["val"])
+    hours = _add_hours(work_dir, "train", started)
     record = {
         "target": str(model_dir),
         "data": asdict(data),
         "train": asdict(train),
-        "budget": {
-            **trainer.budget(),
-            "pipeline_hours_this_run": round((time.perf_counter() - started) / 3600, 3),
-        },
+        # Wall hours per phase over all runs (data: answer regeneration and tokenization).
+        "budget": {**trainer.budget(), "wall_hours": hours},
         "train_sequences": len(train_store),
         "train_tokens_per_epoch": train_store.num_tokens,
         "draft_vocab_coverage": round(vocab.coverage, 4),

@@ -50,7 +50,10 @@ def regenerate(
     from transformers import GenerationConfig
 
     encoded = [encode_prompt(tokenizer, messages) for messages in prompts]
-    done = _read_cache(cache_file)
+    # An answer counts only for the very prompt it was generated for.
+    done = {
+        i: r for i, r in _read_cache(cache_file).items() if i < len(encoded) and r["prompt"] == encoded[i]
+    }
     todo = [i for i, ids in enumerate(encoded) if i not in done and len(ids) <= max_prompt_tokens]
     todo.sort(key=lambda i: len(encoded[i]))  # similar lengths together: less padding
     pad = stop_ids[0]

@@ -1,0 +1,140 @@
+"""Quantized artifacts on a tiny model: `eaglex export --quantize` writes MatMulNBits graphs and records
+them in the manifest; with float32 activations, speculative greedy output equals the quantized target's
+own plain greedy output; `eaglex eval` measures how far each scheme strays from float32."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from eaglex.bench.agreement import artifact_scorer, measure_agreement
+from eaglex.cli import main
+from eaglex.errors import EaglexError
+from eaglex.exporter.quantize import quantize_artifact, streamed_weight_bytes
+from eaglex.runtime.engine import Engine
+from eaglex.runtime.generate import GenerationConfig, GenerationStats
+
+MAX_CONTEXT = 160
+PROMPTS = [("w5 w17 w30 w99", False), ("w42 w8", True), ("w120 w3 w77 w64 w10 w11", False)]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    """The tiny model and a random drafter exported float32, with quantized copies of that artifact."""
+    from eaglex.exporter.checkpoints import write_random_drafter
+    from eaglex.exporter.export import export_artifact
+
+    model = tiny_model("llama")
+    tmp = tmp_path_factory.mktemp("quantize")
+    drafter = write_random_drafter(model, tmp / "drafter", draft_vocab_size=64)
+    fp32 = export_artifact(model, tmp / "fp32", drafter, max_context=MAX_CONTEXT, progress=lambda _: None)
+    quiet = {"progress": lambda _: None}
+    return {
+        "model": model,
+        "drafter": drafter,
+        "fp32": fp32,
+        "int8": quantize_artifact(fp32, tmp / "int8", "int8", **quiet),
+        "int4": quantize_artifact(fp32, tmp / "int4", "int4", **quiet),
+        "int8-fp32": quantize_artifact(
+            fp32, tmp / "int8-fp32", "int8", "none", embeddings=False, activations="fp32", **quiet
+        ),
+    }
+
+
+def ops(graph: Path) -> Counter:
+    return Counter(node.op_type for node in onnx.load(str(graph), load_external_data=False).graph.node)
+
+
+def test_export_quantize_flag(models, tmp_path):
+    out = tmp_path / "int4"
+    args = ["export", "--model", str(models["model"]), "--drafter", str(models["drafter"]), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--max-context", str(MAX_CONTEXT), "--quantize", "int4"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    # 4 layers x 7 + lm_head; fc, qkv, o, mlp, lm_head. The drafter only proposes: int8 activations.
+    for role, linear, activations, level in (("target", 29, "fp32", 1), ("drafter", 9, "int8", 4)):
+        entry = manifest[role]["quantization"]
+        assert entry["weights"] == "int4" and entry["block_size"] == 32 and entry["lm_head"]
+        assert entry["activations"] == activations and entry["accuracy_level"] == level
+        assert entry["quantized_linear_layers"] == linear
+    assert manifest["target"]["quantization"]["embeddings"]
+    target = ops(out / "target.onnx")
+    assert target["MatMulNBits"] == 29 and target["GatherBlockQuantized"] == 1 and target["MatMul"] == 0
+    assert ops(out / "drafter.onnx")["MatMul"] == 0
+    # The same graphs as quantizing the float32 export afterwards.
+    assert (
+        manifest["files"]["target.onnx.data"]
+        == Engine.load(models["int4"]).manifest.raw["files"]["target.onnx.data"]
+    )
+
+
+def test_float_embeddings_keep_table_and_lm_head(models):
+    artifact = models["int8-fp32"]
+    manifest = Engine.load(artifact).manifest.raw
+    assert manifest["target"]["quantization"]["lm_head"] is False
+    assert manifest["target"]["quantization"]["embeddings"] is False
+    assert manifest["target"]["quantization"]["activations"] == "fp32"
+    assert manifest["drafter"]["quantization"] is None
+    assert Engine.load(models["int8"]).manifest.raw["target"]["quantization"]["activations"] == "int8"
+    target = ops(artifact / "target.onnx")
+    assert target["MatMulNBits"] == 28 and target["MatMul"] == 1 and target["GatherBlockQuantized"] == 0
+
+
+def test_quantized_graphs_are_smaller(models):
+    streamed = {
+        name: streamed_weight_bytes(models[name] / "target.onnx") for name in ("fp32", "int8", "int4")
+    }
+    assert streamed["int4"] < streamed["int8"] < streamed["fp32"] / 2
+
+
+@pytest.mark.parametrize("scheme", ["int4", "int8-fp32"])  # float32 activations: lossless
+def test_speculative_greedy_equals_quantized_plain(models, scheme):
+    engine = Engine.load(models[scheme], threads=1)
+    engine.stop_tokens = set()  # a random model emits its EOS ids by chance; compare raw continuations
+    rng = np.random.default_rng(1)
+    for top_k, depth, total_tokens in [(1, 5, 6), (4, 4, 16), (8, 5, 60)]:
+        prompt = rng.integers(3, 128, int(rng.integers(1, 12))).tolist()
+        plain = generate(engine, prompt, speculative=False)
+        spec = generate(engine, prompt, top_k=top_k, depth=depth, total_tokens=total_tokens)
+        assert spec == plain
+
+
+def generate(engine: Engine, prompt: list[int], **settings) -> list[int]:
+    config = GenerationConfig(max_new_tokens=40, **settings)
+    return [t for chunk in engine.generate(prompt, config, GenerationStats()) for t in chunk]
+
+
+def test_agreement_with_float32(models):
+    reference = Engine.load(models["fp32"], threads=1)
+    scorers = {name: artifact_scorer(Engine.load(models[name], threads=1)) for name in ("int8", "int4")}
+    result = measure_agreement({"fp32": artifact_scorer(reference), **scorers}, reference, PROMPTS, 24)
+    same, int8, int4 = result["fp32"], result["int8"], result["int4"]
+    assert same.greedy_match == 1.0 and same.mean_kl < 1e-9 and same.positions == 3 * 24
+    assert int8.greedy_match >= 0.9 and int8.mean_kl < 0.01
+    assert int4.greedy_match >= 0.6 and int8.mean_kl < int4.mean_kl < 0.5
+
+
+def test_eval_command(models, tmp_path):
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps([{"text": text, "chat": chat} for text, chat in PROMPTS]))
+    args = ["eval", str(models["int8"]), "--reference", str(models["fp32"]), "--prompts", str(prompts)]
+    result = CliRunner().invoke(main, [*args, "--new-tokens", "8", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("int8 vs float32: greedy token match ")
+    assert "24 positions over 3 prompts" in result.output
+
+
+def test_refuses_what_it_cannot_quantize(models, tmp_path):
+    with pytest.raises(EaglexError, match="already quantized"):
+        quantize_artifact(models["int8"], tmp_path / "again", "int4")
+    with pytest.raises(EaglexError, match="unknown quantization"):
+        quantize_artifact(models["fp32"], tmp_path / "int3", "int3")
+    args = ["export", "--model", str(models["model"]), "--out", str(tmp_path / "trt"), "--quantize", "int4"]
+    result = CliRunner().invoke(main, [*args, "--backend", "tensorrt"])
+    assert result.exit_code == 2 and "onnxruntime backend" in result.output

@@ -1,0 +1,122 @@
+"""Training data: record recovery from truncated files, conversation cleanup, the assistant-token loss mask,
+evaluation-prompt exclusion and the frequency draft vocabulary."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from eaglex.exporter.train.data import (
+    EvalFilter,
+    first_turn,
+    iter_records,
+    load_records,
+    to_messages,
+    tokenize_conversation,
+)
+from eaglex.exporter.train.vocab import build_draft_vocab
+
+
+def record(i: int, *turns: tuple[str, str]) -> dict:
+    return {"id": str(i), "conversations": [{"from": who, "value": text} for who, text in turns]}
+
+
+def test_truncated_json_array_keeps_every_complete_record(tmp_path):
+    records = [record(i, ("human", f"question {i}"), ("gpt", f"answer {i} \u00e9\u00e8")) for i in range(5)]
+    text = json.dumps(records, indent=2, ensure_ascii=False)
+    cut = text.index("answer 3")  # inside record 3
+    path = tmp_path / "cut.json"
+    path.write_bytes(text.encode()[: len(text[:cut].encode()) + 1])
+    assert [r["id"] for r in load_records(str(path))] == ["0", "1", "2"]
+    # Cut inside a multi-byte character: still readable up to the cut.
+    path.write_bytes(text.encode()[: text.encode().index("\u00e9".encode()) + 1])
+    assert load_records(str(path)) == []
+    # JSONL and a complete array give everything.
+    assert len(list(iter_records("\n".join(json.dumps(r) for r in records)))) == 5
+    assert len(list(iter_records(text))) == 5
+
+
+def test_to_messages_cleans_conversations():
+    messages = to_messages(
+        record(
+            0,
+            ("gpt", "orphan answer"),
+            ("human", "q1"),
+            ("gpt", "a1"),
+            ("human", "q2"),
+            ("gpt", "a2"),
+            ("human", "q3"),
+        )
+    )
+    assert messages == [
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "a2"},
+    ]
+    # Broken alternation: cut at the break; OpenAI-style records and a system turn are understood.
+    assert to_messages(record(1, ("human", "q"), ("human", "q again"), ("gpt", "a"))) is None
+    openai = {
+        "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a"},
+        ]
+    }
+    assert [m["role"] for m in to_messages(openai)] == ["system", "user", "assistant"]
+    assert first_turn(to_messages(openai)) == openai["messages"][:2]
+    assert to_messages({"conversations": [{"from": "human", "value": "q"}]}) is None
+
+
+def test_loss_mask_covers_assistant_turns_and_end_of_turn(tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("llama"))
+    messages = [
+        {"role": "user", "content": "w5 w6"},
+        {"role": "assistant", "content": "w7 w8"},
+        {"role": "user", "content": "w9"},
+        {"role": "assistant", "content": "w10"},
+    ]
+    sample = tokenize_conversation(tokenizer, messages, max_length=100)
+    tokens = tokenizer.convert_ids_to_tokens(sample.ids)
+    learned = [token for token, m in zip(tokens, sample.loss_mask, strict=True) if m]
+    assert learned == ["w7", "w8", "<|im_end|>", "w10", "<|im_end|>"]
+    # Prompt ids are exactly the template's, as the runtime encodes them.
+    prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert sample.ids[: sample.loss_mask.index(True)] == prompt_ids
+    # Cut before any answer token: nothing to learn.
+    assert tokenize_conversation(tokenizer, messages, max_length=4) is None
+    cut = tokenize_conversation(tokenizer, messages, max_length=len(tokens) - 2)
+    assert len(cut.ids) == len(tokens) - 2 and cut.loss_mask == sample.loss_mask[:-2]
+
+
+def test_eval_filter_drops_conversations_with_eval_prompts():
+    question = (
+        "Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins "
+        "for her friends every day with four."
+    )
+    exclude = EvalFilter([question, "Now, explain it to a kid."])
+
+    def conversation(text: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}]
+
+    assert exclude.contains_eval_prompt(conversation("Please solve: " + question.upper().replace(".", " !")))
+    assert exclude.contains_eval_prompt(conversation("great. now explain it to a kid"))
+    assert not exclude.contains_eval_prompt(conversation("Janet's ducks lay eggs. She bakes muffins."))
+    assert not exclude.contains_eval_prompt(conversation("explain it to a grown-up"))
+
+
+def test_draft_vocab_is_most_frequent_tokens_as_offsets():
+    tokens = np.array([7, 7, 7, 3, 3, 9, 9, 9, 9, 1])
+    vocab = build_draft_vocab(tokens, vocab_size=12, draft_vocab_size=3)
+    assert vocab.target_ids.tolist() == [3, 7, 9]  # ascending target ids
+    assert vocab.d2t.dtype == torch.int64 and vocab.d2t.tolist() == [3, 6, 7]  # offsets, not ids
+    assert vocab.t2d.dtype == torch.bool and vocab.t2d.nonzero().flatten().tolist() == [3, 7, 9]
+    assert vocab.coverage == pytest.approx(9 / 10)
+    # Ties (and unseen tokens) go to the lower id.
+    assert build_draft_vocab(tokens, 12, 5).target_ids.tolist() == [0, 1, 3, 7, 9]

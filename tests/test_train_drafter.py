@@ -1,0 +1,276 @@
+"""`train-drafter` end to end on a tiny random model: the loss goes down, the result is an official-format
+checkpoint that reloads and exports, training is deterministic and resumes exactly, the cached target
+features are the runtime's, and evaluation prompts stay out."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from eaglex.errors import EaglexError
+from eaglex.exporter.checkpoints import load_drafter, load_target, read_target_config
+from eaglex.exporter.train import loop
+from eaglex.exporter.train.data import EvalFilter
+from eaglex.exporter.train.evalsets import EVAL_SETS
+from eaglex.exporter.train.features import FeatureStore, TargetFeatures, extract
+from eaglex.exporter.train.loop import TrainConfig
+from eaglex.exporter.train.pipeline import DataConfig, train_drafter
+
+EVAL_PROMPT = "w30 w31 w32 w33 w34 w35 w36 w37 w38 w39 w40 w41 w42 w43"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second thread only adds waiting, a lot of it on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_conversations(path: Path, count: int = 40) -> Path:
+    """ShareGPT-format file of word-level conversations for the tiny tokenizer; one holds an eval prompt."""
+    rng = random.Random(0)
+
+    def words(n: int) -> str:
+        return " ".join(f"w{rng.randrange(3, 60)}" for _ in range(n))
+
+    records = [
+        {
+            "id": str(i),
+            "conversations": [{"from": "human", "value": words(6)}, {"from": "gpt", "value": words(24)}],
+        }
+        for i in range(count)
+    ]
+    records[5]["conversations"][0]["value"] = f"please {EVAL_PROMPT}"
+    path.write_text(json.dumps(records))
+    return path
+
+
+DATA = DataConfig(samples=0, regenerate=8, max_length=48, max_new_tokens=12, val_samples=6)
+TRAIN = TrainConfig(draft_vocab_size=40, ttt_steps=3, epochs=3, batch_tokens=160, lr=3e-3, warmup_steps=3)
+
+
+@pytest.fixture(scope="module")
+def sharp_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny llama with its final norm scaled up: a random model's next-token distribution is nearly
+    uniform, which leaves a drafter little to learn; a peaked one makes learning visible in a few steps."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("sharp")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("llama"), dtype=torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(8.0)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model("llama")).save_pretrained(out)
+    return out
+
+
+def run(model: Path, tmp_path: Path, name: str, **train_overrides) -> Path:
+    data_file = write_conversations(tmp_path / "conversations.json")
+    data = DataConfig(**{**DATA.__dict__, "sources": (str(data_file),)})
+    train = TrainConfig(**{**TRAIN.__dict__, **train_overrides})
+    return train_drafter(
+        model,
+        tmp_path / name,
+        tmp_path / f"work-{name}",
+        data,
+        train,
+        EvalFilter([EVAL_PROMPT]),
+        report=lambda _: None,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(sharp_model, tmp_path_factory) -> Path:
+    return run(sharp_model, tmp_path_factory.mktemp("train"), "drafter")
+
+
+def log(out: Path) -> list[dict]:
+    lines = (out.parent / f"work-{out.name}" / "train_log.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_training_lowers_the_loss(trained):
+    val = [record for record in log(trained) if "val_loss" in record]
+    assert [record["epoch"] for record in val] == [0, 1, 2, 3]  # before training, then after each epoch
+    # The soft teacher's entropy bounds the loss from below; the top-1 agreement shows the learning.
+    assert val[-1]["val_loss"] < 0.9 * val[0]["val_loss"]
+    assert val[0]["val_accuracy"][0] < 0.05 and val[-1]["val_accuracy"][0] > 0.25
+
+
+def test_checkpoint_is_official_format_and_reloads(trained, sharp_model):
+    config = json.loads((trained / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1 and config["draft_vocab_size"] == 40
+    weights = safetensors.torch.load_file(trained / "model.safetensors")
+    assert "embed_tokens.weight" not in weights
+    assert weights["fc.weight"].dtype == torch.float16
+    assert weights["midlayer.self_attn.q_proj.weight"].shape == (64, 128)  # [heads * d, 2H]
+    assert weights["d2t"].dtype == torch.int64 and weights["t2d"].dtype == torch.bool
+    # d2t holds offsets: draft id + offset = the target id that t2d marks.
+    assert torch.equal((torch.arange(40) + weights["d2t"]), weights["t2d"].nonzero().flatten())
+    drafter = load_drafter(trained, read_target_config(sharp_model))
+    assert torch.allclose(drafter.fc.weight, weights["fc.weight"].float())
+    record = json.loads((trained / "training.json").read_text())
+    assert record["budget"]["optimizer_steps"] > 0 and record["budget"]["trained_tokens"] > 0
+
+
+def test_trained_drafter_exports_and_decodes_losslessly(trained, sharp_model, tmp_path):
+    from eaglex.exporter.export import export_artifact
+    from eaglex.runtime.engine import Engine
+
+    artifact = export_artifact(
+        sharp_model, tmp_path / "artifact", trained, max_context=128, progress=lambda _: None
+    )
+    engine = Engine.load(artifact)
+    prompt = engine.encode("w5 w6 w7", chat=True)
+    spec = [t for ids in engine.generate(prompt, engine.default_config(max_new_tokens=24)) for t in ids]
+    plain_config = engine.default_config(max_new_tokens=24, speculative=False)
+    plain = [t for ids in engine.generate(prompt, plain_config) for t in ids]
+    assert spec == plain
+
+
+def test_eval_prompts_are_excluded_and_answers_regenerated(trained):
+    work = trained.parent / f"work-{trained.name}"
+    regenerated = [json.loads(line) for line in (work / "regenerated.jsonl").read_text().splitlines()]
+    assert len(regenerated) == 8
+    store = FeatureStore(work / "features" / "train", 64)
+    val = FeatureStore(work / "features" / "val", 64)
+    assert len(store) + len(val) == 39  # 40 conversations, one with the eval prompt
+    # The eval prompt's words may occur alone; the prompt itself may not.
+    ids = store.column("ids").tolist()
+    eval_ids = [int(w[1:]) for w in EVAL_PROMPT.split()]
+    assert not any(ids[i : i + len(eval_ids)] == eval_ids for i in range(len(ids)))
+
+
+def test_resume_after_interruption_is_exact(trained, sharp_model, tmp_path, monkeypatch):
+    """A run killed mid-epoch and rerun ends with the same weights as the uninterrupted run (same seed)."""
+    saves = {"count": 0}
+    original = loop.Trainer.save
+
+    def save_then_die(self):
+        original(self)
+        saves["count"] += 1
+        if saves["count"] == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.Trainer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(sharp_model, tmp_path, "drafter", save_minutes=0.0)  # checkpoint after every step
+    monkeypatch.setattr(loop.Trainer, "save", original)
+    resumed = run(sharp_model, tmp_path, "drafter", save_minutes=0.0)
+    got = safetensors.torch.load_file(resumed / "model.safetensors")
+    want = safetensors.torch.load_file(trained / "model.safetensors")
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    # Other settings are refused rather than mixed into the same checkpoint.
+    with pytest.raises(EaglexError, match="lr"):
+        run(sharp_model, tmp_path, "drafter", lr=1e-3)
+
+
+def test_cached_features_are_the_runtime_targets(tiny_model, tmp_path):
+    """The features and logits training learns from are those of the exported target's torch module."""
+    from transformers import AutoModelForCausalLM
+
+    from eaglex.exporter.train.data import Sample
+
+    model_dir = tiny_model("llama")
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    target = load_target(model_dir)
+    samples = [Sample(list(range(3, 3 + n)), [True] * n) for n in (9, 17, 5)]
+    store = FeatureStore(tmp_path / "store", 64)
+    features = TargetFeatures(hf, target.feature_layers)
+    extract(features, samples, store, 40, lambda _: None)
+    extract(features, samples, FeatureStore(tmp_path / "store", 64), 40, lambda _: None)  # resumed: no-op
+    assert FeatureStore(tmp_path / "store", 64).lengths == store.lengths
+    with pytest.raises(EaglexError, match="other sequences"):
+        extract(features, samples[:2], FeatureStore(tmp_path / "store", 64), 40, lambda _: None)
+    stored = {length: i for i, length in enumerate(store.lengths)}
+    for sample in samples:
+        n = len(sample.ids)
+        kv = target.config.num_kv_heads
+        past = [torch.zeros(1, kv, n, target.config.head_dim) for _ in range(2 * target.config.num_layers)]
+        logits, features, *_ = target(
+            torch.tensor([sample.ids]),
+            torch.arange(n)[None],
+            torch.full((n, n), float("-inf")).triu(1)[None, None],
+            torch.tensor([n - 1], dtype=torch.int32),
+            torch.tensor(n, dtype=torch.int32),
+            torch.arange(n),
+            past,
+        )
+        batch = store.batch([stored[n]])
+        torch.testing.assert_close(batch.features[0], features[0], rtol=2e-3, atol=2e-3)  # fp16 cache
+        teacher = batch.final_hidden[0] @ target.lm_head.weight.T
+        torch.testing.assert_close(teacher, logits[0], rtol=1e-2, atol=1e-2)
+        assert torch.equal(batch.argmax[0], logits[0].argmax(-1))
+        assert batch.ids[0].tolist() == sample.ids
+
+
+def fake_eval_wheels(cache: Path) -> None:
+    """The benchmark wheels, each holding one record, so the CLI runs offline and fast."""
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True)
+    for spec in EVAL_SETS.values():
+        name, version = spec.package.split("==")
+        record = {field: [EVAL_PROMPT] if field == "turns" else EVAL_PROMPT for field in spec.fields}
+        raw = (json.dumps(record) + "\n").encode()
+        with zipfile.ZipFile(wheels / f"{name.replace('-', '_')}-{version}-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(spec.path, gzip.compress(raw) if spec.path.endswith(".gz") else raw)
+
+
+def test_cli_trains_a_drafter(tiny_model, tmp_path):
+    fake_eval_wheels(tmp_path / "cache")
+    data = write_conversations(tmp_path / "conversations.jsonl")
+    out = tmp_path / "drafter"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eaglex.cli",
+            "train-drafter",
+            "--model",
+            str(tiny_model("llama")),
+            "--out",
+            str(out),
+            "--data",
+            str(data),
+            "--samples",
+            "0",
+            "--max-length",
+            "48",
+            "--val-samples",
+            "4",
+            "--draft-vocab-size",
+            "40",
+            "--ttt-steps",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-tokens",
+            "160",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EAGLEX_CACHE": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(out)
+    assert "1 dropped for containing an evaluation prompt" in result.stderr
+    assert "target features (train)" in result.stderr and "left" in result.stderr  # progress with ETA
+    assert (tmp_path / "cache" / "train" / "drafter" / "checkpoint" / "trainer_state.pt").is_file()
+    record = json.loads((out / "training.json").read_text())
+    assert np.isfinite(record["validation"]["chain_acceptance_estimate"])
