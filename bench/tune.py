@@ -106,9 +106,10 @@ def acceptance(
     sizes: tuple[int, ...],
     new_tokens: int,
     progress,
+    max_depth: int = MAX_DEPTH,
 ) -> dict[tuple[int, int, int], float]:
-    """Mean accepted drafts per round for every (top_k, depth, total_tokens), over every position of the
-    prompts' greedy continuations."""
+    """Mean accepted drafts per round for every (top_k, depth <= max_depth, total_tokens), over every
+    position of the prompts' greedy continuations."""
     drafter = engine.drafter
     assert drafter is not None
     sums: dict[tuple[int, int, int], int] = {}
@@ -134,9 +135,9 @@ def acceptance(
             drafter.reset()
             drafter.extend(sequence[1 : len(ids) + 1], features[: len(ids)], k)
             for position in range(len(ids), n):  # the root is sequence[position], already emitted
-                builder = drafter.grow(int(sequence[position]), k, MAX_DEPTH)
+                builder = drafter.grow(int(sequence[position]), k, max_depth)
                 continuation = sequence[position + 1 :].tolist()
-                for depth, size in itertools.product(range(1, MAX_DEPTH + 1), sizes):
+                for depth, size in itertools.product(range(1, max_depth + 1), sizes):
                     tree = builder.build(size, max_depth=depth)
                     key = (k, depth, size)
                     sums[key] = sums.get(key, 0) + accepted_drafts(tree, continuation)

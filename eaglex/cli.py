@@ -338,6 +338,13 @@ def build(artifact: Path, precision: str, max_prompt: int | None, timing_cache: 
     help="Regenerated answers, target features and checkpoints "
     "[default: ~/.cache/eaglex/train/<out folder name>].",
 )
+@click.option(
+    "--init-from",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Start from this drafter (official format, same data and draft vocabulary) instead of random "
+    "weights, e.g. to train a finished run further on a new schedule.",
+)
 @click.option("--threads", default=2, show_default=True, help="CPU threads for torch.")
 @user_errors
 def train_drafter(
@@ -359,6 +366,7 @@ def train_drafter(
     seed: int,
     dtype: str,
     work_dir: Path | None,
+    init_from: Path | None,
     threads: int,
 ) -> None:
     """Train an EAGLE-3 drafter with training-time test (loss on assistant tokens only).
@@ -396,6 +404,7 @@ def train_drafter(
         warmup_steps=warmup_steps,
         grad_clip=grad_clip,
         seed=seed,
+        init_from=str(init_from.resolve()) if init_from else "",
     )
     exclude = EvalFilter(all_eval_prompts(progress))
     run_training(
@@ -513,6 +522,13 @@ def tune(artifact: Path, threads: int, prompts_per_set: int, new_tokens: int, re
             f"measured {row['measured_tokens_per_second']:.1f} tok/s"
         )
     click.echo(f"plain decoding: {result['plain_tokens_per_second']:.1f} tok/s; chosen: {result['best']}")
+    best = max(row["measured_tokens_per_second"] for row in result["measured"])
+    if best < result["plain_tokens_per_second"]:
+        click.echo(
+            "plain decoding is faster than every draft tree on this machine with this drafter: "
+            "pass --no-spec to eaglex run",
+            err=True,
+        )
 
 
 @main.command("eval")

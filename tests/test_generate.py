@@ -175,3 +175,11 @@ def test_context_limit_stops_generation(engine, hf_model):
     assert len(spec) == MAX_CONTEXT - len(prompt)
     assert stats.stop_reason == "context limit"
     assert spec == hf_greedy(hf_model, prompt, len(spec))
+
+
+def test_only_the_target_session_spins(engine):
+    """The drafter's onnxruntime threads sleep between its calls: spinning, they held the cores while the
+    target ran (EAGLE-3 on 2 cores: 28 instead of 54 tok/s, docs/BENCHMARKS.md)."""
+    key = "session.intra_op.allow_spinning"
+    assert engine.target.session.get_session_options().get_session_config_entry(key) == "1"
+    assert engine.drafter.session.session.get_session_options().get_session_config_entry(key) == "0"

@@ -97,8 +97,9 @@ def trained(sharp_model, tmp_path_factory) -> Path:
     return run(sharp_model, tmp_path_factory.mktemp("train"), "drafter")
 
 
-def log(out: Path) -> list[dict]:
-    lines = (out.parent / f"work-{out.name}" / "train_log.jsonl").read_text().splitlines()
+def log(out: Path, **train_overrides) -> list[dict]:
+    run_name = TrainConfig(**{**TRAIN.__dict__, **train_overrides}).run_name()
+    lines = (out.parent / f"work-{out.name}" / run_name / "train_log.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
 
 
@@ -106,8 +107,8 @@ def test_training_lowers_the_loss(trained):
     val = [record for record in log(trained) if "val_loss" in record]
     assert [record["epoch"] for record in val] == [0, 1, 2, 3]  # before training, then after each epoch
     # The soft teacher's entropy bounds the loss from below; the top-1 agreement shows the learning.
-    assert val[-1]["val_loss"] < 0.9 * val[0]["val_loss"]
-    assert val[0]["val_accuracy"][0] < 0.05 and val[-1]["val_accuracy"][0] > 0.25
+    assert val[-1]["val_loss"] < 0.8 * val[0]["val_loss"]
+    assert val[-1]["val_accuracy"][0] > val[0]["val_accuracy"][0] + 0.1
 
 
 def test_checkpoint_is_official_format_and_reloads(trained, sharp_model):
@@ -174,9 +175,20 @@ def test_resume_after_interruption_is_exact(trained, sharp_model, tmp_path, monk
     want = safetensors.torch.load_file(trained / "model.safetensors")
     for key, value in want.items():
         assert torch.equal(got[key], value), key
-    # Other settings are refused rather than mixed into the same checkpoint.
-    with pytest.raises(EaglexError, match="lr"):
-        run(sharp_model, tmp_path, "drafter", lr=1e-3)
+
+
+def test_init_from_continues_a_finished_run(trained, sharp_model, tmp_path):
+    settings = {"init_from": str(trained), "epochs": 1, "lr": 1e-3}
+    continued = run(sharp_model, tmp_path, "continued", **settings)
+    before, after = (
+        [r for r in records if "val_loss" in r] for records in (log(trained), log(continued, **settings))
+    )
+    # It starts where the finished run ended (saved in fp16: nearly the same loss), not from random weights.
+    assert after[0]["val_loss"] == pytest.approx(before[-1]["val_loss"], rel=0.02)
+    record = json.loads((continued / "training.json").read_text())
+    assert record["init_from_training"] == json.loads((trained / "training.json").read_text())
+    with pytest.raises(EaglexError, match="another vocabulary"):
+        run(sharp_model, tmp_path, "other-vocabulary", init_from=str(trained), draft_vocab_size=30)
 
 
 def test_cached_features_are_the_runtime_targets(tiny_model, tmp_path):
@@ -271,6 +283,8 @@ def test_cli_trains_a_drafter(tiny_model, tmp_path):
     assert result.stdout.strip() == str(out)
     assert "1 dropped for containing an evaluation prompt" in result.stderr
     assert "target features (train)" in result.stderr and "left" in result.stderr  # progress with ETA
-    assert (tmp_path / "cache" / "train" / "drafter" / "checkpoint" / "trainer_state.pt").is_file()
+    assert (
+        len(list((tmp_path / "cache" / "train" / "drafter").glob("run-*/checkpoint/trainer_state.pt"))) == 1
+    )
     record = json.loads((out / "training.json").read_text())
     assert np.isfinite(record["validation"]["chain_acceptance_estimate"])

@@ -3,6 +3,7 @@ length-bucketed batches in a seeded order, periodic checkpoints and exact resume
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -15,7 +16,6 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-from eaglex.errors import EaglexError
 from eaglex.exporter.drafter import Eagle3Drafter
 
 from .checkpoint import read_trainer_state, write_drafter
@@ -38,6 +38,12 @@ class TrainConfig:
     grad_clip: float = 0.5
     seed: int = 0
     save_minutes: float = 10.0  # checkpoint at least this often (and after every epoch)
+    init_from: str = ""  # a drafter (official format) to start from instead of a random initialisation
+
+    def run_name(self) -> str:
+        """Names the folder of this training run: everything but the checkpoint interval shapes it."""
+        settings = {k: v for k, v in asdict(self).items() if k != "save_minutes"}
+        return "run-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -103,6 +109,7 @@ class Trainer:
         self.drafter, self.embed, self.teacher_head = drafter, embed, teacher_head
         self.config, self.checkpoint_dir, self.report = config, checkpoint_dir, report
         self.max_position_embeddings = max_position_embeddings
+        checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)  # the run folder also holds the log
         self.optimizer = torch.optim.AdamW(
             [p for p in drafter.parameters() if p.requires_grad],
             lr=config.lr,
@@ -167,19 +174,10 @@ class Trainer:
         )
 
     def resume(self) -> bool:
-        """Loads the latest checkpoint if there is one; refuses one made with other settings."""
+        """Loads the latest checkpoint if there is one (its folder is named after the settings)."""
         state = read_trainer_state(self.checkpoint_dir)
         if state is None:
             return False
-        # Everything but the checkpoint interval shapes the result.
-        changed = sorted(
-            k for k, v in asdict(self.config).items() if k != "save_minutes" and state["config"].get(k) != v
-        )
-        if changed:
-            raise EaglexError(
-                f"the checkpoint in {self.checkpoint_dir} was trained with other settings "
-                f"({', '.join(changed)}): use the same settings to resume, or another --work-dir"
-            )
         weights = safetensors.torch.load_file(Path(state["folder"]) / "model.safetensors")
         self.drafter.load_state_dict(weights, strict=True)
         self.optimizer.load_state_dict(state["optimizer"])

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from eaglex.errors import EaglexError
-from eaglex.exporter.checkpoints import read_target_config
+from eaglex.exporter.checkpoints import load_drafter, read_target_config
 from eaglex.exporter.drafter import Eagle3Drafter
+from eaglex.exporter.target import TargetConfig
 from eaglex.exporter.tokens import special_tokens
 
 from .checkpoint import new_drafter_config, write_drafter
@@ -89,6 +90,17 @@ def _add_hours(work_dir: Path, phase: str, since: float) -> dict[str, float]:
     hours[phase] = round(hours.get(phase, 0.0) + (time.perf_counter() - since) / 3600, 4)
     path.write_text(json.dumps(hours, indent=2) + "\n")
     return hours
+
+
+def _start_from(drafter: Eagle3Drafter, folder: Path, target_config: TargetConfig, vocab: DraftVocab) -> None:
+    """Continues from an earlier drafter (for example a finished run, trained further on a new schedule)."""
+    start = load_drafter(folder, target_config)
+    if not torch.equal(start.d2t.long(), vocab.d2t.long()):
+        raise EaglexError(
+            f"--init-from {folder} drafts another vocabulary than this data gives: use the data and "
+            "--draft-vocab-size it was trained with"
+        )
+    drafter.load_state_dict(start.state_dict())
 
 
 def _init_drafter(drafter: Eagle3Drafter, vocab: DraftVocab, seed: int) -> None:
@@ -188,6 +200,8 @@ def train_drafter(
 
     drafter = Eagle3Drafter(new_drafter_config(target_config, train.draft_vocab_size))
     _init_drafter(drafter, vocab, train.seed)
+    if train.init_from:
+        _start_from(drafter, Path(train.init_from), target_config, vocab)
     embed = model.get_input_embeddings().weight.detach().clone()
     teacher_head = model.get_output_embeddings().weight.detach()[vocab.target_ids].clone()
     del model, target  # only the embedding table and the draft rows of lm_head are needed from here on
@@ -197,7 +211,7 @@ def train_drafter(
         embed,
         teacher_head,
         train,
-        work_dir / "checkpoint",
+        work_dir / train.run_name() / "checkpoint",
         target_config.max_position_embeddings,
         report,
     )
@@ -214,6 +228,9 @@ def train_drafter(
         "train_tokens_per_epoch": train_store.num_tokens,
         "draft_vocab_coverage": round(vocab.coverage, 4),
     }
+    if train.init_from:
+        earlier = Path(train.init_from) / "training.json"  # what the starting drafter cost
+        record["init_from_training"] = json.loads(earlier.read_text()) if earlier.is_file() else None
     if val is not None:
         record["validation"] = {
             "accuracy_per_step": val.accuracy,

@@ -18,8 +18,9 @@ from eaglex.plugins.tree_attention.mask import mask_feeds
 from eaglex.runtime.kv_cache import KVCache
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int, spin: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -30,11 +31,18 @@ def session_options(threads: int) -> ort.SessionOptions:
 
 class OrtGraphSession:
     def __init__(
-        self, path: Path, layers: int, kv_heads: int, head_dim: int, threads: int, plugin_op: bool = False
+        self,
+        path: Path,
+        layers: int,
+        kv_heads: int,
+        head_dim: int,
+        threads: int,
+        plugin_op: bool = False,
+        spin: bool = True,
     ):
         """plugin_op: the graph is TensorRT-flavoured; its eaglex::TreeAttention nodes run the numpy
         reference of the op (plugins/README.md), registered through onnxruntime-extensions."""
-        options = session_options(threads)
+        options = session_options(threads, spin)
         self.plugin_op = plugin_op
         if plugin_op:
             from eaglex.plugins.tree_attention.onnxruntime_op import library_path
