@@ -115,10 +115,11 @@ def resolve_model(model: str) -> Path:
     "quantize_activations",
     type=click.Choice(["fp32", "int8"]),
     default=None,
-    help="With --quantize: activations inside the target's quantized layers [default: fp32 for int4, int8 "
-    "for int8 (onnxruntime has no fast fp32 kernel for 8-bit weights)]. int8 is faster, but speculative "
-    "output can then differ from plain decoding: int8 rounding amplifies the last-bit differences between "
-    "verifying a tree and decoding one token. The drafter always uses int8: it only proposes.",
+    help="With --quantize: activations inside the target's quantized layers [default: fp32, the only "
+    "lossless choice]. int8 is faster (for int8 weights much faster: onnxruntime has no fast fp32 kernel "
+    "for them), but speculative output can then differ from plain decoding: int8 rounding amplifies the "
+    "last-bit differences between verifying a tree and decoding one token. The drafter always uses int8: "
+    "it only proposes.",
 )
 @user_errors
 def export(

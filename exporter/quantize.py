@@ -34,8 +34,9 @@ from eaglex.runtime.manifest import load_manifest, sha256
 SCHEMES = {"int8": 8, "int4": 4}
 DEFAULT_BLOCK_SIZE = 32  # as llama.cpp's Q4_1 / Q8_0; REFERENCE section 7 measured MatMulNBits at 32
 ACTIVATIONS = {"fp32": 1, "int8": 4}  # -> MatMulNBits accuracy_level
-# onnxruntime 1.32 has a fast float32-activation kernel for 4-bit weights only: 8-bit ones take ~10x longer.
-DEFAULT_ACTIVATIONS = {"int4": "fp32", "int8": "int8"}
+# Lossless by default. onnxruntime 1.32 has a fast float32-activation kernel for 4-bit weights only (8-bit
+# ones take ~10x longer), so int8 weights are fast only with `activations="int8"`, which is not lossless.
+DEFAULT_ACTIVATIONS = {"int4": "fp32", "int8": "fp32"}
 
 
 def quantize_graph(

@@ -39,7 +39,7 @@ def models(tiny_model, tmp_path_factory) -> dict[str, Path]:
         "model": model,
         "drafter": drafter,
         "fp32": fp32,
-        "int8": quantize_artifact(fp32, tmp / "int8", "int8", **quiet),
+        "int8": quantize_artifact(fp32, tmp / "int8", "int8", activations="int8", **quiet),
         "int4": quantize_artifact(fp32, tmp / "int4", "int4", **quiet),
         "int8-fp32": quantize_artifact(
             fp32, tmp / "int8-fp32", "int8", "none", embeddings=False, activations="fp32", **quiet
@@ -138,3 +138,8 @@ def test_refuses_what_it_cannot_quantize(models, tmp_path):
     args = ["export", "--model", str(models["model"]), "--out", str(tmp_path / "trt"), "--quantize", "int4"]
     result = CliRunner().invoke(main, [*args, "--backend", "tensorrt"])
     assert result.exit_code == 2 and "onnxruntime backend" in result.output
+
+
+def test_int8_defaults_to_lossless_float32_activations(models, tmp_path):
+    artifact = quantize_artifact(models["fp32"], tmp_path / "int8", "int8", progress=lambda _: None)
+    assert Engine.load(artifact).manifest.raw["target"]["quantization"]["activations"] == "fp32"
