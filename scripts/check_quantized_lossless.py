@@ -16,7 +16,6 @@ from pathlib import Path
 
 from eaglex.exporter.quantize import quantize_artifact
 from eaglex.runtime.engine import Engine
-from eaglex.runtime.generate import GenerationStats
 
 PROMPTS = Path(__file__).parents[1] / "tests" / "data" / "prompts.json"
 
@@ -39,11 +38,11 @@ def main() -> None:
     same = 0
     for prompt in prompts:
         ids = engine.encode(prompt["text"], chat=True)
-        outputs, rates, stats = [], [], GenerationStats()
+        outputs, rates = [], []
         for speculative in (True, False):
             config = engine.default_config(max_new_tokens=args.new_tokens, speculative=speculative)
             started = time.perf_counter()
-            outputs.append([t for chunk in engine.generate(ids, config, stats) for t in chunk])
+            outputs.append([t for chunk in engine.generate(ids, config) for t in chunk])
             rates.append(len(outputs[-1]) / (time.perf_counter() - started))
         same += outputs[0] == outputs[1]
         print(f"identical {outputs[0] == outputs[1]}: EAGLE-3 {rates[0]:.1f}, plain {rates[1]:.1f} tok/s")

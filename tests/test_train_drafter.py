@@ -108,7 +108,7 @@ def test_training_lowers_the_loss(trained):
     assert [record["epoch"] for record in val] == [0, 1, 2, 3]  # before training, then after each epoch
     # The soft teacher's entropy bounds the loss from below; the top-1 agreement shows the learning.
     assert val[-1]["val_loss"] < 0.8 * val[0]["val_loss"]
-    assert val[-1]["val_accuracy"][0] > val[0]["val_accuracy"][0] + 0.1
+    assert val[0]["val_accuracy"][0] < 0.05 and val[-1]["val_accuracy"][0] > 0.25
 
 
 def test_checkpoint_is_official_format_and_reloads(trained, sharp_model):

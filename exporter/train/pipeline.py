@@ -199,9 +199,10 @@ def train_drafter(
     report(f"draft vocabulary: {train.draft_vocab_size} tokens cover {coverage} of answer tokens")
 
     drafter = Eagle3Drafter(new_drafter_config(target_config, train.draft_vocab_size))
-    _init_drafter(drafter, vocab, train.seed)
     if train.init_from:
         _start_from(drafter, Path(train.init_from), target_config, vocab)
+    else:
+        _init_drafter(drafter, vocab, train.seed)
     embed = model.get_input_embeddings().weight.detach().clone()
     teacher_head = model.get_output_embeddings().weight.detach()[vocab.target_ids].clone()
     del model, target  # only the embedding table and the draft rows of lm_head are needed from here on
