@@ -77,9 +77,9 @@ def sharp_model(tiny_model, tmp_path_factory) -> Path:
     return out
 
 
-def run(model: Path, tmp_path: Path, name: str, **train_overrides) -> Path:
+def run(model: Path, tmp_path: Path, name: str, data_seed: int = 0, **train_overrides) -> Path:
     data_file = write_conversations(tmp_path / "conversations.json")
-    data = DataConfig(**{**DATA.__dict__, "sources": (str(data_file),)})
+    data = DataConfig(**{**DATA.__dict__, "sources": (str(data_file),), "seed": data_seed})
     train = TrainConfig(**{**TRAIN.__dict__, **train_overrides})
     return train_drafter(
         model,
@@ -187,8 +187,21 @@ def test_init_from_continues_a_finished_run(trained, sharp_model, tmp_path):
     assert after[0]["val_loss"] == pytest.approx(before[-1]["val_loss"], rel=0.02)
     record = json.loads((continued / "training.json").read_text())
     assert record["init_from_training"] == json.loads((trained / "training.json").read_text())
-    with pytest.raises(EaglexError, match="another vocabulary"):
-        run(sharp_model, tmp_path, "other-vocabulary", init_from=str(trained), draft_vocab_size=30)
+    with pytest.raises(EaglexError, match="drafts 40 tokens, not --draft-vocab-size 30"):
+        run(sharp_model, tmp_path, "other-size", init_from=str(trained), draft_vocab_size=30)
+
+
+def test_init_from_keeps_the_draft_vocabulary_on_other_data(trained, sharp_model, tmp_path):
+    """Continuing on other conversations keeps the starting drafter's tokens (its lm_head rows are theirs),
+    where a fresh run on that data chooses other ones."""
+    fresh = run(sharp_model, tmp_path, "fresh", data_seed=1, epochs=1)
+    continued = run(sharp_model, tmp_path, "continued", data_seed=1, epochs=1, init_from=str(trained))
+    d2t = {
+        name: load_drafter(out, read_target_config(sharp_model)).d2t
+        for name, out in (("trained", trained), ("fresh", fresh), ("continued", continued))
+    }
+    assert not torch.equal(d2t["fresh"], d2t["trained"])
+    assert torch.equal(d2t["continued"], d2t["trained"])
 
 
 def test_cached_features_are_the_runtime_targets(tiny_model, tmp_path):

@@ -29,7 +29,7 @@ from .data import EvalFilter, Message, Sample, first_turn, load_records, to_mess
 from .features import FeatureStore, TargetFeatures, extract
 from .loop import TrainConfig, Trainer
 from .regenerate import regenerate
-from .vocab import DraftVocab, build_draft_vocab
+from .vocab import DraftVocab, build_draft_vocab, fixed_draft_vocab
 
 
 @dataclass(frozen=True)
@@ -92,15 +92,16 @@ def _add_hours(work_dir: Path, phase: str, since: float) -> dict[str, float]:
     return hours
 
 
-def _start_from(drafter: Eagle3Drafter, folder: Path, target_config: TargetConfig, vocab: DraftVocab) -> None:
-    """Continues from an earlier drafter (for example a finished run, trained further on a new schedule)."""
+def _start_from(folder: Path, target_config: TargetConfig, draft_vocab_size: int) -> Eagle3Drafter:
+    """An earlier drafter to continue from (for example a finished run, trained further on more data or a
+    new schedule). Its draft vocabulary is kept: the rows of its lm_head belong to those tokens."""
     start = load_drafter(folder, target_config)
-    if not torch.equal(start.d2t.long(), vocab.d2t.long()):
+    if len(start.d2t) != draft_vocab_size:
         raise EaglexError(
-            f"--init-from {folder} drafts another vocabulary than this data gives: use the data and "
-            "--draft-vocab-size it was trained with"
+            f"--init-from {folder} drafts {len(start.d2t)} tokens, not --draft-vocab-size "
+            f"{draft_vocab_size}: pass the size it was trained with"
         )
-    drafter.load_state_dict(start.state_dict())
+    return start
 
 
 def _init_drafter(drafter: Eagle3Drafter, vocab: DraftVocab, seed: int) -> None:
@@ -194,13 +195,19 @@ def train_drafter(
 
     train_store = stores["train"]
     answers = train_store.column("ids")[train_store.column("loss_mask").astype(bool)]
-    vocab = build_draft_vocab(answers, target_config.vocab_size, train.draft_vocab_size)
+    start = None
+    if train.init_from:
+        start = _start_from(Path(train.init_from), target_config, train.draft_vocab_size)
+        target_ids = (torch.arange(len(start.d2t)) + start.d2t.long()).numpy()
+        vocab = fixed_draft_vocab(target_ids, answers, target_config.vocab_size)
+    else:
+        vocab = build_draft_vocab(answers, target_config.vocab_size, train.draft_vocab_size)
     coverage = f"{100 * vocab.coverage:.1f}%"
     report(f"draft vocabulary: {train.draft_vocab_size} tokens cover {coverage} of answer tokens")
 
     drafter = Eagle3Drafter(new_drafter_config(target_config, train.draft_vocab_size))
-    if train.init_from:
-        _start_from(drafter, Path(train.init_from), target_config, vocab)
+    if start is not None:
+        drafter.load_state_dict(start.state_dict())
     else:
         _init_drafter(drafter, vocab, train.seed)
     embed = model.get_input_embeddings().weight.detach().clone()

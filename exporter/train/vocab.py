@@ -28,9 +28,16 @@ def build_draft_vocab(tokens: np.ndarray, vocab_size: int, draft_vocab_size: int
     if not 0 < draft_vocab_size <= vocab_size:
         raise ValueError(f"draft vocabulary size {draft_vocab_size} must be in 1..{vocab_size}")
     counts = np.bincount(tokens.astype(np.int64), minlength=vocab_size)
-    chosen = np.sort(np.argsort(-counts, kind="stable")[:draft_vocab_size])
+    return fixed_draft_vocab(np.argsort(-counts, kind="stable")[:draft_vocab_size], tokens, vocab_size)
+
+
+def fixed_draft_vocab(target_ids: np.ndarray, tokens: np.ndarray, vocab_size: int) -> DraftVocab:
+    """The draft vocabulary of the given target ids (for example an earlier drafter's), its coverage
+    measured on `tokens`."""
+    chosen = np.sort(np.asarray(target_ids, dtype=np.int64))
+    counts = np.bincount(tokens.astype(np.int64), minlength=vocab_size)
     t2d = np.zeros(vocab_size, dtype=bool)
     t2d[chosen] = True
     coverage = float(counts[chosen].sum() / max(counts.sum(), 1))
-    d2t = torch.from_numpy(chosen - np.arange(draft_vocab_size))
+    d2t = torch.from_numpy(chosen - np.arange(len(chosen)))
     return DraftVocab(d2t=d2t, t2d=torch.from_numpy(t2d), coverage=coverage)
