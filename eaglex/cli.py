@@ -121,6 +121,14 @@ def resolve_model(model: str) -> Path:
     "last-bit differences between verifying a tree and decoding one token. The drafter always uses int8: "
     "it only proposes.",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Float type of the graphs and KV cache. fp16 is for NVIDIA GPUs (eaglex run --device cuda with "
+    "onnxruntime-gpu: its attention kernel is fp16 only); it runs on CPUs too, no faster than fp32.",
+)
 @user_errors
 def export(
     model: str,
@@ -133,6 +141,7 @@ def export(
     quantize_drafter: str | None,
     quantize_embeddings: bool,
     quantize_activations: str | None,
+    precision: str,
 ) -> None:
     """Export a target model (and drafter) to ONNX graphs plus a manifest."""
     from eaglex.exporter.export import export_artifact
@@ -157,6 +166,7 @@ def export(
         quantize_drafter=quantize_drafter,
         quantize_embeddings=quantize_embeddings,
         quantize_activations=quantize_activations,
+        precision=precision,
     )
     click.echo(path)
 
@@ -200,7 +210,15 @@ def random_drafter(model_dir: Path) -> Path:
     type=click.Choice(["onnxruntime", "tensorrt"]),
     default="onnxruntime",
     show_default=True,
-    help="onnxruntime (CPU), or the TensorRT engines of eaglex build (GPU).",
+    help="onnxruntime (CPU, or GPU with onnxruntime-gpu), or the TensorRT engines of eaglex build (GPU).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where onnxruntime runs. auto: the GPU when onnxruntime-gpu finds one and the artifact was "
+    "exported with --precision fp16, else the CPU.",
 )
 @user_errors
 def run(
@@ -217,12 +235,13 @@ def run(
     no_spec: bool,
     threads: int,
     backend: str,
+    device: str,
 ) -> None:
     """Generate text from an artifact, streaming it as it is accepted."""
     from eaglex.runtime.engine import Engine
     from eaglex.runtime.generate import GenerationStats
 
-    engine = Engine.load(artifact, threads=threads, backend=backend)
+    engine = Engine.load(artifact, threads=threads, backend=backend, device=device)
     config = engine.default_config(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -241,7 +260,7 @@ def run(
     mode = "EAGLE-3" if engine.drafter is not None and not no_spec else "plain"
     bandwidth = engine.weight_bytes_read(stats) / max(stats.decode_seconds, 1e-9) / 1e9
     progress(
-        f"[{mode}] {stats.new_tokens} tokens in {time.perf_counter() - started:.2f} s "
+        f"[{mode} on {engine.device}] {stats.new_tokens} tokens in {time.perf_counter() - started:.2f} s "
         f"(prefill {stats.prompt_tokens} tokens {stats.prefill_seconds:.2f} s) | "
         f"decode {stats.tokens_per_second:.1f} tok/s, "
         f"{bandwidth:.2f} GB/s of weights | mean acceptance length {stats.acceptance_length:.2f} | "

@@ -28,6 +28,8 @@ from eaglex.errors import EaglexError
 from .attention import BACKENDS, mask_inputs, onnx_translation_table
 from .checkpoints import load_drafter, load_target, read_target_config
 from .drafter import Eagle3Drafter
+from .kv_compact import write_kv_compact_graph
+from .precision import lower_precision
 from .quantize import SCHEMES, quantize_graph
 from .target import Target, TargetConfig
 from .tokens import copy_tokenizer, special_tokens
@@ -35,6 +37,7 @@ from .tokens import copy_tokenizer, special_tokens
 FORMAT_VERSION = 1
 DEFAULT_MAX_CONTEXT = 2048
 DEFAULT_TREE = {"top_k": 8, "depth": 5, "total_tokens": 24, "max_total_tokens": 128}
+DTYPES = {"fp32": "float32", "fp16": "float16"}  # --precision -> the graphs' float type
 MAX_TOP_K = 16  # the drafter graph returns at most this many candidates per row
 CACHE_INPUTS = ("past_key", "past_value")
 CACHE_OUTPUTS = ("present_key", "present_value")
@@ -53,6 +56,7 @@ def export_artifact(
     quantize_drafter: str | None = None,
     quantize_embeddings: bool = True,
     quantize_activations: str | None = None,
+    precision: str = "fp32",
 ) -> Path:
     """Export a Hugging Face target (and optionally an EAGLE-3 drafter) to an artifact folder.
 
@@ -63,12 +67,15 @@ def export_artifact(
     "int8" or "int4" weight-only quantization of the target (exporter/quantize.py); quantize_drafter: the
     same for the drafter (None: as the target, "none": float32); quantize_embeddings: quantize the token
     embedding table and the lm_heads too; quantize_activations: "fp32" or "int8" inside the target's
-    quantized layers (None: fp32 for int4, int8 for int8; only fp32 keeps speculation lossless). Returns
-    out_dir.
+    quantized layers (None: fp32 for int4, int8 for int8; only fp32 keeps speculation lossless).
+    precision: "fp32" or "fp16" graphs (fp16 for onnxruntime's CUDA execution provider, whose attention
+    kernel has no float32 version; exporter/precision.py keeps RoPE and norm statistics in float32).
+    Returns out_dir.
     """
     if backend not in BACKENDS:
         raise EaglexError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     quantize_drafter = _check_quantization(quantize, quantize_drafter, backend, drafter_dir)
+    _check_precision(precision, backend, quantize)
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
     _check_out_dir(out_dir, overwrite)
     stage = _stage_printer(progress)
@@ -102,6 +109,12 @@ def export_artifact(
                 quantization[role] = quantize_graph(
                     work / file, scheme, logits, quantize_embeddings, activations
                 )
+        if precision != "fp32":
+            stage(f"lowering the graphs to {precision}")
+            for file in ("target.onnx", "drafter.onnx") if drafter is not None else ("target.onnx",):
+                _lower_precision(work / file, precision)
+        if backend == "onnxruntime":
+            write_kv_compact_graph(work / "kv_compact.onnx", DTYPES[precision])
         stage("writing embeddings and tokenizer")
         np.save(work / "embed_tokens.npy", target.embed_tokens.weight.detach().float().numpy())
         copy_tokenizer(model_dir, work)
@@ -116,6 +129,11 @@ def export_artifact(
             "tree": tree_params,
             "files": _file_table(work),
         }
+        manifest["target"]["dtype"] = DTYPES[precision]
+        if manifest["drafter"] is not None:
+            manifest["drafter"]["dtype"] = DTYPES[precision]
+        if backend == "onnxruntime":
+            manifest["kv_compact"] = "kv_compact.onnx"
         manifest["target"]["quantization"] = quantization.get("target")  # null: float32 weights
         if manifest["drafter"] is not None:
             manifest["drafter"]["quantization"] = quantization.get("drafter")
@@ -291,6 +309,25 @@ def _check_quantization(
     if backend != "onnxruntime" and (quantize or drafter_scheme):
         raise EaglexError("quantized graphs (MatMulNBits) are for the onnxruntime backend: drop --quantize")
     return drafter_scheme
+
+
+def _check_precision(precision: str, backend: str, quantize: str | None) -> None:
+    if precision not in DTYPES:
+        raise EaglexError(f"unknown precision {precision!r}: choose one of {', '.join(DTYPES)}")
+    if precision == "fp32":
+        return
+    if backend != "onnxruntime":
+        raise EaglexError("TensorRT takes its precision at build time: export fp32, then eaglex build --fp16")
+    if quantize:
+        raise EaglexError("--quantize keeps float32 activations: drop --precision fp16 or --quantize")
+
+
+def _lower_precision(path: Path, precision: str) -> None:
+    """Rewrites a graph and its weights file in `precision` (exporter/precision.py)."""
+    model = lower_precision(onnx.load(str(path)), precision)  # loads the external weights into memory
+    data = path.with_name(f"{path.name}.data")
+    data.unlink()  # onnx appends to an existing weights file
+    onnx.save(model, str(path), save_as_external_data=True, location=data.name)
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:

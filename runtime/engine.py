@@ -28,11 +28,12 @@ def open_session(
     head_dim: int,
     threads: int,
     spin: bool = True,
+    device: str = "cpu",
 ) -> GraphSession:
     """One graph of the artifact on `backend`; TensorRT runs the engine `eaglex build` made from it.
 
     spin: onnxruntime's worker threads busy-wait for the next operator instead of sleeping (the drafter's
-    must not: see Engine)."""
+    must not: see Engine). device: onnxruntime's "cpu" or "cuda" (resolve_device)."""
     if backend == "tensorrt":
         from eaglex.runtime.backends.tensorrt import TrtGraphSession
 
@@ -41,8 +42,17 @@ def open_session(
 
     # A TensorRT-flavoured artifact also runs on onnxruntime, through the op's CPU reference.
     plugin_op = manifest.raw.get("backend") == "tensorrt"
+    compact = manifest.raw.get("kv_compact")
     return OrtGraphSession(
-        manifest.path(file), layers, kv_heads, head_dim, threads, plugin_op=plugin_op, spin=spin
+        manifest.path(file),
+        layers,
+        kv_heads,
+        head_dim,
+        threads,
+        plugin_op=plugin_op,
+        spin=spin,
+        device=device,
+        compact_graph=manifest.path(compact) if compact else None,
     )
 
 
@@ -52,16 +62,33 @@ class Engine:
     One engine runs one generation at a time (its KV caches are preallocated and reused).
     """
 
-    def __init__(self, manifest: Manifest, threads: int = 2, backend: str = "onnxruntime"):
+    def __init__(
+        self, manifest: Manifest, threads: int = 2, backend: str = "onnxruntime", device: str = "auto"
+    ):
+        """device: where onnxruntime runs, "cpu", "cuda" or "auto" (the GPU when onnxruntime-gpu sees one
+        and the artifact is float16); the TensorRT backend always runs on the GPU."""
         if backend not in BACKENDS:
             raise EaglexError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         if threads < 1:
             raise EaglexError(f"--threads must be at least 1, got {threads}")
         self.manifest, self.threads = manifest, threads
+        self.device = "cuda"
+        if backend == "onnxruntime":
+            from eaglex.runtime.backends.onnxruntime import resolve_device
+
+            dtype = manifest.raw["target"].get("dtype", "float32")
+            self.device = resolve_device(device, dtype, "kv_compact" in manifest.raw)
         target = manifest.target
         self.tokenizer = Tokenizer(manifest.root)
         self.target = open_session(
-            manifest, backend, target.file, target.num_layers, target.num_kv_heads, target.head_dim, threads
+            manifest,
+            backend,
+            target.file,
+            target.num_layers,
+            target.num_kv_heads,
+            target.head_dim,
+            threads,
+            device=self.device,
         )
         self.drafter: EagleDrafter | None = None
         if manifest.drafter is not None:
@@ -70,7 +97,15 @@ class Engine:
             # runs: on 2 cores EAGLE-3 decoded at 28 tok/s with them and 54 without (plain decoding 41;
             # the target's own spinning is worth 7% to it, so it keeps it).
             session = open_session(
-                manifest, backend, spec.file, 1, spec.num_kv_heads, spec.head_dim, threads, spin=False
+                manifest,
+                backend,
+                spec.file,
+                1,
+                spec.num_kv_heads,
+                spec.head_dim,
+                threads,
+                spin=False,
+                device=self.device,
             )
             embeddings = np.load(manifest.path("embed_tokens.npy"), mmap_mode="r")
             self.drafter = EagleDrafter(session, embeddings, 3 * target.hidden_size)
@@ -78,9 +113,14 @@ class Engine:
 
     @classmethod
     def load(
-        cls, artifact_dir: str | Path, threads: int = 2, backend: str = "onnxruntime", checksums: bool = True
+        cls,
+        artifact_dir: str | Path,
+        threads: int = 2,
+        backend: str = "onnxruntime",
+        checksums: bool = True,
+        device: str = "auto",
     ) -> Engine:
-        return cls(load_manifest(artifact_dir, checksums), threads, backend)
+        return cls(load_manifest(artifact_dir, checksums), threads, backend, device)
 
     def default_config(self, **overrides: object) -> GenerationConfig:
         """The artifact's tree settings, with any field overridden (None means keep the default)."""

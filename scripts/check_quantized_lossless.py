@@ -4,20 +4,18 @@
         [--prompts 8] [--new-tokens 64] [--threads 2]
 
 Quantizes ARTIFACT into OUT (if OUT is missing) with the given settings, then decodes the chat prompts of
-tests/data/prompts.json both ways and prints whether the outputs match and each one's tokens/s.
+tests/data/prompts.json both ways (scripts/check_lossless.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
+
+from check_lossless import compare  # scripts/ is on sys.path when a script in it runs
 
 from eaglex.exporter.quantize import quantize_artifact
 from eaglex.runtime.engine import Engine
-
-PROMPTS = Path(__file__).parents[1] / "tests" / "data" / "prompts.json"
 
 
 def main() -> None:
@@ -34,19 +32,7 @@ def main() -> None:
         quantize_artifact(args.artifact, args.out, args.scheme, activations=args.activations, progress=print)
     engine = Engine.load(args.out, threads=args.threads)
     print("activations:", engine.manifest.raw["target"]["quantization"]["activations"])
-    prompts = [p for p in json.loads(PROMPTS.read_text()) if p["chat"]][: args.prompts]
-    same = 0
-    for prompt in prompts:
-        ids = engine.encode(prompt["text"], chat=True)
-        outputs, rates = [], []
-        for speculative in (True, False):
-            config = engine.default_config(max_new_tokens=args.new_tokens, speculative=speculative)
-            started = time.perf_counter()
-            outputs.append([t for chunk in engine.generate(ids, config) for t in chunk])
-            rates.append(len(outputs[-1]) / (time.perf_counter() - started))
-        same += outputs[0] == outputs[1]
-        print(f"identical {outputs[0] == outputs[1]}: EAGLE-3 {rates[0]:.1f}, plain {rates[1]:.1f} tok/s")
-    print(f"{same}/{len(prompts)} identical")
+    compare(engine, args.prompts, args.new_tokens)
 
 
 if __name__ == "__main__":

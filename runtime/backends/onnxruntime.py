@@ -1,8 +1,9 @@
-"""onnxruntime backend: the embedded default, runs on any CPU.
+"""onnxruntime backend: the embedded default, runs on any CPU, and on NVIDIA GPUs with onnxruntime-gpu.
 
-The KV cache lives in numpy arrays that onnxruntime reads and writes in place: each layer's buffer is
-bound as both `past_key.i` and `present_key.i`, which GroupQueryAttention recognises as a shared buffer,
-so a step costs no cache copy (docs/ARTIFACT.md, shared/REFERENCE.md section 9).
+The KV cache is read and written in place: each layer's buffer is bound as both `past_key.i` and
+`present_key.i`, which GroupQueryAttention recognises as a shared buffer, so a step costs no cache copy
+(docs/ARTIFACT.md, shared/REFERENCE.md section 9). On the CPU the buffer is a numpy array; with the CUDA
+execution provider it lives in GPU memory and is compacted there (runtime/kv_cache.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,42 @@ import onnxruntime as ort
 
 from eaglex.errors import EaglexError
 from eaglex.plugins.tree_attention.mask import mask_feeds
-from eaglex.runtime.kv_cache import KVCache
+from eaglex.runtime.kv_cache import DeviceKVCache, KVCache
+
+DEVICES = ("auto", "cpu", "cuda")
+NO_COMPACT_GRAPH = "this artifact has no kv_compact.onnx (exported by an older eaglex): re-export it"
+CUDA = "CUDAExecutionProvider"
+# onnxruntime's names of the graph input types the runtime feeds.
+NUMPY_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+def resolve_device(requested: str, dtype: str, compact_graph: bool) -> str:
+    """ "cpu" or "cuda" for `--device` (auto: the GPU when onnxruntime has its CUDA provider and the
+    artifact can run there). dtype: the artifact's float type; compact_graph: it has kv_compact.onnx."""
+    if requested not in DEVICES:
+        raise EaglexError(f"unknown device {requested!r}: choose one of {', '.join(DEVICES)}")
+    has_cuda = CUDA in ort.get_available_providers()
+    if requested == "cuda":
+        if not has_cuda:
+            raise EaglexError(
+                "this onnxruntime has no CUDA execution provider: on a machine with an NVIDIA GPU, pip "
+                "install 'eaglex[gpu]' (onnxruntime-gpu, in place of onnxruntime), or use --device cpu"
+            )
+        if dtype != "float16":
+            raise EaglexError(
+                f"this artifact's graphs are {dtype} and onnxruntime's GPU attention (GroupQueryAttention) "
+                "is float16 only: re-export with eaglex export --precision fp16"
+            )
+        if not compact_graph:
+            raise EaglexError(NO_COMPACT_GRAPH)
+    if requested == "auto":
+        return "cuda" if has_cuda and dtype == "float16" and compact_graph else "cpu"
+    return requested
 
 
 def session_options(threads: int, spin: bool = True) -> ort.SessionOptions:
@@ -29,6 +65,12 @@ def session_options(threads: int, spin: bool = True) -> ort.SessionOptions:
     return options
 
 
+def providers(device: str) -> list:
+    if device == "cuda":
+        return [(CUDA, {"device_id": 0}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 class OrtGraphSession:
     def __init__(
         self,
@@ -39,9 +81,14 @@ class OrtGraphSession:
         threads: int,
         plugin_op: bool = False,
         spin: bool = True,
+        device: str = "cpu",
+        device_cache: bool | None = None,
+        compact_graph: Path | None = None,
     ):
         """plugin_op: the graph is TensorRT-flavoured; its eaglex::TreeAttention nodes run the numpy
-        reference of the op (plugins/README.md), registered through onnxruntime-extensions."""
+        reference of the op (plugins/README.md), registered through onnxruntime-extensions.
+        device: "cpu" or "cuda" (resolve_device). device_cache: keep the KV cache in an onnxruntime buffer
+        compacted by `compact_graph` (default: on a GPU only; True on the CPU runs that path anywhere)."""
         options = session_options(threads, spin)
         self.plugin_op = plugin_op
         if plugin_op:
@@ -49,25 +96,42 @@ class OrtGraphSession:
 
             options.register_custom_ops_library(library_path())
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), options, providers=providers(device))
         except Exception as e:  # onnxruntime raises its own types with multi-line messages
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EaglexError(f"onnxruntime cannot load {path} ({first}); re-run eaglex export") from None
-        capacity = self.session.get_inputs()[
-            [i.name for i in self.session.get_inputs()].index("past_key.0")
-        ].shape[2]
-        self.capacity = int(capacity)
-        self.cache = KVCache(layers, kv_heads, self.capacity, head_dim)
+        if device == "cuda" and self.session.get_providers()[0] != CUDA:
+            raise EaglexError(
+                "onnxruntime could not start its CUDA execution provider (no GPU visible, or CUDA/cuDNN "
+                "libraries missing): check nvidia-smi and onnxruntime-gpu's CUDA version, or use --device cpu"
+            )
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.input_types = {name: NUMPY_TYPES.get(i.type) for name, i in inputs.items()}
+        self.capacity = int(inputs["past_key.0"].shape[2])
+        dtype = self.input_types["past_key.0"]
         self.output_names = [o.name for o in self.session.get_outputs() if not o.name.startswith("present_")]
         self.binding = self.session.io_binding()
         # Outputs keep the position of their first binding: the named ones come first, then the caches.
         for name in self.output_names:
             self.binding.bind_output(name)
-        for i in range(layers):
-            for kind, buffer in zip(("key", "value"), self.cache.layer(i), strict=True):
-                value = ort.OrtValue.ortvalue_from_numpy(buffer)  # shares memory with the numpy view
-                self.binding.bind_ortvalue_input(f"past_{kind}.{i}", value)
-                self.binding.bind_ortvalue_output(f"present_{kind}.{i}", value)
+        if device_cache if device_cache is not None else device != "cpu":
+            if compact_graph is None or not compact_graph.is_file():
+                raise EaglexError(NO_COMPACT_GRAPH)
+            self.cache: KVCache | DeviceKVCache = DeviceKVCache(
+                layers, kv_heads, self.capacity, head_dim, dtype, device, compact_graph, providers(device)
+            )
+            for i in range(layers):
+                for k, kind in enumerate(("key", "value")):
+                    where = (device, 0, dtype, self.cache.layer_shape, self.cache.pointer(i, k))
+                    self.binding.bind_input(f"past_{kind}.{i}", *where)
+                    self.binding.bind_output(f"present_{kind}.{i}", *where)
+        else:
+            self.cache = KVCache(layers, kv_heads, self.capacity, head_dim, dtype)
+            for i in range(layers):
+                for kind, buffer in zip(("key", "value"), self.cache.layer(i), strict=True):
+                    value = ort.OrtValue.ortvalue_from_numpy(buffer)  # shares memory with the numpy view
+                    self.binding.bind_ortvalue_input(f"past_{kind}.{i}", value)
+                    self.binding.bind_ortvalue_output(f"present_{kind}.{i}", value)
 
     def run(self, feeds: Mapping[str, np.ndarray], cache_len: int, mask: np.ndarray) -> dict[str, np.ndarray]:
         total = mask.shape[1]
@@ -86,12 +150,16 @@ class OrtGraphSession:
                 "total_sequence_length": np.array(total, dtype=np.int32),
             }
         for name, array in inputs.items():
-            self.binding.bind_cpu_input(name, np.ascontiguousarray(array))
+            # float16 graphs take float16 activations; the runtime itself works in float32.
+            self.binding.bind_cpu_input(name, np.ascontiguousarray(array, dtype=self.input_types.get(name)))
         for name in self.output_names:
             self.binding.bind_output(name)
         self.session.run_with_iobinding(self.binding)
-        outputs = self.binding.get_outputs()
-        return {name: outputs[k].numpy() for k, name in enumerate(self.output_names)}
+        outputs = [value.numpy() for value in self.binding.get_outputs()]
+        return {
+            name: out.astype(np.float32) if out.dtype == np.float16 else out
+            for name, out in zip(self.output_names, outputs, strict=False)
+        }
 
     def keep(self, start: int, slots: np.ndarray) -> None:
         self.cache.keep(start, slots)
