@@ -77,14 +77,16 @@ def sharp_model(tiny_model, tmp_path_factory) -> Path:
     return out
 
 
-def run(model: Path, tmp_path: Path, name: str, data_seed: int = 0, **train_overrides) -> Path:
+def run(
+    model: Path, tmp_path: Path, name: str, data_seed: int = 0, work: str | None = None, **train_overrides
+) -> Path:
     data_file = write_conversations(tmp_path / "conversations.json")
     data = DataConfig(**{**DATA.__dict__, "sources": (str(data_file),), "seed": data_seed})
     train = TrainConfig(**{**TRAIN.__dict__, **train_overrides})
     return train_drafter(
         model,
         tmp_path / name,
-        tmp_path / f"work-{name}",
+        tmp_path / f"work-{work or name}",
         data,
         train,
         EvalFilter([EVAL_PROMPT]),
@@ -202,6 +204,24 @@ def test_init_from_keeps_the_draft_vocabulary_on_other_data(trained, sharp_model
     }
     assert not torch.equal(d2t["fresh"], d2t["trained"])
     assert torch.equal(d2t["continued"], d2t["trained"])
+
+
+def test_runs_with_other_settings_share_the_work_folder(sharp_model, tmp_path):
+    """A second schedule on the same data reuses the regenerated answers and the features, in its own
+    run folder, and does not disturb the first run's checkpoint."""
+    first = run(sharp_model, tmp_path, "first", work="shared", epochs=1)
+    work = tmp_path / "work-shared"
+    cached = {p: p.stat().st_mtime_ns for p in [work / "regenerated.jsonl", *work.glob("features/*/*")]}
+    assert len(cached) == 1 + 2 * 6  # answers; val and train stores: five arrays and meta.json each
+    first_run = work / TrainConfig(**{**TRAIN.__dict__, "epochs": 1}).run_name()
+    first_checkpoint = {p: p.read_bytes() for p in (first_run / "checkpoint").iterdir()}
+    second = run(sharp_model, tmp_path, "second", work="shared", epochs=1, lr=1e-3)
+    assert {p: p.stat().st_mtime_ns for p in cached} == cached  # nothing recomputed
+    second_run = work / TrainConfig(**{**TRAIN.__dict__, "epochs": 1, "lr": 1e-3}).run_name()
+    assert second_run != first_run and (second_run / "checkpoint").is_dir()
+    assert {p: p.read_bytes() for p in (first_run / "checkpoint").iterdir()} == first_checkpoint
+    weights = [safetensors.torch.load_file(out / "model.safetensors") for out in (first, second)]
+    assert not torch.equal(weights[0]["lm_head.weight"], weights[1]["lm_head.weight"])
 
 
 def test_cached_features_are_the_runtime_targets(tiny_model, tmp_path):
