@@ -7,6 +7,9 @@ the only place that knows them:
 - `onnxruntime` (default): a single `com.microsoft.GroupQueryAttention` node with `causal=0` and an
   additive `attention_bias`: the tree mask comes from the runtime, and `causal=1` would silently mask it
   wrong. Mask inputs: attention_bias [1, 1, S, L] float, seqlens_k [1], total_sequence_length [].
+  In the target, the node also applies RoPE (`do_rotary`, cos/sin tables, explicit position_ids: a tree
+  node's position is not its slot) to packed q/k/v: 702 nodes instead of 1310 for SmolLM2, about 10%
+  faster decoding on the CPU.
 - `tensorrt`: an `eaglex::TreeAttention` node (plugins/README.md), the TensorRT plugin's op. Mask inputs:
   tree_mask [1, S, W] int32 (bit-packed), cache_len [1], mask_start [1].
 
@@ -26,6 +29,8 @@ from torch import Tensor
 from torch.export import Dim
 
 from eaglex.errors import EaglexError
+
+from .layers import apply_rope
 
 
 @torch.library.custom_op("eaglex::tree_attention", mutates_args=())
@@ -81,6 +86,43 @@ def packed_tree_attention(
     visible[:, start:] = bits[:, : total - start]
     bias = torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))[None, None]
     return _attend(query, key, value, past_key, past_value, total, bias, num_heads, kv_num_heads, scale)
+
+
+@torch.library.custom_op("eaglex::tree_attention_rotary", mutates_args=())
+def rotary_tree_attention(
+    qkv: Tensor,
+    past_key: Tensor,
+    past_value: Tensor,
+    seqlens_k: Tensor,
+    total_sequence_length: Tensor,
+    attention_bias: Tensor,
+    cos_cache: Tensor,
+    sin_cache: Tensor,
+    position_ids: Tensor,
+    num_heads: int,
+    kv_num_heads: int,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """bias_tree_attention with RoPE inside, as one GroupQueryAttention node takes it (`onnxruntime`
+    flavour of the target): qkv [1, S, (num_heads + 2 kv_num_heads) d] packed and not yet rotated;
+    cos_cache, sin_cache [M, d/2] (rotate-half RoPE at positions 0..M-1, any scaling applied);
+    position_ids [1, S], each row's RoPE position (a tree node's is P + depth, not its slot)."""
+    del seqlens_k
+    head_dim = past_key.shape[-1]
+    q, k, v = qkv.split([num_heads * head_dim, kv_num_heads * head_dim, kv_num_heads * head_dim], dim=-1)
+    cos, sin = cos_cache[position_ids[0]].repeat(1, 2)[None], sin_cache[position_ids[0]].repeat(1, 2)[None]
+    rows = qkv.shape[1]
+    q = apply_rope(q.view(1, rows, num_heads, head_dim), cos, sin).flatten(2)
+    k = apply_rope(k.view(1, rows, kv_num_heads, head_dim), cos, sin).flatten(2)
+    total = int(total_sequence_length)
+    return _attend(q, k, v, past_key, past_value, total, attention_bias, num_heads, kv_num_heads, scale)
+
+
+@rotary_tree_attention.register_fake
+def _(qkv, past_key, past_value, seqlens_k, total_sequence_length, attention_bias, *rest):
+    num_heads = rest[3]
+    out = qkv.new_empty(qkv.shape[0], qkv.shape[1], num_heads * past_key.shape[-1])
+    return out, torch.empty_like(past_key), torch.empty_like(past_value)
 
 
 @bias_tree_attention.register_fake
@@ -171,6 +213,8 @@ def _group_query_attention_schema() -> onnx.defs.OpSchema:
             attr("kv_num_heads", kinds.INT, ""),
             attr("scale", kinds.FLOAT, ""),
             attr("causal", kinds.INT, ""),
+            attr("do_rotary", kinds.INT, ""),
+            attr("rotary_interleaved", kinds.INT, ""),
         ],
     )
 
@@ -214,6 +258,41 @@ def _onnxruntime_tree_attention(
         kv_num_heads=kv_num_heads,
         scale=scale,
         causal=0,
+    )
+
+
+def _onnxruntime_rotary_tree_attention(
+    qkv,
+    past_key,
+    past_value,
+    seqlens_k,
+    total_sequence_length,
+    attention_bias,
+    cos_cache,
+    sin_cache,
+    position_ids,
+    num_heads: int,
+    kv_num_heads: int,
+    scale: float,
+):
+    return _GQA(
+        qkv,  # packed: key and value are absent
+        None,
+        None,
+        past_key,
+        past_value,
+        seqlens_k,
+        total_sequence_length,
+        cos_cache,
+        sin_cache,
+        position_ids,
+        attention_bias,
+        num_heads=num_heads,
+        kv_num_heads=kv_num_heads,
+        scale=scale,
+        causal=0,
+        do_rotary=1,
+        rotary_interleaved=0,
     )
 
 
@@ -288,6 +367,7 @@ def onnx_translation_table() -> dict:
     """`custom_translation_table` for torch.onnx.export: each flavour's op becomes its ONNX node."""
     return {
         torch.ops.eaglex.tree_attention.default: _onnxruntime_tree_attention,
+        torch.ops.eaglex.tree_attention_rotary.default: _onnxruntime_rotary_tree_attention,
         torch.ops.eaglex.tree_attention_packed.default: _plugin_tree_attention,
     }
 

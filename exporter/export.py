@@ -149,6 +149,8 @@ def export_artifact(
 def export_target_graph(target: Target, path: Path, max_context: int, backend: str = "onnxruntime") -> None:
     """Trace the target to `path` (+ `path`.data) with dynamic S (new rows), L (P + S) and R (logit rows)."""
     c = target.config
+    if backend == "onnxruntime":
+        target.fuse_attention(max_context)
     rows, past_rows, logit_rows = 3, 2, 2  # example sizes >= 2 so no dimension is specialised to 0 or 1
     total = past_rows + rows
     cache = torch.zeros(1, c.num_kv_heads, max_context, c.head_dim)

@@ -69,6 +69,33 @@ class SelfAttention(nn.Module):
         self.q_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
         self.k_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
 
+    def pack_qkv(self) -> None:
+        """Merges the q, k and v projections into one matmul (`qkv_proj`), for export: one weight read
+        and one graph node instead of three. Models that normalise q and k heads keep them apart."""
+        if self.q_norm is not None:
+            return
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        packed = nn.Linear(self.q_proj.in_features, sum(p.out_features for p in projections))
+        with torch.no_grad():
+            packed.weight.copy_(torch.cat([p.weight for p in projections]))
+            if self.q_proj.bias is not None:
+                packed.bias.copy_(torch.cat([p.bias for p in projections]))
+            else:
+                packed.bias = None
+        self.qkv_proj = packed
+
+    def packed_qkv(self, x: Tensor) -> Tensor:
+        """q, k and v side by side [B, S, (heads + 2 kv_heads) d], before RoPE (which the attention op
+        applies itself)."""
+        if hasattr(self, "qkv_proj"):
+            return self.qkv_proj(x)
+        batch, rows = x.shape[:2]
+        q, k = self.q_proj(x), self.k_proj(x)
+        if self.q_norm is not None and self.k_norm is not None:
+            q = self.q_norm(q.view(batch, rows, self.num_heads, self.head_dim)).flatten(2)
+            k = self.k_norm(k.view(batch, rows, self.num_kv_heads, self.head_dim)).flatten(2)
+        return torch.cat([q, k, self.v_proj(x)], dim=-1)
+
     def project(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q [B, S, heads*d], k and v [B, S, kv_heads*d], RoPE applied to q and k."""
         batch, rows = x.shape[:2]

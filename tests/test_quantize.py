@@ -57,15 +57,16 @@ def test_export_quantize_flag(models, tmp_path):
     result = CliRunner().invoke(main, [*args, "--max-context", str(MAX_CONTEXT), "--quantize", "int4"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
-    # 4 layers x 7 + lm_head; fc, qkv, o, mlp, lm_head. The drafter only proposes: int8 activations.
-    for role, linear, activations, level in (("target", 29, "fp32", 1), ("drafter", 9, "int8", 4)):
+    # 4 layers x 5 (packed qkv, o, gate, up, down) + lm_head; the drafter: fc, q, k, v, o, mlp, lm_head.
+    # The drafter only proposes: int8 activations.
+    for role, linear, activations, level in (("target", 21, "fp32", 1), ("drafter", 9, "int8", 4)):
         entry = manifest[role]["quantization"]
         assert entry["weights"] == "int4" and entry["block_size"] == 32 and entry["lm_head"]
         assert entry["activations"] == activations and entry["accuracy_level"] == level
         assert entry["quantized_linear_layers"] == linear
     assert manifest["target"]["quantization"]["embeddings"]
     target = ops(out / "target.onnx")
-    assert target["MatMulNBits"] == 29 and target["GatherBlockQuantized"] == 1 and target["MatMul"] == 0
+    assert target["MatMulNBits"] == 21 and target["GatherBlockQuantized"] == 1 and target["MatMul"] == 0
     assert ops(out / "drafter.onnx")["MatMul"] == 0
     # The same graphs as quantizing the float32 export afterwards.
     assert (
@@ -83,7 +84,7 @@ def test_float_embeddings_keep_table_and_lm_head(models):
     assert manifest["drafter"]["quantization"] is None
     assert Engine.load(models["int8"]).manifest.raw["target"]["quantization"]["activations"] == "int8"
     target = ops(artifact / "target.onnx")
-    assert target["MatMulNBits"] == 28 and target["MatMul"] == 1 and target["GatherBlockQuantized"] == 0
+    assert target["MatMulNBits"] == 20 and target["MatMul"] == 1 and target["GatherBlockQuantized"] == 0
 
 
 def test_quantized_graphs_are_smaller(models):
