@@ -8,8 +8,8 @@ the only place that knows them:
   additive `attention_bias`: the tree mask comes from the runtime, and `causal=1` would silently mask it
   wrong. Mask inputs: attention_bias [1, 1, S, L] float, seqlens_k [1], total_sequence_length [].
   In the target, the node also applies RoPE (`do_rotary`, cos/sin tables, explicit position_ids: a tree
-  node's position is not its slot) to packed q/k/v: 702 nodes instead of 1310 for SmolLM2, about 10%
-  faster decoding on the CPU.
+  node's position is not its slot) to packed q/k/v: 702 nodes instead of 1310 for SmolLM2, 1.07x
+  faster decoding on 2 CPU threads (docs/BENCHMARKS.md).
 - `tensorrt`: an `eaglex::TreeAttention` node (plugins/README.md), the TensorRT plugin's op. Mask inputs:
   tree_mask [1, S, W] int32 (bit-packed), cache_len [1], mask_start [1].
 
