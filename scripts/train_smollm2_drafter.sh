@@ -9,12 +9,15 @@
 #   3. the first 4000 conversations (the 1600 of runs 1-2 among them): 1 epoch from run 2, same schedule.
 #      Its work folder starts with runs 1-2's answers: greedy answers depend a little on which prompts
 #      share a padded batch, and this keeps the 1600 identical.
+#   4. the first 6000 conversations: 1 epoch from run 3, same schedule. Its work folder starts with run 3's
+#      answers and features, so only the 2000 new conversations are regenerated and extracted.
 # One torch thread: on a busy shared 2-core machine two threads wait on each other (measured 85 vs 136
 # training tokens/s).
 #
-# Resumable: rerun the same command after an interruption. Answers, target features (fp16) and each run's
-# checkpoints stay in $WORK and $WORK-4k; the drafter (official EAGLE-3 format, fp16, ~20 MB) is written
-# to $OUT at the end, with training.json recording the settings and the budget of every run.
+# Resumable: rerun the same command after an interruption. Answers, target features (fp16) and each
+# run's checkpoints stay in $WORK, $WORK-4k and $WORK-6k; the drafter (official EAGLE-3 format, fp16,
+# ~20 MB) is written to $OUT at the end, with training.json recording the settings and the budget of
+# every run.
 #
 #   bash scripts/train_smollm2_drafter.sh            # -> drafters/smollm2-135m-instruct
 #   OUT=/tmp/drafter nice -n 10 bash scripts/train_smollm2_drafter.sh
@@ -33,8 +36,18 @@ if [ ! -f "$WORK/run2-drafter/model.safetensors" ]; then
   eaglex train-drafter "${common[@]}" "${first[@]}" --out "$WORK/run2-drafter" --dtype float16 \
     --init-from "$WORK/run1-drafter" --epochs 3 --batch-tokens 1024 --lr 3e-4 --warmup-steps 20
 fi
-mkdir -p "$WORK-4k"
-[ -f "$WORK-4k/regenerated.jsonl" ] || cp "$WORK/regenerated.jsonl" "$WORK-4k/"
-exec eaglex train-drafter "${common[@]}" --work-dir "$WORK-4k" --samples 4000 --regenerate 4000 \
-  --out "$OUT" --dtype float16 --init-from "$WORK/run2-drafter" \
+if [ ! -f "$WORK-4k/run3-drafter/model.safetensors" ]; then
+  mkdir -p "$WORK-4k"
+  [ -f "$WORK-4k/regenerated.jsonl" ] || cp "$WORK/regenerated.jsonl" "$WORK-4k/"
+  eaglex train-drafter "${common[@]}" --work-dir "$WORK-4k" --samples 4000 --regenerate 4000 \
+    --out "$WORK-4k/run3-drafter" --dtype float16 --init-from "$WORK/run2-drafter" \
+    --epochs 1 --batch-tokens 1024 --lr 3e-4 --warmup-steps 20
+fi
+if [ ! -d "$WORK-6k" ]; then
+  mkdir -p "$WORK-6k.tmp"
+  cp -r "$WORK-4k/regenerated.jsonl" "$WORK-4k/features" "$WORK-4k/hours.json" "$WORK-6k.tmp/"
+  mv "$WORK-6k.tmp" "$WORK-6k"
+fi
+exec eaglex train-drafter "${common[@]}" --work-dir "$WORK-6k" --samples 6000 --regenerate 6000 \
+  --out "$OUT" --dtype float16 --init-from "$WORK-4k/run3-drafter" \
   --epochs 1 --batch-tokens 1024 --lr 3e-4 --warmup-steps 20 "$@"

@@ -234,11 +234,15 @@ def test_cached_features_are_the_runtime_targets(tiny_model, tmp_path):
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     target = load_target(model_dir)
     samples = [Sample(list(range(3, 3 + n)), [True] * n) for n in (9, 17, 5)]
-    store = FeatureStore(tmp_path / "store", 64)
     features = TargetFeatures(hf, target.feature_layers)
-    extract(features, samples, store, 40, lambda _: None)
-    extract(features, samples, FeatureStore(tmp_path / "store", 64), 40, lambda _: None)  # resumed: no-op
-    assert FeatureStore(tmp_path / "store", 64).lengths == store.lengths
+    extract(features, samples[:2], FeatureStore(tmp_path / "store", 64), 40, lambda _: None)
+    # A larger data set appends only the sequence the store lacks.
+    extract(features, samples, FeatureStore(tmp_path / "store", 64), 40, lambda _: None)
+    store = FeatureStore(tmp_path / "store", 64)
+    assert store.lengths == [9, 17, 5]
+    resumed = []
+    extract(features, samples[::-1], FeatureStore(tmp_path / "store", 64), 40, resumed.append)
+    assert resumed == [] and FeatureStore(tmp_path / "store", 64).lengths == store.lengths
     with pytest.raises(EaglexError, match="other sequences"):
         extract(features, samples[:2], FeatureStore(tmp_path / "store", 64), 40, lambda _: None)
     stored = {length: i for i, length in enumerate(store.lengths)}
@@ -321,3 +325,10 @@ def test_cli_trains_a_drafter(tiny_model, tmp_path):
     )
     record = json.loads((out / "training.json").read_text())
     assert np.isfinite(record["validation"]["chain_acceptance_estimate"])
+
+
+def test_a_feature_store_without_sequence_hashes_is_refused(tmp_path):
+    """Stores from before per-sequence hashes cannot be grown safely: the error says to recompute."""
+    (tmp_path / "meta.json").write_text(json.dumps({"fingerprint": "abc", "lengths": [3]}))
+    with pytest.raises(EaglexError, match="older eaglex: delete it"):
+        FeatureStore(tmp_path, 64)

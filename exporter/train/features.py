@@ -5,7 +5,8 @@ Per token the cache holds: the three feature layers' input residual stream (pre-
 vocabulary are `lm_head` rows times it, recomputed exactly at training time instead of storing 49k-wide
 logits) and the target's argmax over its full vocabulary (the teacher counts only where that argmax has a
 draft id). Epochs then cost only drafter passes. The cache is append-only and resumable: `meta.json`
-records what is complete, and anything written after it is cut off on reopening.
+records what is complete (each sequence's length and hash), and anything written after it is cut off on
+reopening. It also grows: a data set that adds sequences to the stored ones computes only the new ones.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +57,11 @@ class FeatureStore:
         }
         path = self.folder / "meta.json"
         meta = json.loads(path.read_text()) if path.is_file() else {}
+        if meta and "hashes" not in meta:
+            raise EaglexError(f"{self.folder} was written by an older eaglex: delete it to recompute it")
         self.lengths: list[int] = meta.get("lengths", [])
-        # Hash of the sequences the store is filled from, so a rerun never appends different ones.
-        self.fingerprint: str | None = meta.get("fingerprint")
+        # What each stored sequence is, so that a store is only ever reused or grown for the same sequences.
+        self.hashes: list[str] = meta.get("hashes", [])
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
         self._maps: dict[str, np.ndarray] = {}
 
@@ -73,6 +77,7 @@ class FeatureStore:
 
     def append(self, arrays: Sequence[dict[str, np.ndarray]]) -> None:
         """Adds whole sequences, then records them in meta.json: an interrupted write is never counted."""
+        hashes = [sequence_hash(sequence["ids"], sequence["loss_mask"]) for sequence in arrays]
         self.folder.mkdir(parents=True, exist_ok=True)
         complete = self.num_tokens
         for name, (dtype, width) in self.widths.items():
@@ -83,9 +88,10 @@ class FeatureStore:
                 f.flush()
                 os.fsync(f.fileno())
         self.lengths += [len(sequence["ids"]) for sequence in arrays]
+        self.hashes += hashes
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
         tmp = self.folder / "meta.json.tmp"
-        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "lengths": self.lengths}))
+        tmp.write_text(json.dumps({"lengths": self.lengths, "hashes": self.hashes}))
         tmp.replace(self.folder / "meta.json")
         self._maps.clear()
 
@@ -171,6 +177,12 @@ class TargetFeatures:
         return features, final, argmax
 
 
+def sequence_hash(ids: Sequence[int] | np.ndarray, loss_mask: Sequence[bool] | np.ndarray) -> str:
+    """Identifies a training sequence by its tokens and which of them are trained on."""
+    data = np.asarray(ids, dtype=np.int32).tobytes() + np.asarray(loss_mask, dtype=np.uint8).tobytes()
+    return hashlib.sha256(data).hexdigest()[:24]
+
+
 def _fp16(x: Tensor) -> np.ndarray:
     return x.clamp(-FP16_MAX, FP16_MAX).to(torch.float16).numpy()
 
@@ -183,18 +195,24 @@ def extract(
     report: Callable[[str], None],
     what: str = "target features",
 ) -> None:
-    """Appends every sample's target view to `store` (in length order), resuming after what it holds."""
-    fingerprint = hashlib.sha256(json.dumps([(s.ids, s.loss_mask) for s in samples]).encode()).hexdigest()
-    if len(store) and store.fingerprint != fingerprint:
+    """Appends the target view of every sample `store` does not hold yet (in length order), so a rerun
+    resumes and a larger data set adds only its new sequences; the store then holds exactly `samples`,
+    in its own order."""
+    keys = [sequence_hash(s.ids, s.loss_mask) for s in samples]
+    stored = Counter(store.hashes)
+    if stored - Counter(keys):
         raise EaglexError(f"{store.folder} holds other sequences: delete it or use another --work-dir")
-    store.fingerprint = fingerprint
+    todo = []
+    for sample, key in zip(samples, keys, strict=True):
+        if stored[key]:
+            stored[key] -= 1
+        else:
+            todo.append(sample)
+    samples = todo
     batches = length_batches([len(s.ids) for s in samples], batch_tokens)
-    done_batches = 0
-    while sum(map(len, batches[:done_batches])) < len(store):  # the store holds whole batches, in order
-        done_batches += 1
-    total = sum(len(s.ids) for s in samples)
+    total = store.num_tokens + sum(len(s.ids) for s in samples)
     progress = Progress(what, total, report, done=store.num_tokens)
-    for batch in batches[done_batches:]:
+    for batch in batches:
         ids = nn.utils.rnn.pad_sequence([torch.tensor(samples[i].ids) for i in batch], batch_first=True)
         features, final, argmax = target(ids)
         arrays = []
