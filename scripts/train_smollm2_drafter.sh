@@ -12,7 +12,8 @@
 #   4. the first 6000 conversations: 1 epoch from run 3, same schedule. Its work folder starts with run 3's
 #      answers and features, so only the 2000 new conversations are regenerated and extracted.
 # One torch thread: on a busy shared 2-core machine two threads wait on each other (measured 85 vs 136
-# training tokens/s).
+# training tokens/s). On an otherwise idle machine append `--threads 2`: extra arguments go to runs 3 and 4,
+# which were made so.
 #
 # Resumable: rerun the same command after an interruption. Answers, target features (fp16) and each
 # run's checkpoints stay in $WORK, $WORK-4k and $WORK-6k; the drafter (official EAGLE-3 format, fp16,
@@ -41,7 +42,7 @@ if [ ! -f "$WORK-4k/run3-drafter/model.safetensors" ]; then
   [ -f "$WORK-4k/regenerated.jsonl" ] || cp "$WORK/regenerated.jsonl" "$WORK-4k/"
   eaglex train-drafter "${common[@]}" --work-dir "$WORK-4k" --samples 4000 --regenerate 4000 \
     --out "$WORK-4k/run3-drafter" --dtype float16 --init-from "$WORK/run2-drafter" \
-    --epochs 1 --batch-tokens 1024 --lr 3e-4 --warmup-steps 20
+    --epochs 1 --batch-tokens 1024 --lr 3e-4 --warmup-steps 20 "$@"
 fi
 if [ ! -d "$WORK-6k" ]; then
   mkdir -p "$WORK-6k.tmp"
