@@ -11,12 +11,13 @@
 #      share a padded batch, and this keeps the 1600 identical.
 #   4. the first 6000 conversations: 1 epoch from run 3, same schedule. Its work folder starts with run 3's
 #      answers and features, so only the 2000 new conversations are regenerated and extracted.
+#   5. the first 8000 conversations: 2 epochs from run 4, same schedule, its work folder seeded from run 4's.
 # One torch thread: on a busy shared 2-core machine two threads wait on each other (measured 85 vs 136
-# training tokens/s). On an otherwise idle machine append `--threads 2`: extra arguments go to runs 3 and 4,
+# training tokens/s). On an otherwise idle machine append `--threads 2`: extra arguments go to runs 3 to 5,
 # which were made so.
 #
 # Resumable: rerun the same command after an interruption. Answers, target features (fp16) and each
-# run's checkpoints stay in $WORK, $WORK-4k and $WORK-6k; the drafter (official EAGLE-3 format, fp16,
+# run's checkpoints stay in $WORK, $WORK-4k, $WORK-6k and $WORK-8k; the drafter (official EAGLE-3 format, fp16,
 # ~20 MB) is written to $OUT at the end, with training.json recording the settings and the budget of
 # every run.
 #
@@ -49,6 +50,16 @@ if [ ! -d "$WORK-6k" ]; then
   cp -r "$WORK-4k/regenerated.jsonl" "$WORK-4k/features" "$WORK-4k/hours.json" "$WORK-6k.tmp/"
   mv "$WORK-6k.tmp" "$WORK-6k"
 fi
-exec eaglex train-drafter "${common[@]}" --work-dir "$WORK-6k" --samples 6000 --regenerate 6000 \
-  --out "$OUT" --dtype float16 --init-from "$WORK-4k/run3-drafter" \
-  --epochs 1 --batch-tokens 1024 --lr 3e-4 --warmup-steps 20 "$@"
+if [ ! -f "$WORK-6k/run4-drafter/model.safetensors" ]; then
+  eaglex train-drafter "${common[@]}" --work-dir "$WORK-6k" --samples 6000 --regenerate 6000 \
+    --out "$WORK-6k/run4-drafter" --dtype float16 --init-from "$WORK-4k/run3-drafter" \
+    --epochs 1 --batch-tokens 1024 --lr 3e-4 --warmup-steps 20 "$@"
+fi
+if [ ! -d "$WORK-8k" ]; then
+  mkdir -p "$WORK-8k.tmp"
+  cp -r "$WORK-6k/regenerated.jsonl" "$WORK-6k/features" "$WORK-6k/hours.json" "$WORK-8k.tmp/"
+  mv "$WORK-8k.tmp" "$WORK-8k"
+fi
+exec eaglex train-drafter "${common[@]}" --work-dir "$WORK-8k" --samples 8000 --regenerate 8000 \
+  --out "$OUT" --dtype float16 --init-from "$WORK-6k/run4-drafter" \
+  --epochs 2 --batch-tokens 1024 --lr 3e-4 --warmup-steps 20 "$@"
