@@ -2,7 +2,7 @@
 # Trains the EAGLE-3 drafter for SmolLM2-135M-Instruct (issue 3) on a 2-core CPU, from data on PyPI only:
 # ShareGPT first turns (none containing an MT-bench/HumanEval/GSM8K/XSum prompt), each answered again by
 # SmolLM2 itself (greedy, up to 160 tokens), then training-time test with 5 steps (the default tree is 5
-# deep) in three runs:
+# deep) in five runs:
 #   1. the first 1600 conversations: 3 epochs from random weights, 2048-token batches, peak lr 5e-4;
 #   2. the same data: 3 more epochs from run 1, 1024-token batches (twice the optimizer steps per epoch),
 #      a fresh warmup and cosine decay from 3e-4 (run 1 was still learning when its lr had decayed);
@@ -17,9 +17,9 @@
 # which were made so.
 #
 # Resumable: rerun the same command after an interruption. Answers, target features (fp16) and each
-# run's checkpoints stay in $WORK, $WORK-4k, $WORK-6k and $WORK-8k; the drafter (official EAGLE-3 format, fp16,
-# ~20 MB) is written to $OUT at the end, with training.json recording the settings and the budget of
-# every run.
+# run's checkpoints stay in $WORK, $WORK-4k, $WORK-6k and $WORK-8k; the drafter (official EAGLE-3
+# format, fp16, ~20 MB) is written to $OUT at the end, with training.json recording the settings and the
+# budget of every run.
 #
 #   bash scripts/train_smollm2_drafter.sh            # -> drafters/smollm2-135m-instruct
 #   OUT=/tmp/drafter nice -n 10 bash scripts/train_smollm2_drafter.sh
