@@ -30,6 +30,16 @@ OUT=${OUT:-drafters/smollm2-135m-instruct}
 common=(--model smollm2 --data sharegpt --max-new-tokens 160 --max-length 1024 --val-samples 32
   --draft-vocab-size 8192 --ttt-steps 5 --seed 0 --threads 1)
 first=(--work-dir "$WORK" --samples 1600 --regenerate 1600)
+
+# A larger data set's work folder starts as a copy of the previous one's answers and features (the feature
+# cache grows: only new sequences are then regenerated and extracted); copied under a temporary name so an
+# interrupted copy is never taken for a seeded folder.
+seed_work_folder() {
+  [ -d "$2" ] && return
+  mkdir -p "$2.tmp"
+  cp -r "$1/regenerated.jsonl" "$1/features" "$1/hours.json" "$2.tmp/"
+  mv "$2.tmp" "$2"
+}
 if [ ! -f "$WORK/run1-drafter/model.safetensors" ]; then
   eaglex train-drafter "${common[@]}" "${first[@]}" --out "$WORK/run1-drafter" --dtype float32 \
     --epochs 3 --batch-tokens 2048 --lr 5e-4 --warmup-steps 30
@@ -45,21 +55,13 @@ if [ ! -f "$WORK-4k/run3-drafter/model.safetensors" ]; then
     --out "$WORK-4k/run3-drafter" --dtype float16 --init-from "$WORK/run2-drafter" \
     --epochs 1 --batch-tokens 1024 --lr 3e-4 --warmup-steps 20 "$@"
 fi
-if [ ! -d "$WORK-6k" ]; then
-  mkdir -p "$WORK-6k.tmp"
-  cp -r "$WORK-4k/regenerated.jsonl" "$WORK-4k/features" "$WORK-4k/hours.json" "$WORK-6k.tmp/"
-  mv "$WORK-6k.tmp" "$WORK-6k"
-fi
+seed_work_folder "$WORK-4k" "$WORK-6k"
 if [ ! -f "$WORK-6k/run4-drafter/model.safetensors" ]; then
   eaglex train-drafter "${common[@]}" --work-dir "$WORK-6k" --samples 6000 --regenerate 6000 \
     --out "$WORK-6k/run4-drafter" --dtype float16 --init-from "$WORK-4k/run3-drafter" \
     --epochs 1 --batch-tokens 1024 --lr 3e-4 --warmup-steps 20 "$@"
 fi
-if [ ! -d "$WORK-8k" ]; then
-  mkdir -p "$WORK-8k.tmp"
-  cp -r "$WORK-6k/regenerated.jsonl" "$WORK-6k/features" "$WORK-6k/hours.json" "$WORK-8k.tmp/"
-  mv "$WORK-8k.tmp" "$WORK-8k"
-fi
+seed_work_folder "$WORK-6k" "$WORK-8k"
 exec eaglex train-drafter "${common[@]}" --work-dir "$WORK-8k" --samples 8000 --regenerate 8000 \
   --out "$OUT" --dtype float16 --init-from "$WORK-6k/run4-drafter" \
   --epochs 2 --batch-tokens 1024 --lr 3e-4 --warmup-steps 20 "$@"
