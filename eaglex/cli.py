@@ -362,8 +362,15 @@ def build(artifact: Path, precision: str, max_prompt: int | None, timing_cache: 
     "--init-from",
     type=click.Path(path_type=Path, exists=True, file_okay=False),
     default=None,
-    help="Start from this drafter (official format, same data and draft vocabulary) instead of random "
-    "weights, e.g. to train a finished run further on a new schedule.",
+    help="Start from this drafter (official format) instead of random weights, e.g. to train a finished run "
+    "further on more data or a new schedule. Its draft vocabulary is kept unless --rechoose-vocab.",
+)
+@click.option(
+    "--rechoose-vocab",
+    is_flag=True,
+    help="With --init-from: choose the draft vocabulary afresh from this data (any --draft-vocab-size); "
+    "tokens the starting drafter had keep their lm_head rows, new ones start from the target's rows "
+    "through a least-squares map fitted on the kept ones.",
 )
 @click.option("--threads", default=2, show_default=True, help="CPU threads for torch.")
 @user_errors
@@ -387,6 +394,7 @@ def train_drafter(
     dtype: str,
     work_dir: Path | None,
     init_from: Path | None,
+    rechoose_vocab: bool,
     threads: int,
 ) -> None:
     """Train an EAGLE-3 drafter with training-time test (loss on assistant tokens only).
@@ -404,6 +412,8 @@ def train_drafter(
     from eaglex.exporter.train.pipeline import DataConfig
     from eaglex.exporter.train.pipeline import train_drafter as run_training
 
+    if rechoose_vocab and not init_from:
+        raise EaglexError("--rechoose-vocab needs --init-from: a fresh run always chooses its vocabulary")
     torch.set_num_threads(threads)
     model_dir = resolve_model(model)
     data = DataConfig(
@@ -425,6 +435,7 @@ def train_drafter(
         grad_clip=grad_clip,
         seed=seed,
         init_from=str(init_from.resolve()) if init_from else "",
+        rechoose_vocab=rechoose_vocab,
     )
     exclude = EvalFilter(all_eval_prompts(progress))
     run_training(

@@ -1,5 +1,5 @@
 """Training data: record recovery from truncated files, conversation cleanup, the assistant-token loss mask,
-evaluation-prompt exclusion and the frequency draft vocabulary."""
+evaluation-prompt exclusion, the frequency draft vocabulary and carrying lm_head rows over to a new one."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from eaglex.exporter.train.data import (
     to_messages,
     tokenize_conversation,
 )
-from eaglex.exporter.train.vocab import build_draft_vocab
+from eaglex.exporter.train.vocab import build_draft_vocab, carry_over_head
 
 
 def record(i: int, *turns: tuple[str, str]) -> dict:
@@ -120,3 +120,19 @@ def test_draft_vocab_is_most_frequent_tokens_as_offsets():
     assert vocab.coverage == pytest.approx(9 / 10)
     # Ties (and unseen tokens) go to the lower id.
     assert build_draft_vocab(tokens, 12, 5).target_ids.tolist() == [0, 1, 3, 7, 9]
+
+
+def test_carried_over_head_keeps_trained_rows_and_maps_new_ones():
+    generator = torch.Generator().manual_seed(0)
+    target_head = torch.randn(20, 6, generator=generator)
+    linear, bias = torch.randn(6, 4, generator=generator), torch.randn(4, generator=generator)
+    old_ids, new_ids = torch.tensor([1, 4, 5, 8, 11, 13, 15, 17]), torch.tensor([0, 4, 8, 9, 17, 19])
+    # Trained rows that are an affine image of the target's: the fit recovers it for the new tokens.
+    affine = target_head[old_ids] @ linear + bias
+    rows = carry_over_head(affine, old_ids, new_ids, target_head)
+    torch.testing.assert_close(rows, target_head[new_ids] @ linear + bias)
+    assert rows.dtype == affine.dtype
+    # Rows of tokens in both vocabularies (4, 8, 17) are copied as trained, wherever they lie.
+    trained = torch.randn(8, 4, generator=generator)
+    rows = carry_over_head(trained, old_ids, new_ids, target_head)
+    assert torch.equal(rows[[1, 2, 4]], trained[[1, 3, 7]])

@@ -206,6 +206,24 @@ def test_init_from_keeps_the_draft_vocabulary_on_other_data(trained, sharp_model
     assert torch.equal(d2t["continued"], d2t["trained"])
 
 
+def test_init_from_can_rechoose_the_draft_vocabulary(trained, sharp_model, tmp_path):
+    """--rechoose-vocab: the vocabulary a fresh run on the new data would choose, at another size too, and a
+    start far better than random (the trained rows and layers are carried over)."""
+    fresh = run(sharp_model, tmp_path, "fresh", data_seed=1, epochs=1, draft_vocab_size=44)
+    settings = {"data_seed": 1, "epochs": 1, "draft_vocab_size": 44, "init_from": str(trained)}
+    continued = run(sharp_model, tmp_path, "continued", **settings, rechoose_vocab=True)
+    config = read_target_config(sharp_model)
+    assert torch.equal(load_drafter(continued, config).d2t, load_drafter(fresh, config).d2t)
+    first_val_loss = {
+        name: next(r["val_loss"] for r in log(out, epochs=1, draft_vocab_size=44, **extra) if "val_loss" in r)
+        for name, out, extra in (
+            ("fresh", fresh, {}),
+            ("continued", continued, {"init_from": str(trained), "rechoose_vocab": True}),
+        )
+    }
+    assert first_val_loss["continued"] < 0.8 * first_val_loss["fresh"]
+
+
 def test_runs_with_other_settings_share_the_work_folder(sharp_model, tmp_path):
     """A second schedule on the same data reuses the regenerated answers and the features, in its own
     run folder, and does not disturb the first run's checkpoint."""

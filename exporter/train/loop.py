@@ -39,6 +39,7 @@ class TrainConfig:
     seed: int = 0
     save_minutes: float = 10.0  # checkpoint at least this often (and after every epoch)
     init_from: str = ""  # a drafter (official format) to start from instead of a random initialisation
+    rechoose_vocab: bool = False  # with init_from: choose the draft vocabulary afresh from this data
 
     def run_name(self) -> str:
         """Names the folder of this training run: everything but the checkpoint interval shapes it."""

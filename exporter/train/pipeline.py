@@ -29,7 +29,7 @@ from .data import EvalFilter, Message, Sample, first_turn, load_records, to_mess
 from .features import FeatureStore, TargetFeatures, extract
 from .loop import TrainConfig, Trainer
 from .regenerate import regenerate
-from .vocab import DraftVocab, build_draft_vocab, fixed_draft_vocab
+from .vocab import DraftVocab, build_draft_vocab, carry_over_head, fixed_draft_vocab
 
 
 @dataclass(frozen=True)
@@ -92,14 +92,15 @@ def _add_hours(work_dir: Path, phase: str, since: float) -> dict[str, float]:
     return hours
 
 
-def _start_from(folder: Path, target_config: TargetConfig, draft_vocab_size: int) -> Eagle3Drafter:
+def _start_from(folder: Path, target_config: TargetConfig, train: TrainConfig) -> Eagle3Drafter:
     """An earlier drafter to continue from (for example a finished run, trained further on more data or a
-    new schedule). Its draft vocabulary is kept: the rows of its lm_head belong to those tokens."""
+    new schedule). Its draft vocabulary is kept unless train.rechoose_vocab: its lm_head rows belong to
+    those tokens."""
     start = load_drafter(folder, target_config)
-    if len(start.d2t) != draft_vocab_size:
+    if not train.rechoose_vocab and len(start.d2t) != train.draft_vocab_size:
         raise EaglexError(
             f"--init-from {folder} drafts {len(start.d2t)} tokens, not --draft-vocab-size "
-            f"{draft_vocab_size}: pass the size it was trained with"
+            f"{train.draft_vocab_size}: pass the size it was trained with, or add --rechoose-vocab"
         )
     return start
 
@@ -195,23 +196,31 @@ def train_drafter(
 
     train_store = stores["train"]
     answers = train_store.column("ids")[train_store.column("loss_mask").astype(bool)]
-    start = None
-    if train.init_from:
-        start = _start_from(Path(train.init_from), target_config, train.draft_vocab_size)
-        target_ids = (torch.arange(len(start.d2t)) + start.d2t.long()).numpy()
-        vocab = fixed_draft_vocab(target_ids, answers, target_config.vocab_size)
+    start = _start_from(Path(train.init_from), target_config, train) if train.init_from else None
+    if start is not None and not train.rechoose_vocab:
+        start_ids = (torch.arange(len(start.d2t)) + start.d2t.long()).numpy()
+        vocab = fixed_draft_vocab(start_ids, answers, target_config.vocab_size)
     else:
         vocab = build_draft_vocab(answers, target_config.vocab_size, train.draft_vocab_size)
     coverage = f"{100 * vocab.coverage:.1f}%"
     report(f"draft vocabulary: {train.draft_vocab_size} tokens cover {coverage} of answer tokens")
 
     drafter = Eagle3Drafter(new_drafter_config(target_config, train.draft_vocab_size))
-    if start is not None:
-        drafter.load_state_dict(start.state_dict())
-    else:
+    full_head = model.get_output_embeddings().weight.detach()
+    if start is None:
         _init_drafter(drafter, vocab, train.seed)
+    else:
+        state = start.state_dict()
+        if train.rechoose_vocab:
+            start_ids = torch.arange(len(start.d2t)) + start.d2t.long()
+            kept = int(torch.isin(vocab.target_ids, start_ids).sum())
+            report(f"lm_head: {kept} rows kept, {len(vocab.d2t) - kept} mapped from the target's")
+            head = state["lm_head.weight"]
+            state["lm_head.weight"] = carry_over_head(head, start_ids, vocab.target_ids, full_head)
+            state["d2t"], state["t2d"] = vocab.d2t, vocab.t2d
+        drafter.load_state_dict(state)
     embed = model.get_input_embeddings().weight.detach().clone()
-    teacher_head = model.get_output_embeddings().weight.detach()[vocab.target_ids].clone()
+    teacher_head = full_head[vocab.target_ids].clone()
     del model, target  # only the embedding table and the draft rows of lm_head are needed from here on
 
     trainer = Trainer(

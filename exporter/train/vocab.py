@@ -41,3 +41,27 @@ def fixed_draft_vocab(target_ids: np.ndarray, tokens: np.ndarray, vocab_size: in
     coverage = float(counts[chosen].sum() / max(counts.sum(), 1))
     d2t = torch.from_numpy(chosen - np.arange(len(chosen)))
     return DraftVocab(d2t=d2t, t2d=torch.from_numpy(t2d), coverage=coverage)
+
+
+def carry_over_head(
+    head: torch.Tensor, head_ids: torch.Tensor, new_ids: torch.Tensor, target_head: torch.Tensor
+) -> torch.Tensor:
+    """lm_head rows for the draft vocabulary `new_ids`, from a trained drafter's rows `head` (for the
+    target ids `head_ids`, ascending) and the target's full lm_head.
+
+    Tokens in both vocabularies keep their trained rows. Each new token starts from its target row mapped
+    into the drafter's space by the affine least-squares fit of the trained rows on their target rows: the
+    drafter imitates the target's distribution, so its rows are partly a linear image of the target's
+    (R^2 0.37 on held-out rows of the SmolLM2 drafter), a start that already ranks new tokens sensibly.
+    """
+
+    def with_bias(ids: torch.Tensor) -> torch.Tensor:
+        rows = target_head[ids].double()
+        return torch.cat([rows, torch.ones(len(ids), 1, dtype=torch.float64)], dim=1)
+
+    fit = torch.linalg.lstsq(with_bias(head_ids), head.double()).solution
+    rows = with_bias(new_ids) @ fit
+    position = torch.searchsorted(head_ids, new_ids).clamp(max=len(head_ids) - 1)
+    kept = head_ids[position] == new_ids
+    rows[kept] = head[position[kept]].double()
+    return rows.to(head.dtype)
