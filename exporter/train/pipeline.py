@@ -197,9 +197,9 @@ def train_drafter(
     train_store = stores["train"]
     answers = train_store.column("ids")[train_store.column("loss_mask").astype(bool)]
     start = _start_from(Path(train.init_from), target_config, train) if train.init_from else None
-    if start is not None and not train.rechoose_vocab:
-        start_ids = (torch.arange(len(start.d2t)) + start.d2t.long()).numpy()
-        vocab = fixed_draft_vocab(start_ids, answers, target_config.vocab_size)
+    start_ids = None if start is None else torch.arange(len(start.d2t)) + start.d2t.long()
+    if start_ids is not None and not train.rechoose_vocab:
+        vocab = fixed_draft_vocab(start_ids.numpy(), answers, target_config.vocab_size)
     else:
         vocab = build_draft_vocab(answers, target_config.vocab_size, train.draft_vocab_size)
     coverage = f"{100 * vocab.coverage:.1f}%"
@@ -212,7 +212,6 @@ def train_drafter(
     else:
         state = start.state_dict()
         if train.rechoose_vocab:
-            start_ids = torch.arange(len(start.d2t)) + start.d2t.long()
             kept = int(torch.isin(vocab.target_ids, start_ids).sum())
             report(f"lm_head: {kept} rows kept, {len(vocab.d2t) - kept} mapped from the target's")
             head = state["lm_head.weight"]
