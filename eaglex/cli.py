@@ -372,6 +372,12 @@ def build(artifact: Path, precision: str, max_prompt: int | None, timing_cache: 
     "tokens the starting drafter had keep their lm_head rows, new ones start from the target's rows "
     "through a least-squares map fitted on the kept ones.",
 )
+@click.option(
+    "--bf16",
+    is_flag=True,
+    help="Matrix products in bfloat16 (autocast), for CPUs with AVX512-BF16 or AMX; weights, optimizer "
+    "state and losses stay fp32. A run may resume with or without it.",
+)
 @click.option("--threads", default=2, show_default=True, help="CPU threads for torch.")
 @user_errors
 def train_drafter(
@@ -395,6 +401,7 @@ def train_drafter(
     work_dir: Path | None,
     init_from: Path | None,
     rechoose_vocab: bool,
+    bf16: bool,
     threads: int,
 ) -> None:
     """Train an EAGLE-3 drafter with training-time test (loss on assistant tokens only).
@@ -436,6 +443,7 @@ def train_drafter(
         seed=seed,
         init_from=str(init_from.resolve()) if init_from else "",
         rechoose_vocab=rechoose_vocab,
+        bf16=bf16,
     )
     exclude = EvalFilter(all_eval_prompts(progress))
     run_training(

@@ -224,6 +224,16 @@ def test_init_from_can_rechoose_the_draft_vocabulary(trained, sharp_model, tmp_p
     assert first_val_loss["continued"] < 0.8 * first_val_loss["fresh"]
 
 
+def test_bf16_autocast_trains_about_as_well(trained, sharp_model, tmp_path):
+    """--bf16: the same schedule with bfloat16 matrix products lowers the loss about as far; the numbers
+    differ (autocast took effect); the run folder has the fp32 run's name, so a run may resume either way."""
+    out = run(sharp_model, tmp_path, "bf16", bf16=True)
+    assert TrainConfig(**{**TRAIN.__dict__, "bf16": True}).run_name() == TRAIN.run_name()
+    fp32, bf16 = ([r["val_loss"] for r in log(o) if "val_loss" in r] for o in (trained, out))
+    assert bf16[-1] < 0.8 * bf16[0]
+    assert bf16[-1] != fp32[-1] and bf16[-1] == pytest.approx(fp32[-1], rel=0.05)
+
+
 def test_runs_with_other_settings_share_the_work_folder(sharp_model, tmp_path):
     """A second schedule on the same data reuses the regenerated answers and the features, in its own
     run folder, and does not disturb the first run's checkpoint."""

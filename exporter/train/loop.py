@@ -40,10 +40,12 @@ class TrainConfig:
     save_minutes: float = 10.0  # checkpoint at least this often (and after every epoch)
     init_from: str = ""  # a drafter (official format) to start from instead of a random initialisation
     rechoose_vocab: bool = False  # with init_from: choose the draft vocabulary afresh from this data
+    bf16: bool = False  # matrix products in bfloat16 (autocast); weights, optimizer and losses stay fp32
 
     def run_name(self) -> str:
-        """Names the folder of this training run: everything but the checkpoint interval shapes it."""
-        settings = {k: v for k, v in asdict(self).items() if k != "save_minutes"}
+        """Names the folder of this training run from the settings that shape it: not the checkpoint
+        interval, nor the matmul precision (how it computes, not what: a run may resume either way)."""
+        settings = {k: v for k, v in asdict(self).items() if k not in ("save_minutes", "bf16")}
         return "run-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -135,16 +137,17 @@ class Trainer:
         has_draft_id = self.drafter.t2d[batch.argmax]
         weight = torch.zeros_like(batch.loss_mask)
         weight[:, 1:] = batch.loss_mask[:, 1:] & has_draft_id[:, :-1]
-        return ttt_forward(
-            self.drafter,
-            self.embed,
-            batch.ids,
-            batch.features,
-            teacher_logits,
-            weight,
-            self.config.ttt_steps,
-            self.config.decay,
-        )
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
+            return ttt_forward(
+                self.drafter,
+                self.embed,
+                batch.ids,
+                batch.features,
+                teacher_logits,
+                weight,
+                self.config.ttt_steps,
+                self.config.decay,
+            )
 
     @torch.no_grad()
     def evaluate(self, store: FeatureStore) -> StepStats:

@@ -21,6 +21,11 @@ from torch import Tensor
 from eaglex.exporter.drafter import Eagle3Drafter
 
 
+def at_least_fp32(dtype: torch.dtype) -> torch.dtype:
+    """Softmaxes run in fp32 when bf16 autocast gives them bf16 scores (fp64 checks stay fp64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def ttt_allowed(rows: int, steps: int) -> Tensor:
     """The attention pattern written out: bool [steps*rows, steps*rows], query (j, t) -> key (i, u).
 
@@ -71,7 +76,8 @@ class TTTAttention:
         own_k = torch.stack(self.keys[1:], dim=-2)[:, :, None]  # [B, kv, 1, rows, j, d]
         own_v = torch.stack(self.values[1:], dim=-2)[:, :, None]
         own = (q[..., None, :] * own_k).sum(-1) * self.scale  # [B, kv, group, rows, j]
-        weights = torch.softmax(torch.cat([scores, own], dim=-1), dim=-1)
+        scores = torch.cat([scores, own], dim=-1)
+        weights = torch.softmax(scores, dim=-1, dtype=at_least_fp32(scores.dtype)).to(v0.dtype)
         out = weights[..., : k0.shape[-2]] @ v0 + (weights[..., k0.shape[-2] :, None] * own_v).sum(-2)
         return out.permute(0, 3, 1, 2, 4).reshape(batch, rows, self.num_heads * d)
 
@@ -134,7 +140,8 @@ def ttt_forward(
         tokens = _shift(ids, start + 1 + j, span)
         positions = torch.arange(start, rows)[None] + j
         h = drafter.step(embed[tokens], g, positions, attend)
-        logprobs = torch.log_softmax(drafter.draft_logits(h), dim=-1)
+        logits = drafter.draft_logits(h)
+        logprobs = torch.log_softmax(logits, dim=-1, dtype=at_least_fp32(logits.dtype))
         teacher = _shift(teacher_logits, start + 1 + j, span)
         counted = _shift(weight, start + 2 + j, span)
         # Cross-entropy against the teacher's softmax; rows with nothing to learn are left out entirely.
