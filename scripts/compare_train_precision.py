@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,8 +56,9 @@ def main() -> None:
             lr=args.lr,
             bf16=name == "bf16",
         )
-        scratch = Path("/tmp/compare-train-precision") / name  # Trainer wants a checkpoint folder
-        trainers[name] = Trainer(copy.deepcopy(start), embed, teacher_head, settings, scratch, 8192, print)
+        scratch = Path(tempfile.mkdtemp()) / name / "checkpoint"  # Trainer wants one; nothing is saved
+        drafter, positions = copy.deepcopy(start), config.max_position_embeddings
+        trainers[name] = Trainer(drafter, embed, teacher_head, settings, scratch, positions, print)
         trainers[name].drafter.train()
         seconds[name] = 0.0
     batches = iter_epoch(length_batches(stores["train"].lengths, args.batch_tokens), seed=0, epoch=0)
