@@ -203,7 +203,7 @@ def load_drafter(drafter_dir: str | Path, target: TargetConfig) -> Eagle3Drafter
             )
     state = {key: value if key in ("d2t", "t2d") else value.float() for key, value in state.items()}
     drafter.load_state_dict(state, strict=True)
-    target_ids = torch.arange(config.draft_vocab_size) + drafter.d2t
+    target_ids = drafter.target_ids()
     if target_ids.min() < 0 or target_ids.max() >= target.vocab_size:
         raise EaglexError(
             f"d2t in {path} maps draft tokens outside the target vocabulary of {target.vocab_size}: "

@@ -74,6 +74,10 @@ class Eagle3Drafter(nn.Module):
         h1 = g + layer.self_attn.o_proj(attend(*layer.self_attn.project(x, cos, sin)))
         return h1 + layer.mlp(layer.post_attention_layernorm(h1))
 
+    def target_ids(self) -> Tensor:
+        """The target id of each draft id (d2t holds offsets)."""
+        return torch.arange(len(self.d2t)) + self.d2t
+
     def draft_logits(self, h: Tensor) -> Tensor:
         """Logits over the draft vocabulary (map argmaxes to target ids with `d2t`)."""
         return self.lm_head(self.norm(h))

@@ -42,7 +42,7 @@ def main() -> None:
     config = read_target_config(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     start = load_drafter(args.drafter, config)
-    draft_ids = torch.arange(len(start.d2t)) + start.d2t.long()
+    draft_ids = start.target_ids()
     embed = model.get_input_embeddings().weight.detach().clone()
     teacher_head = model.get_output_embeddings().weight.detach()[draft_ids].clone()
     del model

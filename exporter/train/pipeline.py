@@ -197,7 +197,7 @@ def train_drafter(
     train_store = stores["train"]
     answers = train_store.column("ids")[train_store.column("loss_mask").astype(bool)]
     start = _start_from(Path(train.init_from), target_config, train) if train.init_from else None
-    start_ids = None if start is None else torch.arange(len(start.d2t)) + start.d2t.long()
+    start_ids = None if start is None else start.target_ids()
     if start_ids is not None and not train.rechoose_vocab:
         vocab = fixed_draft_vocab(start_ids.numpy(), answers, target_config.vocab_size)
     else:
