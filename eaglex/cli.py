@@ -330,6 +330,15 @@ def build(artifact: Path, precision: str, max_prompt: int | None, timing_cache: 
 @click.option(
     "--max-new-tokens", default=256, show_default=True, help="Length limit of a regenerated answer."
 )
+@click.option(
+    "--regenerate-dtype",
+    type=click.Choice(["float32", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="The target's weights while it writes answers: bfloat16 is faster on CPUs with AVX512-BF16 or "
+    "AMX, and may change an answer from the first near-tie token on. Answers already in the work "
+    "folder are kept, whichever dtype wrote them; features stay fp32.",
+)
 @click.option("--val-samples", default=32, show_default=True, help="Sequences held out for validation.")
 @click.option(
     "--draft-vocab-size",
@@ -388,6 +397,7 @@ def train_drafter(
     regenerate: int,
     max_length: int,
     max_new_tokens: int,
+    regenerate_dtype: str,
     val_samples: int,
     draft_vocab_size: int,
     ttt_steps: int,
@@ -429,6 +439,7 @@ def train_drafter(
         regenerate=regenerate,
         max_length=max_length,
         max_new_tokens=max_new_tokens,
+        regenerate_dtype=regenerate_dtype,
         val_samples=val_samples,
         seed=seed,
     )

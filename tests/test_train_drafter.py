@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -78,10 +79,18 @@ def sharp_model(tiny_model, tmp_path_factory) -> Path:
 
 
 def run(
-    model: Path, tmp_path: Path, name: str, data_seed: int = 0, work: str | None = None, **train_overrides
+    model: Path,
+    tmp_path: Path,
+    name: str,
+    data_seed: int = 0,
+    work: str | None = None,
+    data_overrides: dict | None = None,
+    **train_overrides,
 ) -> Path:
     data_file = write_conversations(tmp_path / "conversations.json")
-    data = DataConfig(**{**DATA.__dict__, "sources": (str(data_file),), "seed": data_seed})
+    data = DataConfig(
+        **{**DATA.__dict__, "sources": (str(data_file),), "seed": data_seed, **(data_overrides or {})}
+    )
     train = TrainConfig(**{**TRAIN.__dict__, **train_overrides})
     return train_drafter(
         model,
@@ -250,6 +259,27 @@ def test_runs_with_other_settings_share_the_work_folder(sharp_model, tmp_path):
     assert {p: p.read_bytes() for p in (first_run / "checkpoint").iterdir()} == first_checkpoint
     weights = [safetensors.torch.load_file(out / "model.safetensors") for out in (first, second)]
     assert not torch.equal(weights[0]["lm_head.weight"], weights[1]["lm_head.weight"])
+
+
+def test_a_grown_data_set_keeps_its_answers_and_writes_new_ones_in_bf16(sharp_model, tmp_path):
+    """--regenerate-dtype bfloat16 on a work folder seeded with fp32 answers: those are reused, only the
+    new prompts are answered, by a bf16 copy of the target; a folder from before the setting existed
+    resumes as float32."""
+    run(sharp_model, tmp_path, "small", data_overrides={"regenerate": 4}, epochs=1)
+    small = tmp_path / "work-small"
+    settings = json.loads((small / "settings.json").read_text())
+    del settings["regenerate_dtype"]  # as written before the setting existed
+    (small / "settings.json").write_text(json.dumps(settings))
+    run(sharp_model, tmp_path, "small", data_overrides={"regenerate": 4}, epochs=1)
+    grown = tmp_path / "work-grown"
+    grown.mkdir()
+    shutil.copy(small / "regenerated.jsonl", grown)
+    run(sharp_model, tmp_path, "grown", data_overrides={"regenerate_dtype": "bfloat16"}, epochs=1)
+    before = (small / "regenerated.jsonl").read_text().splitlines()
+    after = (grown / "regenerated.jsonl").read_text().splitlines()
+    assert after[: len(before)] == before and len(after) == 8
+    assert [json.loads(line)["dtype"] for line in after] == ["float32"] * 4 + ["bfloat16"] * 4
+    assert all(0 < len(json.loads(line)["answer"]) <= DATA.max_new_tokens for line in after)
 
 
 def test_cached_features_are_the_runtime_targets(tiny_model, tmp_path):

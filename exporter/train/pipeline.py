@@ -7,6 +7,7 @@ answers (regenerated.jsonl), target features (features/), the trainer's checkpoi
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
@@ -39,6 +40,9 @@ class DataConfig:
     regenerate: int = 0  # how many of them get their first answer rewritten by the target (greedy)
     max_length: int = 1024  # tokens per training sequence (longer ones are cut)
     max_new_tokens: int = 256  # length limit of a regenerated answer
+    # The target's weights while it writes answers. bfloat16 is faster on CPUs with AVX512-BF16 or AMX and
+    # may change a near-tie token, so an answer drifts from the fp32 one; features and the teacher stay fp32.
+    regenerate_dtype: str = "float32"
     val_samples: int = 32  # held out (taken first, so regenerated when regenerate > 0) for validation
     seed: int = 0
 
@@ -71,7 +75,8 @@ def _check_settings(work_dir: Path, settings: dict[str, Any]) -> None:
     path = work_dir / "settings.json"
     settings = json.loads(json.dumps(settings))  # tuples become lists, as they come back from the file
     if path.is_file():
-        saved = json.loads(path.read_text())
+        # A folder written before a setting existed was made with its default.
+        saved = {**json.loads(json.dumps(asdict(DataConfig()))), **json.loads(path.read_text())}
         if saved != settings:
             changed = sorted(k for k in settings.keys() | saved.keys() if saved.get(k) != settings.get(k))
             raise EaglexError(
@@ -132,8 +137,11 @@ def build_samples(
     regenerated: list[Sample | None] = []
     if data.regenerate:
         prompts = [first_turn(m) for m in conversations[: data.regenerate]]
+        writer = model
+        if data.regenerate_dtype != "float32":
+            writer = copy.deepcopy(model).to(getattr(torch, data.regenerate_dtype))
         regenerated = regenerate(
-            model,
+            writer,
             tokenizer,
             prompts,
             work_dir / "regenerated.jsonl",

@@ -4,13 +4,15 @@ A drafter is judged by how often it guesses the target's own greedy tokens, so t
 answers (as EAGLE does) teaches exactly that, where a dataset's answers (ChatGPT's, for ShareGPT) teach
 another model's style. Token ids are kept as generated, not re-tokenized from text, because at run time the
 drafter reads the ids the target produced. Results are appended to a JSONL file as batches finish, so an
-interrupted run resumes where it stopped.
+interrupted run resumes where it stopped. Each answer records the dtype that wrote it; a cached answer is
+reused for the same prompt whatever its dtype (a grown data set keeps its earlier answers).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,8 @@ def regenerate(
     generation = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=list(stop_ids), pad_token_id=pad
     )
-    progress = Progress("regenerate answers", len(todo), report, unit="answers")
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    progress = Progress(f"regenerate answers ({dtype})", len(todo), report, unit="answers")
     generated_tokens = 0
     with open(cache_file, "a") as cache:
         for start in range(0, len(todo), batch_size):
@@ -76,13 +79,16 @@ def regenerate(
                 stops = [k for k, token in enumerate(answer) if token in stop_ids]
                 answer = answer[: stops[0] + 1] if stops else answer
                 generated_tokens += len(answer)
-                done[i] = {"index": i, "prompt": encoded[i], "answer": answer}
+                done[i] = {"index": i, "prompt": encoded[i], "answer": answer, "dtype": dtype}
                 cache.write(json.dumps(done[i]) + "\n")
             cache.flush()
             seconds = time.perf_counter() - progress.started
             progress.update(len(batch), f"{generated_tokens / seconds:.1f} generated tokens/s")
     if todo:
         report(progress.line("done"))
+    # Answers cached before dtypes were recorded were all written in float32.
+    writers = Counter(record.get("dtype", "float32") for record in done.values())
+    report("answers by weight dtype: " + ", ".join(f"{n} {d}" for d, n in sorted(writers.items())))
     samples: list[Sample | None] = []
     for i in range(len(prompts)):
         if i not in done:
