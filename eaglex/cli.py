@@ -331,6 +331,14 @@ def build(artifact: Path, precision: str, max_prompt: int | None, timing_cache: 
     "--max-new-tokens", default=256, show_default=True, help="Length limit of a regenerated answer."
 )
 @click.option(
+    "--regenerate-turns",
+    default=1,
+    show_default=True,
+    help="User turns answered again per regenerated conversation, each with the target's earlier answers "
+    "in context; turns after the first make one more training sequence per conversation, placed after "
+    "all first turns so a work folder grown this way keeps its features.",
+)
+@click.option(
     "--regenerate-dtype",
     type=click.Choice(["float32", "bfloat16"]),
     default="float32",
@@ -397,6 +405,7 @@ def train_drafter(
     regenerate: int,
     max_length: int,
     max_new_tokens: int,
+    regenerate_turns: int,
     regenerate_dtype: str,
     val_samples: int,
     draft_vocab_size: int,
@@ -429,6 +438,8 @@ def train_drafter(
     from eaglex.exporter.train.pipeline import DataConfig
     from eaglex.exporter.train.pipeline import train_drafter as run_training
 
+    if regenerate_turns < 1:
+        raise EaglexError(f"--regenerate-turns {regenerate_turns}: give 1 (first turns only) or more")
     if rechoose_vocab and not init_from:
         raise EaglexError("--rechoose-vocab needs --init-from: a fresh run always chooses its vocabulary")
     torch.set_num_threads(threads)
@@ -439,6 +450,7 @@ def train_drafter(
         regenerate=regenerate,
         max_length=max_length,
         max_new_tokens=max_new_tokens,
+        regenerate_turns=regenerate_turns,
         regenerate_dtype=regenerate_dtype,
         val_samples=val_samples,
         seed=seed,

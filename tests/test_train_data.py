@@ -1,5 +1,6 @@
 """Training data: record recovery from truncated files, conversation cleanup, the assistant-token loss mask,
-evaluation-prompt exclusion, the frequency draft vocabulary and carrying lm_head rows over to a new one."""
+evaluation-prompt exclusion, later-turn prompts around regenerated answers, the frequency draft vocabulary
+and carrying lm_head rows over to a new one."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import torch
 
 from eaglex.exporter.train.data import (
     EvalFilter,
+    encode_prompt,
     first_turn,
     iter_records,
     load_records,
     to_messages,
     tokenize_conversation,
 )
+from eaglex.exporter.train.regenerate import next_prompt
 from eaglex.exporter.train.vocab import build_draft_vocab, carry_over_head
 
 
@@ -93,6 +96,41 @@ def test_loss_mask_covers_assistant_turns_and_end_of_turn(tiny_model):
     assert tokenize_conversation(tokenizer, messages, max_length=4) is None
     cut = tokenize_conversation(tokenizer, messages, max_length=len(tokens) - 2)
     assert len(cut.ids) == len(tokens) - 2 and cut.loss_mask == sample.loss_mask[:-2]
+
+
+def test_later_turn_prompts_continue_the_targets_own_answer_ids(tiny_model):
+    """Turn k's prompt is turn k-1's prompt, the target's answer ids and the template's glue: the same ids as
+    encoding the conversation with the target's answers in place of the data's, for a tokenizer that
+    splits at the template's boundaries, whether the answer stopped or was cut at its length limit."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("llama"))
+    stop = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    data = [
+        {"role": "user", "content": "w5 w6"},
+        {"role": "assistant", "content": "w7 w8 w9"},
+        {"role": "user", "content": "w10"},
+        {"role": "assistant", "content": "w11"},
+        {"role": "user", "content": "w12 w13"},
+        {"role": "assistant", "content": "w14"},
+    ]
+    first = {"prompt": encode_prompt(tokenizer, data[:1]), "answer": ids("w20 w21") + stop}
+    rewritten = [data[0], {"role": "assistant", "content": "w20 w21"}, data[2]]
+    second = next_prompt(tokenizer, data, [first], stop)
+    assert second == encode_prompt(tokenizer, rewritten)
+    cut = {**first, "answer": ids("w20 w21")}  # no end-of-turn token: the template's closes the turn
+    assert next_prompt(tokenizer, data, [cut], stop) == second
+    records = [first, {"prompt": second, "answer": ids("w30") + stop}]
+    third = next_prompt(tokenizer, data, records, stop)
+    assert third == encode_prompt(tokenizer, [*rewritten, {"role": "assistant", "content": "w30"}, data[4]])
+    assert next_prompt(tokenizer, data, [*records, {"prompt": third, "answer": stop}], stop) is None  # no 4th
+    # A template that does not render an answer verbatim: its ids cannot be continued.
+    tokenizer.chat_template = tokenizer.chat_template.replace("m['content']", "m['content'] | upper")
+    assert next_prompt(tokenizer, data, [first], stop) is None
 
 
 def test_eval_filter_drops_conversations_with_eval_prompts():

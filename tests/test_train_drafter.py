@@ -40,8 +40,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def write_conversations(path: Path, count: int = 40) -> Path:
-    """ShareGPT-format file of word-level conversations for the tiny tokenizer; one holds an eval prompt."""
+def write_conversations(path: Path, count: int = 40, turns: int = 1) -> Path:
+    """ShareGPT-format file of word-level conversations for the tiny tokenizer; one holds an eval prompt.
+    With turns > 1, every other conversation has that many user turns (the later ones short)."""
     rng = random.Random(0)
 
     def words(n: int) -> str:
@@ -55,6 +56,12 @@ def write_conversations(path: Path, count: int = 40) -> Path:
         for i in range(count)
     ]
     records[5]["conversations"][0]["value"] = f"please {EVAL_PROMPT}"
+    for record in records[::2] if turns > 1 else []:
+        for _ in range(turns - 1):
+            record["conversations"] += [
+                {"from": "human", "value": words(2)},
+                {"from": "gpt", "value": words(9)},
+            ]
     path.write_text(json.dumps(records))
     return path
 
@@ -85,9 +92,10 @@ def run(
     data_seed: int = 0,
     work: str | None = None,
     data_overrides: dict | None = None,
+    turns: int = 1,
     **train_overrides,
 ) -> Path:
-    data_file = write_conversations(tmp_path / "conversations.json")
+    data_file = write_conversations(tmp_path / "conversations.json", turns=turns)
     data = DataConfig(
         **{**DATA.__dict__, "sources": (str(data_file),), "seed": data_seed, **(data_overrides or {})}
     )
@@ -282,6 +290,49 @@ def test_a_grown_data_set_keeps_its_answers_and_writes_new_ones_in_bf16(sharp_mo
     assert all(0 < len(json.loads(line)["answer"]) <= DATA.max_new_tokens for line in after)
 
 
+def test_later_turns_are_answered_in_context_and_appended(sharp_model, tmp_path):
+    """--regenerate-turns 3 answers turns 2 and 3 after the target's own earlier answers and trains on one
+    more sequence per conversation (loss on those answers only), after every first turn: a work folder
+    of first turns grows into it without recomputing a feature."""
+    data = {"regenerate": 16, "max_length": 64}  # room for three short turns
+    run(sharp_model, tmp_path, "first", work="turns-1", data_overrides=data, turns=3, epochs=1)
+    grown = tmp_path / "work-turns-3"
+    shutil.copytree(tmp_path / "work-turns-1", grown, ignore=shutil.ignore_patterns("settings.json", "run-*"))
+    first_store = FeatureStore(grown / "features" / "train", 64)
+    stored = {name: first_store.column(name).copy() for name in ("ids", "features")}
+    run(
+        sharp_model,
+        tmp_path,
+        "turns",
+        work="turns-3",
+        data_overrides={**data, "regenerate_turns": 3},
+        turns=3,
+        epochs=1,
+    )
+    lines = (grown / "regenerated.jsonl").read_text().splitlines()
+    records = {(r["index"], r.get("turn", 1)): r for r in map(json.loads, lines)}
+    later = sorted(key for key in records if key[1] > 1)
+    assert later and all((i, turn - 1) in records for i, turn in later)  # a turn follows the one before
+    for i, turn in later:
+        before = records[i, turn - 1]
+        assert records[i, turn]["prompt"][: len(before["prompt"]) + len(before["answer"])] == (
+            before["prompt"] + before["answer"]
+        )
+    store = FeatureStore(grown / "features" / "train", 64)
+    n = len(first_store)
+    for name, column in stored.items():
+        assert np.array_equal(store.column(name)[: len(column)], column)  # first turns kept, in place
+    # Held-out conversations (the first 6 with an answer) give no later-turn sequence.
+    held_out = sorted(i for i, turn in records if turn == 1)[: DATA.val_samples]
+    last_turns = {i: max(t for j, t in later if j == i) for i, _ in later if i not in held_out}
+    assert len(store) - n == len(last_turns) > 0
+    offsets = np.concatenate([[0], np.cumsum(store.lengths)])
+    masks = store.column("loss_mask").astype(bool)
+    for k, (i, last) in enumerate(sorted(last_turns.items())):
+        mask = masks[offsets[n + k] : offsets[n + k + 1]]
+        assert mask.sum() == sum(len(records[i, t]["answer"]) for t in range(2, last + 1))
+
+
 def test_cached_features_are_the_runtime_targets(tiny_model, tmp_path):
     """The features and logits training learns from are those of the exported target's torch module."""
     from transformers import AutoModelForCausalLM
@@ -383,6 +434,20 @@ def test_cli_trains_a_drafter(tiny_model, tmp_path):
     )
     record = json.loads((out / "training.json").read_text())
     assert np.isfinite(record["validation"]["chain_acceptance_estimate"])
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--regenerate-turns", "0"], "--regenerate-turns 0: give 1"),
+        (["--rechoose-vocab"], "--rechoose-vocab needs --init-from"),
+    ],
+)
+def test_cli_refuses_bad_training_flags_in_one_line(tmp_path, flags, message):
+    args = ["train-drafter", "--model", str(tmp_path), "--out", str(tmp_path / "out"), *flags]
+    result = subprocess.run([sys.executable, "-m", "eaglex.cli", *args], capture_output=True, text=True)
+    assert result.returncode != 0 and message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_a_feature_store_without_sequence_hashes_is_refused(tmp_path):

@@ -26,7 +26,7 @@ from eaglex.exporter.target import TargetConfig
 from eaglex.exporter.tokens import special_tokens
 
 from .checkpoint import new_drafter_config, write_drafter
-from .data import EvalFilter, Message, Sample, first_turn, load_records, to_messages, tokenize_conversation
+from .data import EvalFilter, Message, Sample, load_records, to_messages, tokenize_conversation
 from .features import FeatureStore, TargetFeatures, extract
 from .loop import TrainConfig, Trainer
 from .regenerate import regenerate
@@ -43,6 +43,9 @@ class DataConfig:
     # The target's weights while it writes answers. bfloat16 is faster on CPUs with AVX512-BF16 or AMX and
     # may change a near-tie token, so an answer drifts from the fp32 one; features and the teacher stay fp32.
     regenerate_dtype: str = "float32"
+    # User turns answered again per regenerated conversation, each with the earlier answers in context; the
+    # turns after the first make one more training sequence per conversation (loss on those answers).
+    regenerate_turns: int = 1
     val_samples: int = 32  # held out (taken first, so regenerated when regenerate > 0) for validation
     seed: int = 0
 
@@ -134,25 +137,30 @@ def build_samples(
     stop_ids: list[int],
     report: Callable[[str], None],
 ) -> list[Sample]:
-    regenerated: list[Sample | None] = []
+    first: list[Sample | None] = []
+    later: list[Sample | None] = []
     if data.regenerate:
-        prompts = [first_turn(m) for m in conversations[: data.regenerate]]
         writer = model
         if data.regenerate_dtype != "float32":
             writer = copy.deepcopy(model).to(getattr(torch, data.regenerate_dtype))
-        regenerated = regenerate(
+        first, later = regenerate(
             writer,
             tokenizer,
-            prompts,
+            conversations[: data.regenerate],
             work_dir / "regenerated.jsonl",
             data.max_new_tokens,
             data.max_length - data.max_new_tokens,
             stop_ids,
             batch_size=64,
             report=report,
+            turns=data.regenerate_turns,
         )
-    rest = [tokenize_conversation(tokenizer, m, data.max_length) for m in conversations[len(regenerated) :]]
-    samples = [s for s in regenerated + rest if s is not None]
+    rest = [tokenize_conversation(tokenizer, m, data.max_length) for m in conversations[len(first) :]]
+    samples = [s for s in first + rest if s is not None]
+    # Later turns go after all first turns, so a data set grown by more turns keeps its cached features;
+    # those of the held-out conversations stay out of training.
+    held_out = set([i for i, s in enumerate(first) if s is not None][: data.val_samples])
+    samples += [s for i, s in enumerate(later) if s is not None and i not in held_out]
     report(
         f"{len(samples)} training sequences, {sum(len(s.ids) for s in samples)} tokens "
         f"({sum(sum(s.loss_mask) for s in samples)} in assistant turns)"

@@ -1,11 +1,18 @@
-"""Answers written by the target itself: greedy decoding of first-turn prompts, batched, cached as token ids.
+"""Answers written by the target itself: greedy decoding of each conversation's user turns, batched, cached as
+token ids.
 
 A drafter is judged by how often it guesses the target's own greedy tokens, so training on the target's
 answers (as EAGLE does) teaches exactly that, where a dataset's answers (ChatGPT's, for ShareGPT) teach
 another model's style. Token ids are kept as generated, not re-tokenized from text, because at run time the
-drafter reads the ids the target produced. Results are appended to a JSONL file as batches finish, so an
-interrupted run resumes where it stopped. Each answer records the dtype that wrote it; a cached answer is
-reused for the same prompt whatever its dtype (a grown data set keeps its earlier answers).
+drafter reads the ids the target produced.
+
+Turn k > 1 is answered with the target's own earlier answers in context: its prompt is turn k-1's prompt,
+that answer's ids, and the chat template's text between that answer and the next generation prompt. The
+turns run in rounds (all first turns, then all second turns, ...), each batched by prompt length.
+
+Results are appended to a JSONL file as batches finish, so an interrupted run resumes where it stopped.
+Each answer records its turn and the dtype that wrote it; a cached answer is reused for the same prompt
+whatever its dtype (a grown data set keeps its earlier answers).
 """
 
 from __future__ import annotations
@@ -20,80 +27,158 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import Message, Sample, encode_prompt
+from .data import Message, Sample, encode_prompt, first_turn, render
 from .progress import Progress
 
+Record = dict[str, Any]  # {"index", "turn", "prompt": ids, "answer": ids, "dtype"}
 
-def _read_cache(path: Path) -> dict[int, dict[str, list[int]]]:
-    done: dict[int, dict[str, list[int]]] = {}
+
+def _read_cache(path: Path) -> dict[tuple[int, int], Record]:
+    done: dict[tuple[int, int], Record] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 break  # a line cut off by an interruption: redo it
-            done[record["index"]] = record
+            done[record["index"], record.get("turn", 1)] = record  # files before turns held first turns
     return done
+
+
+def next_prompt(
+    tokenizer: Any, messages: list[Message], records: list[Record], stop_ids: Sequence[int]
+) -> list[int] | None:
+    """The prompt of user turn len(records) + 1 of `messages`, given the records of the turns before it:
+    the last record's prompt and answer ids, then the template's text up to the next generation prompt.
+    None when the conversation has no such turn, or its template does not render the earlier answers
+    verbatim (the ids could not be continued)."""
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    if len(users) <= len(records):
+        return None
+    last = records[-1]
+    answer = last["answer"]
+    stopped = answer[-1] in stop_ids
+    texts = [
+        tokenizer.decode(r["answer"][:-1] if r["answer"][-1] in stop_ids else r["answer"]) for r in records
+    ]
+    rewritten = [dict(m) for m in messages[: users[len(records)] + 1]]
+    for text, user in zip(texts, users, strict=False):
+        rewritten[user + 1]["content"] = text  # the answer after each earlier user turn
+    before = render(tokenizer, rewritten[: users[len(records) - 1] + 1], True) + texts[-1]
+    full = render(tokenizer, rewritten, True)
+    if not full.startswith(before):
+        return None
+    glue = tokenizer(full[len(before) :], add_special_tokens=False)["input_ids"]
+    if stopped:
+        # The answer already ends with the end-of-turn token the template writes next.
+        if not glue or glue[0] != answer[-1]:
+            return None
+        glue = glue[1:]
+    return last["prompt"] + answer + glue
+
+
+def _answer(
+    model: nn.Module, prompts: list[list[int]], stop_ids: Sequence[int], generation: Any
+) -> list[list[int]]:
+    width = max(len(p) for p in prompts)
+    pad = stop_ids[0]
+    # Left padding, so every prompt ends where generation starts.
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation)
+    answers = []
+    for row in out[:, width:].tolist():
+        stops = [k for k, token in enumerate(row) if token in stop_ids]
+        answers.append(row[: stops[0] + 1] if stops else row)
+    return answers
 
 
 def regenerate(
     model: nn.Module,
     tokenizer: Any,
-    prompts: Sequence[list[Message]],
+    conversations: Sequence[list[Message]],
     cache_file: Path,
     max_new_tokens: int,
     max_prompt_tokens: int,
     stop_ids: Sequence[int],
     batch_size: int,
     report: Callable[[str], None],
-) -> list[Sample | None]:
-    """Greedy answers to `prompts` (chat messages ending with a user turn) as samples whose loss mask
-    covers the answer, stop token included. Prompts longer than max_prompt_tokens give None."""
+    turns: int = 1,
+) -> tuple[list[Sample | None], list[Sample | None]]:
+    """Greedy answers to the first `turns` user turns of each conversation, as two samples per conversation:
+    the first turn (loss on its answer) and, when a later turn was answered, the conversation through its
+    last answered turn (loss on answers 2 and up). None where there is no such sample: a prompt longer
+    than max_prompt_tokens ends a conversation's answers."""
     from transformers import GenerationConfig
 
-    encoded = [encode_prompt(tokenizer, messages) for messages in prompts]
-    # An answer counts only for the very prompt it was generated for.
-    done = {
-        i: r for i, r in _read_cache(cache_file).items() if i < len(encoded) and r["prompt"] == encoded[i]
-    }
-    todo = [i for i, ids in enumerate(encoded) if i not in done and len(ids) <= max_prompt_tokens]
-    todo.sort(key=lambda i: len(encoded[i]))  # similar lengths together: less padding
-    pad = stop_ids[0]
-    generation = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=list(stop_ids), pad_token_id=pad
-    )
+    cached = _read_cache(cache_file)
+    done: dict[tuple[int, int], Record] = {}
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    progress = Progress(f"regenerate answers ({dtype})", len(todo), report, unit="answers")
-    generated_tokens = 0
+    generation = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=list(stop_ids), pad_token_id=stop_ids[0]
+    )
     with open(cache_file, "a") as cache:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            width = max(len(encoded[i]) for i in batch)
-            # Left padding, so every prompt ends where generation starts.
-            ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch])
-            mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch])
-            with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation)
-            for row, i in enumerate(batch):
-                answer = out[row, width:].tolist()
-                stops = [k for k, token in enumerate(answer) if token in stop_ids]
-                answer = answer[: stops[0] + 1] if stops else answer
-                generated_tokens += len(answer)
-                done[i] = {"index": i, "prompt": encoded[i], "answer": answer, "dtype": dtype}
-                cache.write(json.dumps(done[i]) + "\n")
-            cache.flush()
-            seconds = time.perf_counter() - progress.started
-            progress.update(len(batch), f"{generated_tokens / seconds:.1f} generated tokens/s")
-    if todo:
-        report(progress.line("done"))
+        for turn in range(1, turns + 1):
+            prompts: dict[int, list[int]] = {}
+            for i, messages in enumerate(conversations):
+                if turn == 1:
+                    prompt = encode_prompt(tokenizer, first_turn(messages))
+                elif (i, turn - 1) in done:
+                    earlier = [done[i, t] for t in range(1, turn)]
+                    prompt = next_prompt(tokenizer, messages, earlier, stop_ids)
+                else:
+                    continue
+                if prompt is None or len(prompt) > max_prompt_tokens:
+                    continue
+                prompts[i] = prompt
+                # An answer counts only for the very prompt it was generated for.
+                if (i, turn) in cached and cached[i, turn]["prompt"] == prompt:
+                    done[i, turn] = cached[i, turn]
+            todo = sorted((i for i in prompts if (i, turn) not in done), key=lambda i: len(prompts[i]))
+            if not todo:
+                continue
+            what = f"regenerate answers ({dtype})" + (f", turn {turn}" if turns > 1 else "")
+            progress = Progress(what, len(todo), report, unit="answers")
+            generated_tokens = 0
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start : start + batch_size]
+                answers = _answer(model, [prompts[i] for i in batch], stop_ids, generation)
+                for i, answer in zip(batch, answers, strict=True):
+                    record = {
+                        "index": i,
+                        "turn": turn,
+                        "prompt": prompts[i],
+                        "answer": answer,
+                        "dtype": dtype,
+                    }
+                    done[i, turn] = record
+                    cache.write(json.dumps(record) + "\n")
+                    generated_tokens += len(answer)
+                cache.flush()
+                seconds = time.perf_counter() - progress.started
+                progress.update(len(batch), f"{generated_tokens / seconds:.1f} generated tokens/s")
+            report(progress.line("done"))
     # Answers cached before dtypes were recorded were all written in float32.
     writers = Counter(record.get("dtype", "float32") for record in done.values())
     report("answers by weight dtype: " + ", ".join(f"{n} {d}" for d, n in sorted(writers.items())))
-    samples: list[Sample | None] = []
-    for i in range(len(prompts)):
-        if i not in done:
-            samples.append(None)
+    first: list[Sample | None] = []
+    later: list[Sample | None] = []
+    for i in range(len(conversations)):
+        if (i, 1) not in done:
+            first.append(None)
+            later.append(None)
             continue
-        prompt, answer = done[i]["prompt"], done[i]["answer"]
-        samples.append(Sample(prompt + answer, [False] * len(prompt) + [True] * len(answer)))
-    return samples
+        prompt, answer = done[i, 1]["prompt"], done[i, 1]["answer"]
+        first.append(Sample(prompt + answer, [False] * len(prompt) + [True] * len(answer)))
+        answered = [done[i, t] for t in range(2, turns + 1) if (i, t) in done]
+        if not answered:
+            later.append(None)
+            continue
+        ids = answered[-1]["prompt"] + answered[-1]["answer"]
+        mask = [False] * len(ids)
+        for record in answered:
+            start = len(record["prompt"])
+            mask[start : start + len(record["answer"])] = [True] * len(record["answer"])
+        later.append(Sample(ids, mask))
+    return first, later
