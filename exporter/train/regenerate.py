@@ -57,7 +57,7 @@ def next_prompt(
         return None
     last = records[-1]
     answer = last["answer"]
-    stopped = answer[-1] in stop_ids
+    # An answer's text as the template holds it: without the end-of-turn token it stopped at.
     texts = [
         tokenizer.decode(r["answer"][:-1] if r["answer"][-1] in stop_ids else r["answer"]) for r in records
     ]
@@ -69,7 +69,7 @@ def next_prompt(
     if not full.startswith(before):
         return None
     glue = tokenizer(full[len(before) :], add_special_tokens=False)["input_ids"]
-    if stopped:
+    if answer[-1] in stop_ids:
         # The answer already ends with the end-of-turn token the template writes next.
         if not glue or glue[0] != answer[-1]:
             return None
@@ -77,7 +77,7 @@ def next_prompt(
     return last["prompt"] + answer + glue
 
 
-def _answer(
+def _greedy_answers(
     model: nn.Module, prompts: list[list[int]], stop_ids: Sequence[int], generation: Any
 ) -> list[list[int]]:
     width = max(len(p) for p in prompts)
@@ -143,7 +143,7 @@ def regenerate(
             generated_tokens = 0
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
-                answers = _answer(model, [prompts[i] for i in batch], stop_ids, generation)
+                answers = _greedy_answers(model, [prompts[i] for i in batch], stop_ids, generation)
                 for i, answer in zip(batch, answers, strict=True):
                     record = {
                         "index": i,
