@@ -24,26 +24,7 @@ import torch
 
 from eaglex.cli import resolve_model
 from eaglex.exporter.tokens import special_tokens
-
-
-def greedy_answers(model, prompts: list[list[int]], stop_ids: list[int], max_new: int) -> list[list[int]]:
-    from transformers import GenerationConfig
-
-    pad = stop_ids[0]  # as the pipeline pads
-
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    config = GenerationConfig(
-        max_new_tokens=max_new, do_sample=False, eos_token_id=stop_ids, pad_token_id=pad
-    )
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-    answers = []
-    for row in out[:, width:].tolist():
-        stops = [k for k, token in enumerate(row) if token in stop_ids]
-        answers.append(row[: stops[0] + 1] if stops else row)
-    return answers
+from eaglex.exporter.train.regenerate import greedy_answers
 
 
 def teacher_agreement(model, prompts: list[list[int]], answers: list[list[int]]) -> tuple[int, int]:

@@ -77,11 +77,17 @@ def next_prompt(
     return last["prompt"] + answer + glue
 
 
-def _greedy_answers(
-    model: nn.Module, prompts: list[list[int]], stop_ids: Sequence[int], generation: Any
+def greedy_answers(
+    model: nn.Module, prompts: list[list[int]], stop_ids: Sequence[int], max_new_tokens: int
 ) -> list[list[int]]:
-    width = max(len(p) for p in prompts)
+    """Greedy answers to a batch of prompt ids, each up to and including its first stop token."""
+    from transformers import GenerationConfig
+
     pad = stop_ids[0]
+    generation = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=list(stop_ids), pad_token_id=pad
+    )
+    width = max(len(p) for p in prompts)
     # Left padding, so every prompt ends where generation starts.
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
@@ -110,14 +116,9 @@ def regenerate(
     the first turn (loss on its answer) and, when a later turn was answered, the conversation through its
     last answered turn (loss on answers 2 and up). None where there is no such sample: a prompt longer
     than max_prompt_tokens ends a conversation's answers."""
-    from transformers import GenerationConfig
-
     cached = _read_cache(cache_file)
     done: dict[tuple[int, int], Record] = {}
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    generation = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=list(stop_ids), pad_token_id=stop_ids[0]
-    )
     with open(cache_file, "a") as cache:
         for turn in range(1, turns + 1):
             prompts: dict[int, list[int]] = {}
@@ -143,7 +144,7 @@ def regenerate(
             generated_tokens = 0
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
-                answers = _greedy_answers(model, [prompts[i] for i in batch], stop_ids, generation)
+                answers = greedy_answers(model, [prompts[i] for i in batch], stop_ids, max_new_tokens)
                 for i, answer in zip(batch, answers, strict=True):
                     record = {
                         "index": i,
