@@ -345,7 +345,16 @@ def build(artifact: Path, precision: str, max_prompt: int | None, timing_cache: 
     show_default=True,
     help="The target's weights while it writes answers: bfloat16 is faster on CPUs with AVX512-BF16 or "
     "AMX, and may change an answer from the first near-tie token on. Answers already in the work "
-    "folder are kept, whichever dtype wrote them; features stay fp32.",
+    "folder are kept, whichever dtype wrote them; features follow --features-dtype.",
+)
+@click.option(
+    "--features-dtype",
+    type=click.Choice(["float32", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="The target's precision while it computes the cached features and teacher: bfloat16 runs its "
+    "matrix products under bf16 autocast, ~1.8x faster on CPUs with AVX512-BF16 or AMX. Features already "
+    "in the work folder are kept, whichever precision wrote them.",
 )
 @click.option("--val-samples", default=32, show_default=True, help="Sequences held out for validation.")
 @click.option(
@@ -407,6 +416,7 @@ def train_drafter(
     max_new_tokens: int,
     regenerate_turns: int,
     regenerate_dtype: str,
+    features_dtype: str,
     val_samples: int,
     draft_vocab_size: int,
     ttt_steps: int,
@@ -452,6 +462,7 @@ def train_drafter(
         max_new_tokens=max_new_tokens,
         regenerate_turns=regenerate_turns,
         regenerate_dtype=regenerate_dtype,
+        features_dtype=features_dtype,
         val_samples=val_samples,
         seed=seed,
     )

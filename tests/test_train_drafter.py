@@ -144,6 +144,7 @@ def test_checkpoint_is_official_format_and_reloads(trained, sharp_model):
     assert torch.allclose(drafter.fc.weight, weights["fc.weight"].float())
     record = json.loads((trained / "training.json").read_text())
     assert record["budget"]["optimizer_steps"] > 0 and record["budget"]["trained_tokens"] > 0
+    assert record["train_sequences_by_features_dtype"] == {"float32": record["train_sequences"]}
 
 
 def test_trained_drafter_exports_and_decodes_losslessly(trained, sharp_model, tmp_path):
@@ -272,7 +273,7 @@ def test_runs_with_other_settings_share_the_work_folder(sharp_model, tmp_path):
 def test_a_grown_data_set_keeps_its_answers_and_writes_new_ones_in_bf16(sharp_model, tmp_path):
     """--regenerate-dtype bfloat16 on a work folder seeded with fp32 answers: those are reused, only the
     new prompts are answered, by a bf16 copy of the target; a folder from before the setting existed
-    resumes as float32."""
+    resumes as float32. With --features-dtype bfloat16 too, training.json says which features it had."""
     run(sharp_model, tmp_path, "small", data_overrides={"regenerate": 4}, epochs=1)
     small = tmp_path / "work-small"
     settings = json.loads((small / "settings.json").read_text())
@@ -282,12 +283,15 @@ def test_a_grown_data_set_keeps_its_answers_and_writes_new_ones_in_bf16(sharp_mo
     grown = tmp_path / "work-grown"
     grown.mkdir()
     shutil.copy(small / "regenerated.jsonl", grown)
-    run(sharp_model, tmp_path, "grown", data_overrides={"regenerate_dtype": "bfloat16"}, epochs=1)
+    grown_data = {"regenerate_dtype": "bfloat16", "features_dtype": "bfloat16"}
+    out = run(sharp_model, tmp_path, "grown", data_overrides=grown_data, epochs=1)
     before = (small / "regenerated.jsonl").read_text().splitlines()
     after = (grown / "regenerated.jsonl").read_text().splitlines()
     assert after[: len(before)] == before and len(after) == 8
     assert [json.loads(line)["dtype"] for line in after] == ["float32"] * 4 + ["bfloat16"] * 4
     assert all(0 < len(json.loads(line)["answer"]) <= DATA.max_new_tokens for line in after)
+    record = json.loads((out / "training.json").read_text())
+    assert record["train_sequences_by_features_dtype"] == {"bfloat16": record["train_sequences"]}
 
 
 def test_later_turns_are_answered_in_context_and_appended(sharp_model, tmp_path):
@@ -374,6 +378,39 @@ def test_cached_features_are_the_runtime_targets(tiny_model, tmp_path):
         torch.testing.assert_close(teacher, logits[0], rtol=1e-2, atol=1e-2)
         assert torch.equal(batch.argmax[0], logits[0].argmax(-1))
         assert batch.ids[0].tolist() == sample.ids
+
+
+def test_bf16_features_grow_an_fp32_store_and_stay_close(tiny_model, tmp_path):
+    """--features-dtype bfloat16: new sequences are computed under bf16 autocast and recorded as such next
+    to the fp32 ones; their features are near fp32's (yet not equal: autocast did run)."""
+    from transformers import AutoModelForCausalLM
+
+    from eaglex.exporter.train.data import Sample
+
+    model_dir = tiny_model("llama")
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    layers = load_target(model_dir).feature_layers
+    samples = [Sample(list(range(3, 3 + n)), [True] * n) for n in (9, 17, 5)]
+    extract(TargetFeatures(hf, layers), samples[:2], FeatureStore(tmp_path / "fp32", 64), 40, lambda _: None)
+    meta = json.loads((tmp_path / "fp32" / "meta.json").read_text())
+    del meta["dtypes"]  # as written before precisions were recorded
+    (tmp_path / "fp32" / "meta.json").write_text(json.dumps(meta))
+    assert FeatureStore(tmp_path / "fp32", 64).dtypes == ["float32"] * 2
+    before = FeatureStore(tmp_path / "fp32", 64).column("features").copy()
+    lines = []
+    bf16 = TargetFeatures(hf, layers, "bfloat16")
+    extract(bf16, samples, FeatureStore(tmp_path / "fp32", 64), 40, lines.append)
+    grown = FeatureStore(tmp_path / "fp32", 64)
+    assert grown.dtypes == ["float32", "float32", "bfloat16"] and grown.lengths == [9, 17, 5]
+    assert lines[-1].endswith("by target dtype: 1 bfloat16, 2 float32")
+    extract(TargetFeatures(hf, layers), samples, FeatureStore(tmp_path / "ref", 64), 40, lambda _: None)
+    reference = FeatureStore(tmp_path / "ref", 64)  # all in fp32, in its own (length) order
+    fp32 = reference.batch([reference.lengths.index(5)])
+    computed = grown.batch([2])
+    error = (computed.features - fp32.features).norm() / fp32.features.norm()
+    assert 0 < error < 2e-2
+    assert 0 < (computed.final_hidden - fp32.final_hidden).abs().max() < 0.1
+    assert np.array_equal(grown.column("features")[: len(before)], before)  # the fp32 sequences are kept
 
 
 def fake_eval_wheels(cache: Path) -> None:

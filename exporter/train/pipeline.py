@@ -11,6 +11,7 @@ import copy
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +47,9 @@ class DataConfig:
     # User turns answered again per regenerated conversation, each with the earlier answers in context; the
     # turns after the first make one more training sequence per conversation (loss on those answers).
     regenerate_turns: int = 1
+    # The target's precision while it computes features and the teacher: "bfloat16" runs its matrix
+    # products under bf16 autocast. Stored features are kept, whichever precision wrote them.
+    features_dtype: str = "float32"
     val_samples: int = 32  # held out (taken first, so regenerated when regenerate > 0) for validation
     seed: int = 0
 
@@ -202,7 +206,8 @@ def train_drafter(
             f"only {len(samples)} usable training sequences, not more than the {data.val_samples} held out: "
             "pass more data or a larger --samples"
         )
-    target = TargetFeatures(model, new_drafter_config(target_config, train.draft_vocab_size).feature_layers)
+    layers = new_drafter_config(target_config, train.draft_vocab_size).feature_layers
+    target = TargetFeatures(model, layers, data.features_dtype)
     stores = {}
     started = time.perf_counter()
     for split, part in (("val", samples[: data.val_samples]), ("train", samples[data.val_samples :])):
@@ -258,6 +263,7 @@ def train_drafter(
         "budget": {**trainer.budget(), "wall_hours": hours},
         "train_sequences": len(train_store),
         "train_tokens_per_epoch": train_store.num_tokens,
+        "train_sequences_by_features_dtype": dict(Counter(train_store.dtypes)),
         "draft_vocab_coverage": round(vocab.coverage, 4),
     }
     if train.init_from:
