@@ -3,9 +3,10 @@
     python scripts/compare_artifacts.py ARTIFACT... [--prompts 4] [--rounds 2] [--tokens 64]
         [--tree 8,1,6] [--threads 2]
 
-For each artifact: plain and EAGLE-3 (tree top_k,depth,total_tokens) tokens/s and weight bandwidth over
-the chat prompts of tests/data/prompts.json, and whether every artifact printed the same tokens. Made to
-compare export variants (graph rewrites, precisions) where only the ratio in one run means anything.
+For each artifact: plain and EAGLE-3 (tree top_k,depth,total_tokens) tokens/s, weight bandwidth and new
+tokens per target pass over the chat prompts of tests/data/prompts.json, and whether every artifact
+printed the same tokens. Made to compare export variants (graph rewrites, precisions) where only the ratio
+in one run means anything.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def main() -> None:
     top_k, depth, total_tokens = map(int, args.tree.split(","))
     engines = {path: Engine.load(path, threads=args.threads, device="cpu") for path in args.artifacts}
     prompts = [p["text"] for p in json.loads(PROMPTS.read_text()) if p["chat"]][: args.prompts]
-    totals = {(path, mode): [0, 0.0, 0] for path in engines for mode in ("plain", "EAGLE-3")}
+    totals = {(path, mode): [0, 0.0, 0, 0, 0] for path in engines for mode in ("plain", "EAGLE-3")}
     outputs: dict[tuple[int, str], set[tuple[int, ...]]] = {}
     for _ in range(args.rounds):
         for i, text in enumerate(prompts):
@@ -53,9 +54,12 @@ def main() -> None:
                     total[0] += stats.new_tokens
                     total[1] += stats.decode_seconds
                     total[2] += engine.weight_bytes_read(stats)
-    print("| artifact | mode | tok/s | GB/s of weights |\n|---|---|---|---|")
-    for (path, mode), (tokens, seconds, weight_bytes) in totals.items():
-        print(f"| {path} | {mode} | {tokens / seconds:.1f} | {weight_bytes / seconds / 1e9:.2f} |")
+                    total[3] += stats.verified_tokens
+                    total[4] += stats.target_passes
+    print("| artifact | mode | tok/s | GB/s of weights | tokens per target pass |\n|---|---|---|---|---|")
+    for (path, mode), (tokens, seconds, weight_bytes, verified, passes) in totals.items():
+        rate, bandwidth = tokens / seconds, weight_bytes / seconds / 1e9
+        print(f"| {path} | {mode} | {rate:.1f} | {bandwidth:.2f} | {verified / passes:.2f} |")
     same = sum(len(variants) == 1 for variants in outputs.values())
     print(f"same tokens from every artifact: {same}/{len(outputs)} runs")
 
