@@ -78,8 +78,8 @@ class FeatureStore:
         return self.folder / f"{name}.bin"
 
     def append(self, arrays: Sequence[dict[str, np.ndarray]], target_dtype: str = "float32") -> None:
-        """Adds whole sequences the target computed in `target_dtype`, then records them in meta.json: an interrupted write is
-        never counted."""
+        """Adds whole sequences the target computed in `target_dtype`, then records them in meta.json: an
+        interrupted write is never counted."""
         hashes = [sequence_hash(sequence["ids"], sequence["loss_mask"]) for sequence in arrays]
         self.folder.mkdir(parents=True, exist_ok=True)
         complete = self.num_tokens
