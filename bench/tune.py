@@ -42,10 +42,13 @@ def calibration_prompts(per_set: int) -> list[Prompt]:
     return prompts
 
 
-def _median_seconds(call, reps: int) -> float:
+def _median_seconds(call, reps: int, before=None) -> float:
+    """Median time of call(); `before` (untimed) runs ahead of each call, to set up the state it meets."""
     call()  # warm-up
     times = []
     for _ in range(reps):
+        if before is not None:
+            before()
         started = time.perf_counter()
         call()
         times.append(time.perf_counter() - started)
@@ -72,19 +75,46 @@ def verify_cost(engine: Engine, sizes: tuple[int, ...], reps: int) -> dict[int, 
 
 def draft_cost(
     engine: Engine, prompt: list[int], top_ks: tuple[int, ...], reps: int
-) -> dict[tuple[int, int], float]:
-    """Seconds to grow a tree of each (top_k, depth) after `prompt`: drafter calls plus the host work
-    between them (embedding rows, masks, candidate bookkeeping)."""
+) -> tuple[dict[tuple[int, int], float], dict[int, float]]:
+    """Seconds to grow a tree of each (top_k, depth) after `prompt` (depth - 1 drafter calls plus the host
+    work between them: embedding rows, masks, candidate bookkeeping), and per top_k the seconds of the
+    drafter call that commits a round's accepted rows (two, a typical round on a CPU-sized tree).
+
+    Each timed call follows a one-token target pass, as in decoding: the target's threads still spin
+    then (runtime/engine.py keeps that, it pays overall), and drafter calls measured alone ran at half
+    the time they take in a decoding round."""
     drafter = engine.drafter
     assert drafter is not None
+    context = _context(engine)
+    one_token = {
+        "input_ids": np.ones((1, 1), np.int64),
+        "position_ids": np.full((1, 1), context, np.int64),
+        "logit_index": np.arange(1),
+    }
+    mask = np.ones((1, context + 1), bool)
+
+    def target_pass() -> None:
+        engine.target.run(one_token, context, mask)
+
+    ids = np.asarray(prompt, np.int64)
     features = np.zeros((len(prompt), 3 * drafter.embeddings.shape[1]), np.float32)
-    costs = {}
+    grow, commit = {}, {}
     for k in top_ks:
         drafter.reset()
-        drafter.extend(np.asarray(prompt, np.int64), features, k)
+        drafter.extend(ids, features, k)
+        committed = drafter.cache_len
+
+        def commit_two_rows(k: int = k, committed: int = committed) -> None:
+            drafter.cache_len = committed  # the rows written past it are overwritten by the next call
+            drafter.extend(ids[:2], features[:2], k)
+
+        commit[k] = _median_seconds(commit_two_rows, reps, before=target_pass)
+        drafter.cache_len = committed
         for depth in range(1, MAX_DEPTH + 1):
-            costs[k, depth] = _median_seconds(lambda k=k, d=depth: drafter.grow(prompt[-1], k, d), reps)
-    return costs
+            grow[k, depth] = _median_seconds(
+                lambda k=k, d=depth: drafter.grow(prompt[-1], k, d), reps, before=target_pass
+            )
+    return grow, commit
 
 
 def accepted_drafts(tree: DraftTree, continuation: list[int]) -> int:
@@ -159,23 +189,32 @@ def predict(
     accepted: dict[tuple[int, int, int], float],
     verify: dict[int, float],
     draft: dict[tuple[int, int], float],
+    commit: dict[int, float],
     host: float,
 ) -> list[Shape]:
     """Predicted tokens/s of every shape: (drafts accepted + bonus) per round, over the round's cost:
     verify pass + tree growth + one drafter call to commit the accepted rows + the loop's own work."""
     shapes = [
-        Shape(k, d, t, (accepted[k, d, t] + 1) / (verify[t] + draft[k, d] + draft[k, 1] + host))
+        Shape(k, d, t, (accepted[k, d, t] + 1) / (verify[t] + draft[k, d] + commit[k] + host))
         for (k, d, t) in accepted
         if t <= 1 + k + (d - 1) * k * k  # a larger tree than the pool holds is the same tree
     ]
     return sorted(shapes, key=lambda s: -s.predicted_tokens_per_second)
 
 
-def decode(
-    engine: Engine, prompts: list[Prompt], shape: Shape | None, new_tokens: int
-) -> tuple[float, float]:
-    """Measured (tokens per second, seconds per round) of decoding the prompts with this tree shape."""
-    tokens, seconds, rounds = 0, 0.0, 0
+@dataclass(frozen=True)
+class Decoded:
+    """What decoding the calibration prompts with one tree shape measured."""
+
+    tokens_per_second: float
+    seconds_per_round: float
+    draft_seconds_per_round: float  # growing the tree and committing the accepted rows
+    verify_seconds_per_round: float  # the target pass over the tree
+
+
+def decode(engine: Engine, prompts: list[Prompt], shape: Shape | None, new_tokens: int) -> Decoded:
+    """Decodes the prompts with this tree shape (None: plain decoding) and times its parts."""
+    tokens, seconds, rounds, draft, verify = 0, 0.0, 0, 0.0, 0.0
     for prompt in prompts:
         stats = GenerationStats()
         tree = (
@@ -188,7 +227,8 @@ def decode(
             pass
         tokens, seconds = tokens + stats.verified_tokens, seconds + stats.decode_seconds
         rounds += stats.target_passes
-    return tokens / seconds, seconds / rounds
+        draft, verify = draft + stats.draft_seconds, verify + stats.verify_seconds
+    return Decoded(tokens / seconds, seconds / rounds, draft / rounds, verify / rounds)
 
 
 def tune(
@@ -202,30 +242,49 @@ def tune(
     top_ks = tuple(k for k in TOP_KS if k <= engine.manifest.drafter.max_top_k)  # type: ignore[union-attr]
     progress("measuring verify and drafter costs")
     verify = verify_cost(engine, sizes, reps)
-    draft = draft_cost(engine, list(range(1, 65)), top_ks, reps)
+    draft, commit = draft_cost(engine, list(range(1, 65)), top_ks, reps)
     room = engine.target.capacity - new_tokens - MAX_DEPTH * max(top_ks)  # drafter scratch rows too
     prompts = [p for p in calibration_prompts(per_set) if len(engine.encode(p.text, p.chat)) <= room]
     if not prompts:
         raise EaglexError(f"no calibration prompt fits the context of {engine.target.capacity} tokens")
     accepted = acceptance(engine, prompts, top_ks, sizes, new_tokens, progress)
     # The loop's own work per round (masks, acceptance, cache compaction), from plain decoding.
-    plain, plain_round = decode(engine, prompts, None, new_tokens)
-    host = max(plain_round - verify_cost(engine, (1,), reps)[1], 0.0)
-    shapes = predict(accepted, verify, draft, host)
+    plain = decode(engine, prompts, None, new_tokens)
+    host = max(plain.seconds_per_round - verify_cost(engine, (1,), reps)[1], 0.0)
+    shapes = predict(accepted, verify, draft, commit, host)
     progress(f"checking the best {check} shapes by decoding")
-    measured = {s: decode(engine, prompts, s, new_tokens)[0] for s in shapes[:check]}
+    decoded = {s: decode(engine, prompts, s, new_tokens) for s in shapes[:check]}
+    measured = {s: d.tokens_per_second for s, d in decoded.items()}
     best = max(measured, key=measured.get)
+    # Each checked shape's round, measured against the model's parts: where a prediction misses.
+    parts = {
+        s: {
+            "predicted_verify_seconds": verify[s.total_tokens],
+            "measured_verify_seconds": d.verify_seconds_per_round,
+            "predicted_draft_seconds": draft[s.top_k, s.depth] + commit[s.top_k],
+            "measured_draft_seconds": d.draft_seconds_per_round,
+            "predicted_other_seconds": host,
+            "measured_other_seconds": d.seconds_per_round
+            - d.verify_seconds_per_round
+            - d.draft_seconds_per_round,
+        }
+        for s, d in decoded.items()
+    }
     sweep = []
     for size in sizes:  # the best shape at each tree size, for the plot
         top = next(s for s in shapes if s.total_tokens == size)
         sweep.append({**top.__dict__, "measured_tokens_per_second": measured.get(top)})
     return {
         "best": {"top_k": best.top_k, "depth": best.depth, "total_tokens": best.total_tokens},
-        "plain_tokens_per_second": plain,
+        "plain_tokens_per_second": plain.tokens_per_second,
         "host_seconds_per_round": host,
-        "measured": [{**s.__dict__, "measured_tokens_per_second": v} for s, v in measured.items()],
+        "measured": [
+            {**s.__dict__, "measured_tokens_per_second": v, "round_seconds": parts[s]}
+            for s, v in measured.items()
+        ],
         "verify_seconds": {str(k): v for k, v in verify.items()},
         "grow_seconds": {f"top_k {k} depth {d}": v for (k, d), v in draft.items()},
+        "commit_seconds": {f"top_k {k}": v for k, v in commit.items()},
         "calibration": {"prompts": [f"{p.set}/{p.id}" for p in prompts], "new_tokens": new_tokens},
         "sweep": sweep,
     }

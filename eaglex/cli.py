@@ -589,10 +589,15 @@ def tune(artifact: Path, threads: int, prompts_per_set: int, new_tokens: int, re
     result = tune_tree(artifact, threads, prompts_per_set, new_tokens, reps, check, progress)
     write_tree(artifact, result)
     for row in result["measured"]:
+        ms = {k: 1000 * v for k, v in row["round_seconds"].items()}
+        parts = ", ".join(
+            f"{part} {ms[f'predicted_{part}_seconds']:.1f}/{ms[f'measured_{part}_seconds']:.1f}"
+            for part in ("verify", "draft", "other")
+        )
         click.echo(
             f"top_k {row['top_k']:2d} depth {row['depth']} total_tokens {row['total_tokens']:3d}: "
-            f"predicted {row['predicted_tokens_per_second']:.1f} tok/s, "
-            f"measured {row['measured_tokens_per_second']:.1f} tok/s"
+            f"predicted {row['predicted_tokens_per_second']:.1f} tok/s, measured "
+            f"{row['measured_tokens_per_second']:.1f} tok/s; ms per round (predicted/measured): {parts}"
         )
     click.echo(f"plain decoding: {result['plain_tokens_per_second']:.1f} tok/s; chosen: {result['best']}")
     best = max(row["measured_tokens_per_second"] for row in result["measured"])

@@ -55,12 +55,29 @@ def test_bench_writes_json_table_and_plot(artifact, tmp_path):
 def test_tune_writes_the_best_tree_into_the_manifest(artifact, tmp_path):
     tuned = tmp_path / "tuned"
     shutil.copytree(artifact, tuned)
-    result = eaglex(
+    process = eaglex(
         "tune", tuned, "--prompts-per-set", "1", "--new-tokens", "8", "--reps", "1", "--check", "2"
     )
-    assert result.returncode == 0, result.stderr
-    best = json.loads((tuned / "tune.json").read_text())["best"]
-    assert json.loads((tuned / "manifest.json").read_text())["tree"] == {**best, "max_total_tokens": 128}
+    assert process.returncode == 0, process.stderr
+    result = json.loads((tuned / "tune.json").read_text())
+    assert json.loads((tuned / "manifest.json").read_text())["tree"] == {
+        **result["best"],
+        "max_total_tokens": 128,
+    }
+    # Each checked shape's round is split into verify, draft and the rest, predicted and measured.
+    names = {
+        f"{kind}_{part}_seconds"
+        for kind in ("predicted", "measured")
+        for part in ("verify", "draft", "other")
+    }
+    for row in result["measured"]:
+        assert set(row["round_seconds"]) == names
+        assert (
+            row["round_seconds"]["measured_verify_seconds"]
+            > 0
+            < row["round_seconds"]["measured_draft_seconds"]
+        )
+    assert "ms per round (predicted/measured): verify" in process.stdout
     assert eaglex("run", tuned, "--prompt", "w5 w6", "--max-new-tokens", "4").returncode == 0
 
 
