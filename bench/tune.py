@@ -17,6 +17,7 @@ import itertools
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,18 +60,21 @@ def _context(engine: Engine) -> int:
     return min(CONTEXT, engine.target.capacity // 2)
 
 
+def _target_pass(engine: Engine, size: int) -> Callable[[], None]:
+    """One target pass over `size` tree nodes with CONTEXT tokens in the cache, ready to time."""
+    context = _context(engine)
+    feeds = {
+        "input_ids": np.full((1, size), 1, np.int64),
+        "position_ids": np.full((1, size), context, np.int64),
+        "logit_index": np.arange(size),
+    }
+    mask = np.ones((size, context + size), bool)
+    return lambda: engine.target.run(feeds, context, mask)
+
+
 def verify_cost(engine: Engine, sizes: tuple[int, ...], reps: int) -> dict[int, float]:
     """Seconds per target pass over T tree nodes, T in sizes, with CONTEXT tokens in the cache."""
-    costs, context = {}, _context(engine)
-    for size in sizes:
-        feeds = {
-            "input_ids": np.full((1, size), 1, np.int64),
-            "position_ids": np.full((1, size), context, np.int64),
-            "logit_index": np.arange(size),
-        }
-        mask = np.ones((size, context + size), bool)
-        costs[size] = _median_seconds(lambda f=feeds, m=mask: engine.target.run(f, context, m), reps)
-    return costs
+    return {size: _median_seconds(_target_pass(engine, size), reps) for size in sizes}
 
 
 def draft_cost(
@@ -85,16 +89,7 @@ def draft_cost(
     the time they take in a decoding round."""
     drafter = engine.drafter
     assert drafter is not None
-    context = _context(engine)
-    one_token = {
-        "input_ids": np.ones((1, 1), np.int64),
-        "position_ids": np.full((1, 1), context, np.int64),
-        "logit_index": np.arange(1),
-    }
-    mask = np.ones((1, context + 1), bool)
-
-    def target_pass() -> None:
-        engine.target.run(one_token, context, mask)
+    target_pass = _target_pass(engine, 1)
 
     ids = np.asarray(prompt, np.int64)
     features = np.zeros((len(prompt), 3 * drafter.embeddings.shape[1]), np.float32)
