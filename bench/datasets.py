@@ -63,7 +63,8 @@ SOURCES = {
 SETS = tuple(SOURCES)
 
 
-def _records(name: str) -> list[dict]:
+def set_records(name: str) -> list[dict]:
+    """The raw records of benchmark set `name` (downloaded once, then read from the cache)."""
     source = SOURCES[name]
     cached = cache_dir() / "datasets" / f"{name}.jsonl"
     if not cached.exists():
@@ -83,7 +84,7 @@ def load_prompts(name: str, limit: int | None = None) -> list[Prompt]:
     if name not in SOURCES:
         raise EaglexError(f"unknown benchmark set {name!r}: choose from {', '.join(SETS)}")
     source = SOURCES[name]
-    records = _records(name)[:limit]
+    records = set_records(name)[:limit]
     return [
         Prompt(name, str(record[source.id_key]) if source.id_key else str(i), source.text(record))
         for i, record in enumerate(records)

@@ -5,6 +5,10 @@ so one greedy continuation per prompt and one tree grown per position give the e
 smaller tree shape (eaglex/bench/tune.py `acceptance`), without decoding once per shape:
     python scripts/drafter_acceptance.py ARTIFACT [--limits mt-bench=80,humaneval=20,gsm8k=20]
 Prints a markdown table of mean acceptance length (tokens per target pass, bonus included) per set.
+The set `sharegpt-heldout` is the first turns of the conversations the drafter trainer holds out for
+validation (`--val-samples`, seed 0): prompts from the training distribution that no drafter of
+scripts/train_smollm2_drafter.sh trained on, to tell a weak drafter from a shift between the training
+prompts and a benchmark's.
 """
 
 from __future__ import annotations
@@ -13,12 +17,32 @@ import argparse
 import json
 import time
 
-from eaglex.bench.datasets import load_prompts
+from eaglex.bench.datasets import Prompt, load_prompts
 from eaglex.bench.tune import acceptance
+from eaglex.exporter.train.data import EvalFilter
+from eaglex.exporter.train.evalsets import all_eval_prompts
+from eaglex.exporter.train.pipeline import select_conversations
 from eaglex.runtime.engine import Engine
 
 # (top_k, depth, total_tokens): a chain, two CPU-sized trees, the default, and the GPU-sized tree of EAGLE-3.
 SHAPES = ((1, 5, 6), (4, 3, 8), (4, 4, 12), (8, 5, 24), (8, 6, 60))
+HELDOUT = "sharegpt-heldout"
+
+
+def heldout_prompts(engine: Engine, count: int, max_prompt_tokens: int = 1024 - 160) -> list[Prompt]:
+    """The trainer's held-out conversations as first-turn prompts: with its default --seed 0 they come first
+    in its shuffled order, skipping any whose first prompt leaves no room for an answer (the shipped
+    drafter's --max-length 1024 and --max-new-tokens 160)."""
+    exclude = EvalFilter(all_eval_prompts(lambda _: None))  # what `eaglex train-drafter` drops
+    conversations = select_conversations(("sharegpt",), 0, 0, exclude, lambda _: None)
+    prompts = []
+    for i, messages in enumerate(conversations):
+        text = next(m["content"] for m in messages if m["role"] == "user")
+        if len(engine.encode(text, chat=True)) <= max_prompt_tokens:
+            prompts.append(Prompt(HELDOUT, str(i), text))
+        if len(prompts) == count:
+            return prompts
+    return prompts
 
 
 def main() -> None:
@@ -37,7 +61,7 @@ def main() -> None:
     started = time.perf_counter()
     for spec in args.limits.split(","):
         name, limit = spec.split("=")
-        prompts = load_prompts(name, int(limit))
+        prompts = heldout_prompts(engine, int(limit)) if name == HELDOUT else load_prompts(name, int(limit))
 
         def progress(line: str, name: str = name) -> None:
             print(f"[{time.perf_counter() - started:6.0f}s] {name}: {line}", flush=True)
