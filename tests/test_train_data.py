@@ -19,7 +19,7 @@ from eaglex.exporter.train.data import (
     to_messages,
     tokenize_conversation,
 )
-from eaglex.exporter.train.regenerate import next_prompt
+from eaglex.exporter.train.regenerate import greedy_answers, next_prompt
 from eaglex.exporter.train.vocab import build_draft_vocab, carry_over_head
 
 
@@ -131,6 +131,32 @@ def test_later_turn_prompts_continue_the_targets_own_answer_ids(tiny_model):
     # A template that does not render an answer verbatim: its ids cannot be continued.
     tokenizer.chat_template = tokenizer.chat_template.replace("m['content']", "m['content'] | upper")
     assert next_prompt(tokenizer, data, [first], stop) is None
+
+
+def test_greedy_answers_drop_stopped_rows_and_equal_generate(tiny_model):
+    """Rows leave the batch as they stop; every answer is still what `generate` writes for that prompt."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("llama"), dtype=torch.float32).eval()
+    generator = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 120, (n,), generator=generator).tolist() for n in (5, 9, 2, 14, 7, 11)]
+    free = greedy_answers(model, prompts, [0], 12)
+    # Stop on tokens that end some answers early, at different steps, and others not at all.
+    stop_ids = [free[2][7], free[4][1]]
+    answers = greedy_answers(model, prompts, stop_ids, 12)
+    lengths = [len(a) for a in answers]
+    assert min(lengths) < 12 and max(lengths) == 12 and len(set(lengths)) > 2
+    for prompt, answer in zip(prompts, answers, strict=True):
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=torch.tensor([prompt]),
+                max_new_tokens=12,
+                do_sample=False,
+                eos_token_id=stop_ids,
+                pad_token_id=stop_ids[0],
+            )[0, len(prompt) :].tolist()
+        stop = next((k for k, t in enumerate(out) if t in stop_ids), len(out) - 1)
+        assert answer == out[: stop + 1]
 
 
 def test_eval_filter_drops_conversations_with_eval_prompts():

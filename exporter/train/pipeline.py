@@ -155,7 +155,7 @@ def build_samples(
             data.max_new_tokens,
             data.max_length - data.max_new_tokens,
             stop_ids,
-            batch_size=64,
+            batch_size=128,  # with stopped rows leaving the batch, larger batches pay (BENCHMARKS.md)
             report=report,
             turns=data.regenerate_turns,
         )
