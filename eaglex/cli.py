@@ -339,6 +339,13 @@ def build(artifact: Path, precision: str, max_prompt: int | None, timing_cache: 
     "all first turns so a work folder grown this way keeps its features.",
 )
 @click.option(
+    "--merge-turns",
+    is_flag=True,
+    help="With --regenerate-turns > 1: one sequence per multi-turn conversation with the loss on every "
+    "answer, instead of its first turn plus the whole conversation, whose first turn would then be extracted "
+    "and trained twice (a work folder seeded with first-turn features extracts those conversations again).",
+)
+@click.option(
     "--regenerate-dtype",
     type=click.Choice(["float32", "bfloat16"]),
     default="float32",
@@ -415,6 +422,7 @@ def train_drafter(
     max_length: int,
     max_new_tokens: int,
     regenerate_turns: int,
+    merge_turns: bool,
     regenerate_dtype: str,
     features_dtype: str,
     val_samples: int,
@@ -450,6 +458,8 @@ def train_drafter(
 
     if regenerate_turns < 1:
         raise EaglexError(f"--regenerate-turns {regenerate_turns}: give 1 (first turns only) or more")
+    if merge_turns and regenerate_turns == 1:
+        raise EaglexError("--merge-turns merges answered later turns: pass --regenerate-turns 2 or more")
     if rechoose_vocab and not init_from:
         raise EaglexError("--rechoose-vocab needs --init-from: a fresh run always chooses its vocabulary")
     torch.set_num_threads(threads)
@@ -461,6 +471,7 @@ def train_drafter(
         max_length=max_length,
         max_new_tokens=max_new_tokens,
         regenerate_turns=regenerate_turns,
+        merge_turns=merge_turns,
         regenerate_dtype=regenerate_dtype,
         features_dtype=features_dtype,
         val_samples=val_samples,

@@ -5,6 +5,7 @@ features are the runtime's, and evaluation prompts stay out."""
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 import random
@@ -337,6 +338,36 @@ def test_later_turns_are_answered_in_context_and_appended(sharp_model, tmp_path)
         assert mask.sum() == sum(len(records[i, t]["answer"]) for t in range(2, last + 1))
 
 
+def test_merged_turns_make_one_sequence_per_conversation(sharp_model, tmp_path):
+    """--merge-turns: a conversation with answered later turns is one sequence, in its first turn's place,
+    with the loss on every answer; held-out conversations keep their first turn alone."""
+    data = {"regenerate": 16, "max_length": 64, "regenerate_turns": 3}
+    run(sharp_model, tmp_path, "separate", data_overrides=data, turns=3, epochs=1)
+    run(sharp_model, tmp_path, "merged", data_overrides={**data, "merge_turns": True}, turns=3, epochs=1)
+    work = tmp_path / "work-merged"
+    records = {(r["index"], r["turn"]): r for r in map(json.loads, (work / "regenerated.jsonl").open())}
+    firsts = sorted(i for i, turn in records if turn == 1)
+    held_out = firsts[: DATA.val_samples]
+    stores = {split: FeatureStore(work / "features" / split, 64) for split in ("val", "train")}
+    stored = {}  # sequence ids -> answer tokens under the loss (a store keeps its sequences in length order)
+    for store in stores.values():
+        offsets = np.concatenate([[0], np.cumsum(store.lengths)])
+        ids, masks = store.column("ids"), store.column("loss_mask").astype(bool)
+        for a, b in itertools.pairwise(offsets):
+            stored[tuple(ids[a:b].tolist())] = int(masks[a:b].sum())
+    merged = 0
+    for i in firsts:
+        last = 1 if i in held_out else max(t for j, t in records if j == i)
+        record = records[i, last]
+        answers = sum(len(records[i, t]["answer"]) for t in range(1, last + 1))
+        assert stored[tuple(record["prompt"] + record["answer"])] == answers
+        merged += last > 1
+    assert merged > 0
+    sequences = sum(len(store) for store in stores.values())
+    separate = sum(len(FeatureStore(tmp_path / "work-separate" / "features" / split, 64)) for split in stores)
+    assert sequences == separate - merged  # no sequence of its own for any later turn
+
+
 def test_cached_features_are_the_runtime_targets(tiny_model, tmp_path):
     """The features and logits training learns from are those of the exported target's torch module."""
     from transformers import AutoModelForCausalLM
@@ -478,6 +509,7 @@ def test_cli_trains_a_drafter(tiny_model, tmp_path):
     [
         (["--regenerate-turns", "0"], "--regenerate-turns 0: give 1"),
         (["--rechoose-vocab"], "--rechoose-vocab needs --init-from"),
+        (["--merge-turns"], "pass --regenerate-turns 2 or more"),
     ],
 )
 def test_cli_refuses_bad_training_flags_in_one_line(tmp_path, flags, message):

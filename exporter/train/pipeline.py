@@ -8,6 +8,7 @@ answers (regenerated.jsonl), target features (features/), the trainer's checkpoi
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import random
 import time
@@ -47,6 +48,10 @@ class DataConfig:
     # User turns answered again per regenerated conversation, each with the earlier answers in context; the
     # turns after the first make one more training sequence per conversation (loss on those answers).
     regenerate_turns: int = 1
+    # With later turns: one sequence per multi-turn conversation, loss on every answer, instead of its
+    # first turn and the whole conversation (loss on answers 2 and up) as two sequences whose first turn's
+    # features and training are then paid twice. A folder seeded with first-turn features redoes those.
+    merge_turns: bool = False
     # The target's precision while it computes features and the teacher: "bfloat16" runs its matrix
     # products under bf16 autocast. Stored features are kept, whichever precision wrote them.
     features_dtype: str = "float32"
@@ -132,6 +137,13 @@ def _init_drafter(drafter: Eagle3Drafter, vocab: DraftVocab, seed: int) -> None:
         drafter.t2d.copy_(vocab.t2d)
 
 
+def merge_first_turn(first: Sample | None, later: Sample) -> Sample:
+    """The whole conversation with the loss on its first answer as well: `later` begins with `first`."""
+    assert first is not None and later.ids[: len(first.ids)] == first.ids
+    mask = [a or b for a, b in itertools.zip_longest(first.loss_mask, later.loss_mask, fillvalue=False)]
+    return Sample(later.ids, mask)
+
+
 def build_samples(
     model: nn.Module,
     tokenizer: Any,
@@ -160,11 +172,18 @@ def build_samples(
             turns=data.regenerate_turns,
         )
     rest = [tokenize_conversation(tokenizer, m, data.max_length) for m in conversations[len(first) :]]
-    samples = [s for s in first + rest if s is not None]
-    # Later turns go after all first turns, so a data set grown by more turns keeps its cached features;
-    # those of the held-out conversations stay out of training.
+    # The later turns of held-out conversations stay out of training.
     held_out = set([i for i, s in enumerate(first) if s is not None][: data.val_samples])
-    samples += [s for i, s in enumerate(later) if s is not None and i not in held_out]
+    later = [None if i in held_out else s for i, s in enumerate(later)]
+    if data.merge_turns:
+        first = [
+            s if extra is None else merge_first_turn(s, extra) for s, extra in zip(first, later, strict=True)
+        ]
+        later = []
+    samples = [s for s in first + rest if s is not None]
+    # Otherwise later turns go after all first turns, so a data set grown by more turns keeps its cached
+    # features.
+    samples += [s for s in later if s is not None]
     report(
         f"{len(samples)} training sequences, {sum(len(s.ids) for s in samples)} tokens "
         f"({sum(sum(s.loss_mask) for s in samples)} in assistant turns)"
