@@ -1,12 +1,13 @@
 """Regenerating answers: `generate` on whole batches against `greedy_answers`, where stopped rows leave.
 
-    python scripts/compare_regen_batching.py --work-dir WORK [--first 384 --prompts 128] [--threads 2]
-Takes `--prompts` recorded first-turn prompts of a work folder's regenerated.jsonl (bf16 answers), sorted by
-length as the trainer batches them, and answers them again in bf16: with transformers' `generate` in
-batches of 64 (every row runs until the batch's longest answer ends) and with `greedy_answers` in batches
-of 64 and 128. Prints generated tokens/s, how many answers equal the recorded ones and, for those that
-differ, how often each answer's tokens are the fp32 target's greedy choice (bf16 rounding differs with the
-batch shape, so a near-tie can flip).
+    python scripts/compare_regen_batching.py --work-dir WORK [--first 384 --prompts 256] [--threads 2]
+Takes `--prompts` recorded first-turn prompts of a work folder's regenerated.jsonl (bf16 answers, written
+by `generate` in the trainer's batches of 64 before 2026-11-28 14:04 UTC), sorted by length as the trainer
+batches them, and answers them again in bf16: with `generate` in batches of 64 (every row runs until the
+batch's longest answer ends) and with `greedy_answers` in batches of 64 to 256, its stopped rows removed
+at once or in bulk. Prints generated tokens/s, how many answers equal the recorded ones and, where they
+differ, how often each answer's tokens are the fp32 target's greedy choice (bf16 rounding differs with
+the batch shape, so a near-tie can flip).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", required=True)
     parser.add_argument("--first", type=int, default=384, help="index of the first recorded answer to take")
-    parser.add_argument("--prompts", type=int, default=128)
+    parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -71,10 +72,16 @@ def main() -> None:
     fp32 = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     bf16 = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval().to(torch.bfloat16)
     stop_ids = special_tokens(Path(model_dir))["eos_token_ids"]
+
+    def evicting(share: float):
+        return lambda *a: greedy_answers(*a, evict_share=share)
+
     ways = (
         ("generate, batch 64", generate_whole_batch, 64),
-        ("greedy_answers, batch 64", greedy_answers, 64),
-        ("greedy_answers, batch 128", greedy_answers, 128),
+        ("greedy_answers, batch 64, rows leave at once", evicting(0.0), 64),
+        ("greedy_answers, batch 128, rows leave at once", evicting(0.0), 128),
+        ("greedy_answers, batch 128, rows leave once 1/8 have stopped", evicting(0.125), 128),
+        ("greedy_answers, batch 256, rows leave once 1/8 have stopped", evicting(0.125), 256),
     )
     print(f"{len(prompts)} prompts of {args.work_dir}, {args.threads} threads, bf16 weights")
     for name, answer, batch in ways:

@@ -19,7 +19,7 @@ from eaglex.exporter.train.data import (
     to_messages,
     tokenize_conversation,
 )
-from eaglex.exporter.train.regenerate import greedy_answers, next_prompt
+from eaglex.exporter.train.regenerate import BATCH_TOKENS, greedy_answers, next_prompt, prompt_batches
 from eaglex.exporter.train.vocab import build_draft_vocab, carry_over_head
 
 
@@ -133,8 +133,10 @@ def test_later_turn_prompts_continue_the_targets_own_answer_ids(tiny_model):
     assert next_prompt(tokenizer, data, [first], stop) is None
 
 
-def test_greedy_answers_drop_stopped_rows_and_equal_generate(tiny_model):
-    """Rows leave the batch as they stop; every answer is still what `generate` writes for that prompt."""
+@pytest.mark.parametrize("evict_share", [0.0, 0.5])
+def test_greedy_answers_drop_stopped_rows_and_equal_generate(tiny_model, evict_share):
+    """Rows leave the batch as they stop, at once or once half have stopped (the others running on until
+    then): every answer is still what `generate` writes for that prompt."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model("llama"), dtype=torch.float32).eval()
@@ -143,7 +145,7 @@ def test_greedy_answers_drop_stopped_rows_and_equal_generate(tiny_model):
     free = greedy_answers(model, prompts, [0], 12)
     # Stop on tokens that end some answers early, at different steps, and others not at all.
     stop_ids = [free[2][7], free[4][1]]
-    answers = greedy_answers(model, prompts, stop_ids, 12)
+    answers = greedy_answers(model, prompts, stop_ids, 12, evict_share)
     lengths = [len(a) for a in answers]
     assert min(lengths) < 12 and max(lengths) == 12 and len(set(lengths)) > 2
     for prompt, answer in zip(prompts, answers, strict=True):
@@ -157,6 +159,16 @@ def test_greedy_answers_drop_stopped_rows_and_equal_generate(tiny_model):
             )[0, len(prompt) :].tolist()
         stop = next((k for k, t in enumerate(out) if t in stop_ids), len(out) - 1)
         assert answer == out[: stop + 1]
+
+
+def test_prompt_batches_bound_rows_and_kv_cache():
+    lengths = [10] * 300 + [400] * 300 + [864] * 200  # in length order, as regeneration sorts them
+    batches = prompt_batches(lengths, 160, 256)
+    assert [k for batch in batches for k in batch] == list(range(len(lengths)))  # consecutive, all once
+    assert batches[0] == list(range(256))
+    for batch in batches:
+        assert len(batch) <= 256 and len(batch) * (lengths[batch[-1]] + 160) <= BATCH_TOKENS
+    assert len(batches[-2]) == BATCH_TOKENS // (864 + 160)  # long prompts: as many rows as the cache holds
 
 
 def test_eval_filter_drops_conversations_with_eval_prompts():

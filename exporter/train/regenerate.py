@@ -31,6 +31,8 @@ from torch import nn
 from .data import Message, Sample, encode_prompt, first_turn, render
 from .progress import Progress
 
+# Tokens of KV cache per regeneration batch: 3 GB in bf16 for SmolLM2 (30 layers x 2 x 192 values).
+BATCH_TOKENS = 131_072
 Record = dict[str, Any]  # {"index", "turn", "prompt": ids, "answer": ids, "dtype"}
 
 
@@ -79,13 +81,18 @@ def next_prompt(
 
 
 def greedy_answers(
-    model: nn.Module, prompts: list[list[int]], stop_ids: Sequence[int], max_new_tokens: int
+    model: nn.Module,
+    prompts: list[list[int]],
+    stop_ids: Sequence[int],
+    max_new_tokens: int,
+    evict_share: float = 0.0,
 ) -> list[list[int]]:
     """Greedy answers to a batch of prompt ids, each up to and including its first stop token.
 
-    A row leaves the batch (with its KV-cache rows) as soon as it stops: answers end at very different
-    lengths (a batch of 64 used ~60% of its rows x steps when every row ran to the longest answer), and
-    generation is compute-bound here, so each step costs what its live rows do."""
+    Stopped rows leave the batch with their KV-cache rows: answers end at very different lengths (a batch
+    of 64 used ~60% of its rows x steps when every row ran to the longest answer), and a decode step costs
+    what its live rows do. Removing rows copies the whole cache; `evict_share` > 0 waits until that share
+    of the rows have stopped, stopped rows running on until then (slower here: BENCHMARKS.md)."""
     from transformers import DynamicCache
 
     pad = stop_ids[0]
@@ -94,7 +101,8 @@ def greedy_answers(
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     stops = torch.tensor(list(stop_ids))
-    rows = torch.arange(len(prompts))  # the prompt each live batch row answers
+    rows = torch.arange(len(prompts))  # the prompt each batch row answers
+    stopped = torch.zeros(len(prompts), dtype=torch.bool)
     answers: list[list[int]] = [[] for _ in prompts]
     cache = DynamicCache()
     # transformers renamed the argument `past_key_values` to `cache` (the old name goes in 5.40).
@@ -107,22 +115,36 @@ def greedy_answers(
                 attention_mask=mask,
                 position_ids=positions,
                 use_cache=True,
-                **{cache_arg: cache},
                 logits_to_keep=1,  # the prompt's other positions need none (49k-wide each)
+                **{cache_arg: cache},
             ).logits
             tokens = logits[:, -1].argmax(-1)
-            for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
-                answers[row].append(token)
-            live = ~torch.isin(tokens, stops)
-            if not live.any():
+            for row, token, done in zip(rows.tolist(), tokens.tolist(), stopped.tolist(), strict=True):
+                if not done:
+                    answers[row].append(token)
+            stopped |= torch.isin(tokens, stops)
+            if stopped.all():
                 break
-            if not live.all():
-                keep = live.nonzero().squeeze(1)
+            if stopped.sum() > evict_share * len(stopped):
+                keep = (~stopped).nonzero().squeeze(1)
                 cache.batch_select_indices(keep)
-                rows, tokens, mask = rows[keep], tokens[keep], mask[keep]
+                rows, tokens, mask, stopped = rows[keep], tokens[keep], mask[keep], stopped[keep]
             ids = tokens[:, None]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     return answers
+
+
+def prompt_batches(lengths: Sequence[int], max_new_tokens: int, batch_size: int) -> list[list[int]]:
+    """Consecutive runs of up to batch_size prompts (given in length order) whose KV cache, rows x (longest
+    prompt + max_new_tokens), stays within BATCH_TOKENS: long prompts come in smaller batches."""
+    batches: list[list[int]] = []
+    for k, length in enumerate(lengths):
+        rows = len(batches[-1]) + 1 if batches else batch_size + 1
+        if rows <= batch_size and rows * (length + max_new_tokens) <= BATCH_TOKENS:
+            batches[-1].append(k)
+        else:
+            batches.append([k])
+    return batches
 
 
 def regenerate(
@@ -167,8 +189,8 @@ def regenerate(
             what = f"regenerate answers ({dtype})" + (f", turn {turn}" if turns > 1 else "")
             progress = Progress(what, len(todo), report, unit="answers")
             generated_tokens = 0
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start : start + batch_size]
+            for batch in prompt_batches([len(prompts[i]) for i in todo], max_new_tokens, batch_size):
+                batch = [todo[k] for k in batch]
                 answers = greedy_answers(model, [prompts[i] for i in batch], stop_ids, max_new_tokens)
                 for i, answer in zip(batch, answers, strict=True):
                     record = {
