@@ -132,9 +132,10 @@ def acceptance(
     new_tokens: int,
     progress,
     max_depth: int = MAX_DEPTH,
+    on_reference: Callable[[list[int]], None] | None = None,
 ) -> dict[tuple[int, int, int], float]:
     """Mean accepted drafts per round for every (top_k, depth <= max_depth, total_tokens), over every
-    position of the prompts' greedy continuations."""
+    position of the prompts' greedy continuations (each handed to `on_reference` too, if given)."""
     drafter = engine.drafter
     assert drafter is not None
     sums: dict[tuple[int, int, int], int] = {}
@@ -143,6 +144,8 @@ def acceptance(
         ids = engine.encode(prompt.text, prompt.chat)
         config = engine.default_config(max_new_tokens=new_tokens, speculative=False)
         reference = [t for chunk in engine.generate(ids, config) for t in chunk]
+        if on_reference is not None:
+            on_reference(reference)
         sequence = np.array(ids + reference, np.int64)
         # One pass over the whole sequence gives the features the drafter pairs with each next token.
         n = len(sequence) - 1

@@ -59,11 +59,7 @@ def main() -> None:
                 for t in chunk
             ]
         )
-        shares = []
-        for members in vocabularies.values():
-            held = np.zeros(max(int(tokens.max()), int(members.max())) + 1, bool)
-            held[members] = True
-            shares.append(f"{held[tokens].mean():.1%}")
+        shares = [f"{np.isin(tokens, members).mean():.1%}" for members in vocabularies.values()]
         print(f"| {name} | {len(tokens):,} | " + " | ".join(shares) + " |", flush=True)
 
 
