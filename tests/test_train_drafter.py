@@ -71,21 +71,6 @@ DATA = DataConfig(samples=0, regenerate=8, max_length=48, max_new_tokens=12, val
 TRAIN = TrainConfig(draft_vocab_size=40, ttt_steps=3, epochs=3, batch_tokens=160, lr=3e-3, warmup_steps=3)
 
 
-@pytest.fixture(scope="module")
-def sharp_model(tiny_model, tmp_path_factory) -> Path:
-    """The tiny llama with its final norm scaled up: a random model's next-token distribution is nearly
-    uniform, which leaves a drafter little to learn; a peaked one makes learning visible in a few steps."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("sharp")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model("llama"), dtype=torch.float32)
-    with torch.no_grad():
-        model.model.norm.weight.mul_(8.0)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model("llama")).save_pretrained(out)
-    return out
-
-
 def run(
     model: Path,
     tmp_path: Path,
@@ -94,6 +79,7 @@ def run(
     work: str | None = None,
     data_overrides: dict | None = None,
     turns: int = 1,
+    device: str = "cpu",
     **train_overrides,
 ) -> Path:
     data_file = write_conversations(tmp_path / "conversations.json", turns=turns)
@@ -109,6 +95,7 @@ def run(
         train,
         EvalFilter([EVAL_PROMPT]),
         report=lambda _: None,
+        device=device,
     )
 
 
@@ -510,6 +497,12 @@ def test_cli_trains_a_drafter(tiny_model, tmp_path):
         (["--regenerate-turns", "0"], "--regenerate-turns 0: give 1"),
         (["--rechoose-vocab"], "--rechoose-vocab needs --init-from"),
         (["--merge-turns"], "pass --regenerate-turns 2 or more"),
+        (["--device", "tpu"], "--device tpu: give cpu, cuda, cuda:N or auto"),
+        pytest.param(
+            ["--device", "cuda"],
+            "sees no CUDA GPU: pass --device cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="torch sees a GPU here"),
+        ),
     ],
 )
 def test_cli_refuses_bad_training_flags_in_one_line(tmp_path, flags, message):

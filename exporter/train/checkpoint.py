@@ -91,7 +91,7 @@ def write_drafter(
     config = official_config(drafter.config, max_position_embeddings, dtype)
     (staged / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     state = {
-        key: value.detach().contiguous() if key in ("d2t", "t2d") else value.detach().to(dtype).contiguous()
+        key: (value.cpu() if key in ("d2t", "t2d") else value.to("cpu", dtype)).detach().contiguous()
         for key, value in drafter.state_dict().items()
     }
     safetensors.torch.save_file(state, staged / "model.safetensors", metadata={"format": "pt"})

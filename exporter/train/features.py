@@ -16,7 +16,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from eaglex.errors import EaglexError
 
 from .data import Sample
+from .kernels import planless_attention
 from .progress import Progress
 
 FP16_MAX = 65504.0  # residual streams carry a few huge activations (~25k in SmolLM2); clip, never overflow
@@ -41,6 +42,9 @@ class Batch:
     features: Tensor  # float32 [B, N, 3H]
     final_hidden: Tensor  # float32 [B, N, H], the target's normed last hidden
     argmax: Tensor  # int64: the target's greedy next token at each position
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
 
 
 class FeatureStore:
@@ -150,12 +154,14 @@ class TargetFeatures:
     with forward pre-hooks (unambiguous across transformers versions, unlike `output_hidden_states`).
 
     With dtype bfloat16 the target's matrix products run under bf16 autocast (weights, norms and the
-    residual sum stay fp32): ~1.8x faster on CPUs with AVX512-BF16 or AMX.
+    residual sum stay fp32): ~1.8x faster on CPUs with AVX512-BF16 or AMX. The target runs on the device
+    its weights are on; results come back to the CPU for the store.
     """
 
     def __init__(self, model: nn.Module, feature_layers: Sequence[int], dtype: str = "float32") -> None:
         self.model = model.eval()
         self.dtype = dtype
+        self.device = next(model.parameters()).device
         self.decoder = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
         self.feature_layers = tuple(feature_layers)
@@ -177,14 +183,15 @@ class TargetFeatures:
         No attention mask is needed: with padding only at the end, causal attention keeps every real row
         from seeing it.
         """
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == "bfloat16"):
-            final = self.decoder(input_ids=ids).last_hidden_state
+        bf16 = self.dtype == "bfloat16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16), planless_attention():
+            final = self.decoder(input_ids=ids.to(self.device)).last_hidden_state
             features = torch.cat([self.captured[i].float() for i in self.feature_layers], dim=-1)
             self.captured.clear()
             # Full-vocabulary logits in row chunks: [4096, 49152] fp32 at once would be 800 MB.
             flat = final.flatten(0, 1)
             argmax = torch.cat([self.lm_head(rows).argmax(-1) for rows in flat.split(512)]).view(ids.shape)
-        return features, final.float(), argmax
+        return features.cpu(), final.float().cpu(), argmax.cpu()
 
 
 def sequence_hash(ids: Sequence[int] | np.ndarray, loss_mask: Sequence[bool] | np.ndarray) -> str:

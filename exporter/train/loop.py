@@ -20,6 +20,7 @@ from eaglex.exporter.drafter import Eagle3Drafter
 
 from .checkpoint import read_trainer_state, write_drafter
 from .features import Batch, FeatureStore, length_batches
+from .kernels import planless_attention
 from .progress import Progress
 from .ttt import TTTOutput, ttt_forward
 
@@ -97,7 +98,10 @@ def iter_epoch(batches: list[list[int]], seed: int, epoch: int) -> Iterator[list
 
 class Trainer:
     """Trains `drafter` on a feature store; the target contributes its embedding table and the lm_head rows
-    of the draft vocabulary (the teacher's logits are those rows times the stored final hidden)."""
+    of the draft vocabulary (the teacher's logits are those rows times the stored final hidden).
+
+    Everything lives on `device` (weights, optimizer state, each batch once read from the store); checkpoints
+    are written from CPU copies, so a run may resume on another device."""
 
     def __init__(
         self,
@@ -108,8 +112,11 @@ class Trainer:
         checkpoint_dir: Path,
         max_position_embeddings: int,
         report: Callable[[str], None],
+        device: torch.device | str = "cpu",
     ) -> None:
-        self.drafter, self.embed, self.teacher_head = drafter, embed, teacher_head
+        self.device = torch.device(device)
+        self.drafter = drafter.to(self.device)
+        self.embed, self.teacher_head = embed.to(self.device), teacher_head.to(self.device)
         self.config, self.checkpoint_dir, self.report = config, checkpoint_dir, report
         self.max_position_embeddings = max_position_embeddings
         checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)  # the run folder also holds the log
@@ -131,13 +138,15 @@ class Trainer:
         return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
     def forward(self, batch: Batch) -> TTTOutput:
+        batch = batch.to(self.device)
         teacher_logits = batch.final_hidden @ self.teacher_head.T
         # A position is learned when its token is an assistant token and the target's greedy choice before
         # it has a draft id (else the restricted teacher would teach a token the target would not pick).
         has_draft_id = self.drafter.t2d[batch.argmax]
         weight = torch.zeros_like(batch.loss_mask)
         weight[:, 1:] = batch.loss_mask[:, 1:] & has_draft_id[:, :-1]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
+        bf16 = self.config.bf16
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16), planless_attention():
             return ttt_forward(
                 self.drafter,
                 self.embed,

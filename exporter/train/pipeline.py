@@ -201,8 +201,12 @@ def train_drafter(
     report: Callable[[str], None] = print,
     extract_batch_tokens: int = 4096,
     out_dtype: torch.dtype = torch.float16,
+    device: str = "cpu",
 ) -> Path:
-    """Trains an EAGLE-3 drafter for the Hugging Face model in model_dir and writes it to out_dir."""
+    """Trains an EAGLE-3 drafter for the Hugging Face model in model_dir and writes it to out_dir.
+
+    device: where the target writes answers and features and the drafter trains ("cpu", "cuda", "cuda:1");
+    the caches and checkpoints do not depend on it, so a run may resume on another device."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target_config = read_target_config(model_dir)
@@ -213,7 +217,7 @@ def train_drafter(
         )
     _check_settings(work_dir, {"model": str(Path(model_dir).resolve()), **asdict(data)})
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval().to(device)
 
     conversations = select_conversations(data.sources, data.samples, data.seed, exclude, report)
     stop_ids = special_tokens(Path(model_dir))["eos_token_ids"]
@@ -246,7 +250,7 @@ def train_drafter(
     report(f"draft vocabulary: {train.draft_vocab_size} tokens cover {coverage} of answer tokens")
 
     drafter = Eagle3Drafter(new_drafter_config(target_config, train.draft_vocab_size))
-    full_head = model.get_output_embeddings().weight.detach()
+    full_head = model.get_output_embeddings().weight.detach().cpu()
     if start is None:
         _init_drafter(drafter, vocab, train.seed)
     else:
@@ -258,7 +262,7 @@ def train_drafter(
             state["lm_head.weight"] = carry_over_head(head, start_ids, vocab.target_ids, full_head)
             state["d2t"], state["t2d"] = vocab.d2t, vocab.t2d
         drafter.load_state_dict(state)
-    embed = model.get_input_embeddings().weight.detach().clone()
+    embed = model.get_input_embeddings().weight.detach().cpu().clone()
     teacher_head = full_head[vocab.target_ids].clone()
     del model, target  # only the embedding table and the draft rows of lm_head are needed from here on
 
@@ -270,6 +274,7 @@ def train_drafter(
         work_dir / train.run_name() / "checkpoint",
         target_config.max_position_embeddings,
         report,
+        device,
     )
     started = time.perf_counter()
     val = trainer.train(train_store, stores["val"])

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .data import Message, Sample, encode_prompt, first_turn, render
+from .kernels import planless_attention
 from .progress import Progress
 
 # Tokens of KV cache per regeneration batch: 3 GB in bf16 for SmolLM2 (30 layers x 2 x 192 values).
@@ -87,7 +88,8 @@ def greedy_answers(
     max_new_tokens: int,
     evict_share: float = 0.0,
 ) -> list[list[int]]:
-    """Greedy answers to a batch of prompt ids, each up to and including its first stop token.
+    """Greedy answers to a batch of prompt ids, each up to and including its first stop token, computed on
+    the device the model's weights are on.
 
     Stopped rows leave the batch with their KV-cache rows: answers end at very different lengths (a batch
     of 64 used ~60% of its rows x steps when every row ran to the longest answer), and a decode step costs
@@ -97,17 +99,18 @@ def greedy_answers(
 
     pad = stop_ids[0]
     width = max(len(p) for p in prompts)
+    device = next(model.parameters()).device
     # Left padding, so every prompt ends where generation starts.
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    stops = torch.tensor(list(stop_ids))
-    rows = torch.arange(len(prompts))  # the prompt each batch row answers
-    stopped = torch.zeros(len(prompts), dtype=torch.bool)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    stops = torch.tensor(list(stop_ids), device=device)
+    rows = torch.arange(len(prompts), device=device)  # the prompt each batch row answers
+    stopped = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     answers: list[list[int]] = [[] for _ in prompts]
     cache = DynamicCache()
     # transformers renamed the argument `past_key_values` to `cache` (the old name goes in 5.40).
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    with torch.no_grad():
+    with torch.no_grad(), planless_attention():
         for _ in range(max_new_tokens):
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
             logits = model(

@@ -70,8 +70,8 @@ class TTTAttention:
         q = q.view(batch, rows, kv, group, d).permute(0, 2, 3, 1, 4)  # [B, kv, group, rows, d]
         k0, v0 = self.keys[0][:, :, None], self.values[0][:, :, None]  # [B, kv, 1, S, d]
         scores = (q @ k0.transpose(-1, -2)) * self.scale  # [B, kv, group, rows, S]
-        query_pos = torch.arange(self.first_row, self.first_row + rows)
-        causal = torch.arange(k0.shape[-2])[None, :] <= query_pos[:, None]
+        query_pos = torch.arange(self.first_row, self.first_row + rows, device=q.device)
+        causal = torch.arange(k0.shape[-2], device=q.device)[None, :] <= query_pos[:, None]
         scores = scores.masked_fill(~causal, float("-inf"))
         own_k = torch.stack(self.keys[1:], dim=-2)[:, :, None]  # [B, kv, 1, rows, j, d]
         own_v = torch.stack(self.values[1:], dim=-2)[:, :, None]
@@ -98,7 +98,7 @@ def _shift(x: Tensor, by: int, rows: int) -> Tensor:
     missing = rows - part.shape[1]
     if missing <= 0:
         return part
-    pad = torch.zeros((x.shape[0], missing, *x.shape[2:]), dtype=x.dtype)
+    pad = torch.zeros((x.shape[0], missing, *x.shape[2:]), dtype=x.dtype, device=x.device)
     return torch.cat([part, pad], dim=1)
 
 
@@ -132,13 +132,13 @@ def ttt_forward(
         first_row = max(0, int(counted[0]) - steps - 1) if len(counted) else rows
         first_row = min(first_row, rows - 1)
     g = drafter.fc(features[:, :rows])
-    out = TTTOutput(torch.zeros(()), [], [], [], [], first_row)
+    out = TTTOutput(torch.zeros((), device=ids.device), [], [], [], [], first_row)
     for j in range(steps):
         start = 0 if j == 0 else first_row
         attend.first_row = start
         span = rows - start
         tokens = _shift(ids, start + 1 + j, span)
-        positions = torch.arange(start, rows)[None] + j
+        positions = torch.arange(start, rows, device=ids.device)[None] + j
         h = drafter.step(embed[tokens], g, positions, attend)
         logits = drafter.draft_logits(h)
         logprobs = torch.log_softmax(logits, dim=-1, dtype=at_least_fp32(logits.dtype))
