@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from test_train_drafter import run
+from test_train_drafter import log, run
 
 from eaglex.exporter.train.features import FeatureStore
 
@@ -32,11 +32,11 @@ def answers(out: Path) -> list[list[int]]:
 
 
 def val_losses(out: Path) -> list[float]:
+    """Validation loss after each epoch (0: before training), from the run's log (`log` of
+    test_train_drafter: --bf16 does not change the run's folder name)."""
     record = json.loads((out / "training.json").read_text())
-    run_folder = next(work(out).glob("run-*"))
-    lines = (run_folder / "train_log.jsonl").read_text().splitlines()
     assert record["validation"]["chain_acceptance_estimate"] > 0
-    return [r["val_loss"] for r in map(json.loads, lines) if "val_loss" in r]
+    return [r["val_loss"] for r in log(out) if "val_loss" in r]
 
 
 def test_cuda_run_matches_the_cpu_run_and_resumes_on_the_cpu(sharp_model, tmp_path):
