@@ -350,6 +350,14 @@ def build(artifact: Path, precision: str, max_prompt: int | None, timing_cache: 
     help="How many of them get their first answer rewritten by the target (greedy), as EAGLE does; "
     "the others keep the data's answers.",
 )
+@click.option(
+    "--self-prompts",
+    default=0,
+    show_default=True,
+    help="More conversations whose request the target writes itself (sampled after its chat template's "
+    "user header, as Magpie does; unfinished, repeated and evaluation prompts dropped), each answered "
+    "like --regenerate: data in the style of the target's own instruction tuning, at no download.",
+)
 @click.option("--max-length", default=1024, show_default=True, help="Tokens per training sequence.")
 @click.option(
     "--max-new-tokens", default=256, show_default=True, help="Length limit of a regenerated answer."
@@ -450,6 +458,7 @@ def train_drafter(
     sources: tuple[str, ...],
     samples: int,
     regenerate: int,
+    self_prompts: int,
     max_length: int,
     max_new_tokens: int,
     regenerate_turns: int,
@@ -501,6 +510,7 @@ def train_drafter(
         sources=sources,
         samples=samples,
         regenerate=regenerate,
+        self_prompts=self_prompts,
         max_length=max_length,
         max_new_tokens=max_new_tokens,
         regenerate_turns=regenerate_turns,

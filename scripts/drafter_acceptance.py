@@ -8,25 +8,31 @@ Prints a markdown table of mean acceptance length (tokens per target pass, bonus
 The set `sharegpt-heldout` is the first turns of the conversations the drafter trainer holds out for
 validation (`--val-samples`, seed 0): prompts from the training distribution that no drafter of
 scripts/train_smollm2_drafter.sh trained on, to tell a weak drafter from a shift between the training
-prompts and a benchmark's.
+prompts and a benchmark's. The set `self-written` is requests the target (--model) writes itself, as
+`train-drafter --self-prompts` makes them, but from seed 1 where training uses its --seed (0).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from pathlib import Path
 
 from eaglex.bench.datasets import Prompt, load_prompts
 from eaglex.bench.tune import acceptance
+from eaglex.cli import resolve_model
 from eaglex.exporter.train.data import EvalFilter
 from eaglex.exporter.train.evalsets import all_eval_prompts
 from eaglex.exporter.train.pipeline import select_conversations
+from eaglex.exporter.train.selfprompts import write_requests
 from eaglex.runtime.engine import Engine
 
 # (top_k, depth, total_tokens): a chain, two CPU-sized trees, the default, and the GPU-sized tree of EAGLE-3.
 SHAPES = ((1, 5, 6), (4, 3, 8), (4, 4, 12), (8, 5, 24), (8, 6, 60))
 HELDOUT = "sharegpt-heldout"
+SELF_WRITTEN = "self-written"
 
 
 def heldout_prompts(engine: Engine, count: int, max_prompt_tokens: int = 1024 - 160) -> list[Prompt]:
@@ -45,6 +51,25 @@ def heldout_prompts(engine: Engine, count: int, max_prompt_tokens: int = 1024 - 
     return prompts
 
 
+def self_written_prompts(model: str, count: int, seed: int = 1) -> list[Prompt]:
+    """`count` requests written by the target in bf16 (as run 8 on writes its answers), none of them an
+    evaluation prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eaglex.exporter.tokens import special_tokens
+
+    model_dir = resolve_model(model)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    writer = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    stop_ids = special_tokens(Path(model_dir))["eos_token_ids"]
+    exclude = EvalFilter(all_eval_prompts(lambda _: None))
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "requests.jsonl"
+        conversations = write_requests(writer, tokenizer, count, cache, seed, stop_ids, 64, exclude, print)
+    return [Prompt(SELF_WRITTEN, str(i), c[0]["content"]) for i, c in enumerate(conversations)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact")
@@ -52,6 +77,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--model", default="smollm2", help=f"the target that writes the {SELF_WRITTEN} set")
     args = parser.parse_args()
     engine = Engine.load(args.artifact, threads=args.threads)
     top_ks = tuple(sorted({k for k, _, _ in SHAPES}))
@@ -61,7 +87,12 @@ def main() -> None:
     started = time.perf_counter()
     for spec in args.limits.split(","):
         name, limit = spec.split("=")
-        prompts = heldout_prompts(engine, int(limit)) if name == HELDOUT else load_prompts(name, int(limit))
+        if name == HELDOUT:
+            prompts = heldout_prompts(engine, int(limit))
+        elif name == SELF_WRITTEN:
+            prompts = self_written_prompts(args.model, int(limit))
+        else:
+            prompts = load_prompts(name, int(limit))
 
         def progress(line: str, name: str = name) -> None:
             print(f"[{time.perf_counter() - started:6.0f}s] {name}: {line}", flush=True)

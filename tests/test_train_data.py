@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from eaglex.errors import EaglexError
+from eaglex.exporter.train import selfprompts
 from eaglex.exporter.train.data import (
     EvalFilter,
     encode_prompt,
@@ -19,7 +21,15 @@ from eaglex.exporter.train.data import (
     to_messages,
     tokenize_conversation,
 )
-from eaglex.exporter.train.regenerate import BATCH_TOKENS, greedy_answers, next_prompt, prompt_batches
+from eaglex.exporter.train.jsonl import read_records
+from eaglex.exporter.train.regenerate import (
+    BATCH_TOKENS,
+    greedy_answers,
+    next_prompt,
+    prompt_batches,
+    sampled_answers,
+)
+from eaglex.exporter.train.selfprompts import keep_requests, user_turn_prefix, write_requests
 from eaglex.exporter.train.vocab import build_draft_vocab, carry_over_head
 
 
@@ -159,6 +169,95 @@ def test_greedy_answers_drop_stopped_rows_and_equal_generate(tiny_model, evict_s
             )[0, len(prompt) :].tolist()
         stop = next((k for k, t in enumerate(out) if t in stop_ids), len(out) - 1)
         assert answer == out[: stop + 1]
+
+
+def test_sampled_answers_draw_from_the_targets_distribution(sharp_model):
+    """One sampled step over many copies of a prompt matches the target's softmax as closely as exact
+    multinomial draws do (greedy picks would be far off), and a seed reproduces its batch."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(sharp_model, dtype=torch.float32).eval()
+    prompt, rows = [5, 17, 42], 4000
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.tensor([prompt])).logits[0, -1], -1).double().numpy()
+    probs /= probs.sum()
+    assert probs.max() < 0.9  # a distribution, not one token
+
+    def draw(seed: int, steps: int = 1, rows: int = rows) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(seed)
+        return sampled_answers(model, [prompt] * rows, [0], steps, generator)
+
+    counts = np.bincount([a[0] for a in draw(0)], minlength=len(probs))
+    distance = 0.5 * np.abs(counts / rows - probs).sum()
+    rng = np.random.default_rng(0)
+    exact = [0.5 * np.abs(rng.multinomial(rows, probs) / rows - probs).sum() for _ in range(20)]
+    assert distance < 1.5 * max(exact)
+    assert draw(1, 3, 50) == draw(1, 3, 50) != draw(2, 3, 50)
+
+
+def test_keep_requests_drops_unfinished_short_repeated_and_eval_prompts():
+    eval_prompt = "Compose an engaging travel blog post about a recent trip to Hawaii, highlighting culture"
+    texts = [
+        ("How do plants make food from sunlight?", True),
+        ("Write a story about", False),  # ran out of tokens
+        ("Hi there", True),
+        ("how do plants make food from sunlight", True),  # the first again, other case and punctuation
+        (f"Please: {eval_prompt.lower()}!", True),
+        ("  Name three rivers in Africa.  ", True),
+        ("Explain recursion to a child.", True),
+    ]
+    kept, dropped = keep_requests(texts, 2, EvalFilter([eval_prompt]))
+    assert kept == ["How do plants make food from sunlight?", "Name three rivers in Africa."]
+    assert dropped == {"unfinished": 1, "too short": 1, "repeated": 1, "evaluation prompt": 1}
+    assert keep_requests(texts, 10, EvalFilter([eval_prompt]))[0][-1] == "Explain recursion to a child."
+
+
+def test_self_written_requests_are_seeded_cached_and_resumed(tiny_model, tmp_path, monkeypatch):
+    """Requests sampled after the template's user header: complete ones only, the same from the same seed,
+    read back from the cache without sampling again, and a batch cut off mid-line is written again."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("llama"), dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("llama"))
+    prefix = user_turn_prefix(tokenizer)
+    assert prefix == tokenizer("<|im_start|>user ", add_special_tokens=False)["input_ids"]  # up to the text
+    # A random model writes one of these 12 every ~11 tokens: most requests end within the 32 allowed.
+    stop = list(range(12))
+    monkeypatch.setattr(selfprompts, "MAX_PROMPT_TOKENS", 32)
+
+    def write(cache, count=12, seed=0):
+        return write_requests(model, tokenizer, count, cache, seed, stop, 8, EvalFilter([]), lambda _: None)
+
+    conversations = write(tmp_path / "a.jsonl")
+    requests = [c[0]["content"] for c in conversations]
+    assert all(len(c) == 1 and c[0]["role"] == "user" for c in conversations)
+    assert len(set(requests)) == 12 and all(len(r.split()) >= selfprompts.MIN_WORDS for r in requests)
+    written = [ids for record in read_records(tmp_path / "a.jsonl") for ids in record["requests"]]
+    ended = [tokenizer.decode(ids[:-1]) for ids in written if ids and ids[-1] in stop]
+    assert set(requests) <= set(ended)
+    assert write(tmp_path / "b.jsonl") == conversations
+    assert [c[0]["content"] for c in write(tmp_path / "c.jsonl", seed=1)] != requests
+
+    lines = (tmp_path / "a.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "a.jsonl").write_text("".join(lines[:-1]) + lines[-1][:40])
+    assert write(tmp_path / "a.jsonl") == conversations  # the cut batch, sampled again from its seed
+    assert (tmp_path / "a.jsonl").read_text().splitlines(keepends=True) == lines
+
+    def no_sampling(*_):
+        raise AssertionError("sampled again")
+
+    monkeypatch.setattr(selfprompts, "sampled_answers", no_sampling)
+    assert write(tmp_path / "a.jsonl") == conversations
+
+
+def test_self_written_requests_give_up_on_a_model_that_never_ends_them(tiny_model, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setattr(selfprompts, "MAX_PROMPT_TOKENS", 4)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("llama"), dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("llama"))
+    with pytest.raises(EaglexError, match=r"finished only 0 usable requests of 16 written \(dropped: 16 unf"):
+        write_requests(model, tokenizer, 4, tmp_path / "r.jsonl", 0, [999], 8, EvalFilter([]), lambda _: None)
 
 
 def test_prompt_batches_bound_rows_and_kv_cache():

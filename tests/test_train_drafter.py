@@ -355,6 +355,45 @@ def test_merged_turns_make_one_sequence_per_conversation(sharp_model, tmp_path):
     assert sequences == separate - merged  # no sequence of its own for any later turn
 
 
+def test_self_written_prompts_are_answered_and_trained_on(tiny_model, tmp_path, monkeypatch):
+    """--self-prompts: requests the target writes itself become more conversations after the regenerated
+    ones, each answered by the target and trained on; a rerun reuses the requests and answers."""
+    from transformers import AutoTokenizer
+
+    from eaglex.exporter.train import selfprompts
+    from eaglex.exporter.train.data import encode_prompt
+
+    # The tiny random model (near-uniform, unlike the sharp one) ends a few requests in 24 tokens; a chat
+    # model ends nearly all of them.
+    monkeypatch.setattr(selfprompts, "MAX_PROMPT_TOKENS", 24)
+    monkeypatch.setattr(selfprompts, "MAX_WRITTEN_PER_KEPT", 256)
+    model, data = tiny_model("llama"), {"self_prompts": 5, "max_length": 64}
+    plain = run(model, tmp_path, "plain", data_overrides={"max_length": 64}, epochs=1)
+    out = run(model, tmp_path, "self", data_overrides=data, epochs=1)
+    work = tmp_path / "work-self"
+    requests = (work / "self_prompts.jsonl").read_bytes()
+    records = [json.loads(line) for line in (work / "regenerated.jsonl").open()]
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    written = sorted((r for r in records if r["index"] >= DATA.regenerate), key=lambda r: r["index"])
+    assert [r["index"] for r in written] == list(range(DATA.regenerate, DATA.regenerate + 5))
+    # Each prompt is the template around a request of its own: prefix, the request's words, suffix.
+    prefix = selfprompts.user_turn_prefix(tokenizer)
+    suffix = encode_prompt(tokenizer, [{"role": "user", "content": ""}])[len(prefix) :]
+    for record in written:
+        prompt = record["prompt"]
+        assert prompt[: len(prefix)] == prefix and prompt[-len(suffix) :] == suffix
+        assert len(prompt) - len(prefix) - len(suffix) >= selfprompts.MIN_WORDS
+        assert 0 < len(record["answer"]) <= DATA.max_new_tokens
+    assert len({tuple(r["prompt"]) for r in written}) == 5
+    trained = [json.loads((o / "training.json").read_text()) for o in (plain, out)]
+    assert trained[1]["train_sequences"] == trained[0]["train_sequences"] + 5
+    assert trained[1]["data"]["self_prompts"] == 5
+    answers = (work / "regenerated.jsonl").read_bytes()
+    run(model, tmp_path, "self", data_overrides=data, epochs=1)
+    assert (work / "self_prompts.jsonl").read_bytes() == requests
+    assert (work / "regenerated.jsonl").read_bytes() == answers
+
+
 def test_cached_features_are_the_runtime_targets(tiny_model, tmp_path):
     """The features and logits training learns from are those of the exported target's torch module."""
     from transformers import AutoModelForCausalLM

@@ -4,7 +4,9 @@ The pipeline, one idea per file, in the order it runs (`pipeline.train_drafter` 
 
   data        conversations (ShareGPT or any ShareGPT-format JSON/JSONL) -> token ids + assistant mask
   evalsets    the benchmark prompts that must never enter training data
+  selfprompts optionally more conversations whose request the target writes itself (Magpie)
   regenerate  optionally replace first-turn answers with the target's own greedy output
+  jsonl       the append-only caches of both, safe against an interrupted write
   vocab       draft vocabulary from response-token frequencies -> `d2t` offsets and `t2d` mask
   features    frozen target -> its three feature layers and final hidden, cached to disk in fp16
   ttt         the unrolled training-time-test forward, its attention pattern and its loss

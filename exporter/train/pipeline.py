@@ -1,8 +1,9 @@
 """`eaglex train-drafter` from start to finish: data -> (regenerated answers) -> cached target features ->
 draft vocabulary -> training-time-test training -> an official-format drafter.
 
-Everything slow is cached in the work folder and resumed on a rerun with the same settings: regenerated
-answers (regenerated.jsonl), target features (features/), the trainer's checkpoint (checkpoint/).
+Everything slow is cached in the work folder and resumed on a rerun with the same settings: self-written
+prompts (self_prompts.jsonl), regenerated answers (regenerated.jsonl), target features (features/), the
+trainer's checkpoint (checkpoint/).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .data import EvalFilter, Message, Sample, load_records, to_messages, tokeni
 from .features import FeatureStore, TargetFeatures, extract
 from .loop import TrainConfig, Trainer
 from .regenerate import regenerate
+from .selfprompts import write_requests
 from .vocab import DraftVocab, build_draft_vocab, carry_over_head, fixed_draft_vocab
 
 
@@ -40,6 +42,9 @@ class DataConfig:
     sources: tuple[str, ...] = ("sharegpt",)  # "sharegpt" (from PyPI) or ShareGPT-format files
     samples: int = 2000  # conversations to train on (0: all), after dropping evaluation prompts
     regenerate: int = 0  # how many of them get their first answer rewritten by the target (greedy)
+    # More conversations, after those: a request the target writes itself (selfprompts.py), answered
+    # like a regenerated first turn.
+    self_prompts: int = 0
     max_length: int = 1024  # tokens per training sequence (longer ones are cut)
     max_new_tokens: int = 256  # length limit of a regenerated answer
     # The target's weights while it writes answers. bfloat16 is faster on CPUs with AVX512-BF16 or AMX and
@@ -151,18 +156,25 @@ def build_samples(
     data: DataConfig,
     work_dir: Path,
     stop_ids: list[int],
+    exclude: EvalFilter,
     report: Callable[[str], None],
 ) -> list[Sample]:
     first: list[Sample | None] = []
     later: list[Sample | None] = []
-    if data.regenerate:
+    if data.regenerate or data.self_prompts:
         writer = model
         if data.regenerate_dtype != "float32":
             writer = copy.deepcopy(model).to(getattr(torch, data.regenerate_dtype))
+        answered = conversations[: data.regenerate]
+        if data.self_prompts:
+            cache = work_dir / "self_prompts.jsonl"
+            answered += write_requests(
+                writer, tokenizer, data.self_prompts, cache, data.seed, stop_ids, 256, exclude, report
+            )
         first, later = regenerate(
             writer,
             tokenizer,
-            conversations[: data.regenerate],
+            answered,
             work_dir / "regenerated.jsonl",
             data.max_new_tokens,
             data.max_length - data.max_new_tokens,
@@ -171,7 +183,7 @@ def build_samples(
             report=report,
             turns=data.regenerate_turns,
         )
-    rest = [tokenize_conversation(tokenizer, m, data.max_length) for m in conversations[len(first) :]]
+    rest = [tokenize_conversation(tokenizer, m, data.max_length) for m in conversations[data.regenerate :]]
     # The later turns of held-out conversations stay out of training.
     held_out = set([i for i, s in enumerate(first) if s is not None][: data.val_samples])
     later = [None if i in held_out else s for i, s in enumerate(later)]
@@ -222,7 +234,7 @@ def train_drafter(
     conversations = select_conversations(data.sources, data.samples, data.seed, exclude, report)
     stop_ids = special_tokens(Path(model_dir))["eos_token_ids"]
     started = time.perf_counter()
-    samples = build_samples(model, tokenizer, conversations, data, work_dir, stop_ids, report)
+    samples = build_samples(model, tokenizer, conversations, data, work_dir, stop_ids, exclude, report)
     _add_hours(work_dir, "data", started)
     if len(samples) <= data.val_samples:
         raise EaglexError(

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .data import Message, Sample, encode_prompt, first_turn, render
+from .jsonl import read_records
 from .kernels import planless_attention
 from .progress import Progress
 
@@ -38,15 +39,8 @@ Record = dict[str, Any]  # {"index", "turn", "prompt": ids, "answer": ids, "dtyp
 
 
 def _read_cache(path: Path) -> dict[tuple[int, int], Record]:
-    done: dict[tuple[int, int], Record] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut off by an interruption: redo it
-            done[record["index"], record.get("turn", 1)] = record  # files before turns held first turns
-    return done
+    # Files written before turns existed held first turns only.
+    return {(record["index"], record.get("turn", 1)): record for record in read_records(path)}
 
 
 def next_prompt(
@@ -95,6 +89,34 @@ def greedy_answers(
     of 64 used ~60% of its rows x steps when every row ran to the longest answer), and a decode step costs
     what its live rows do. Removing rows copies the whole cache; `evict_share` > 0 waits until that share
     of the rows have stopped, stopped rows running on until then (slower here: BENCHMARKS.md)."""
+    return _answers(model, prompts, stop_ids, max_new_tokens, evict_share, lambda logits: logits.argmax(-1))
+
+
+def sampled_answers(
+    model: nn.Module,
+    prompts: list[list[int]],
+    stop_ids: Sequence[int],
+    max_new_tokens: int,
+    generator: torch.Generator,
+) -> list[list[int]]:
+    """Like greedy_answers, but each token drawn from the target's distribution (temperature 1) with
+    `generator` (on the model's device), so a batch is reproducible from its seed."""
+
+    def draw(logits: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(logits.float(), dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+    return _answers(model, prompts, stop_ids, max_new_tokens, 0.0, draw)
+
+
+def _answers(
+    model: nn.Module,
+    prompts: list[list[int]],
+    stop_ids: Sequence[int],
+    max_new_tokens: int,
+    evict_share: float,
+    choose: Callable[[torch.Tensor], torch.Tensor],
+) -> list[list[int]]:
     from transformers import DynamicCache
 
     pad = stop_ids[0]
@@ -121,7 +143,7 @@ def greedy_answers(
                 logits_to_keep=1,  # the prompt's other positions need none (49k-wide each)
                 **{cache_arg: cache},
             ).logits
-            tokens = logits[:, -1].argmax(-1)
+            tokens = choose(logits[:, -1])
             for row, token, done in zip(rows.tolist(), tokens.tolist(), stopped.tolist(), strict=True):
                 if not done:
                     answers[row].append(token)
