@@ -129,7 +129,8 @@ def write_requests(
             before = len(kept)
             kept, dropped = keep_requests(texts, count, exclude)
             progress.update(len(kept) - before)
-    report(f"self-written prompts: {count} kept of {len(texts)} written ({_summary(dropped)})")
+    considered = count + sum(dropped.values())  # the requests after the last one kept were not needed
+    report(f"self-written prompts: {count} kept of the first {considered} written ({_summary(dropped)})")
     return [[{"role": "user", "content": text}] for text in kept]
 
 
