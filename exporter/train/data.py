@@ -158,7 +158,8 @@ def tokenize_conversation(tokenizer: Any, messages: list[Message], max_length: i
     return Sample(ids, mask) if any(mask) else None
 
 
-def _words(text: str) -> list[str]:
+def prompt_words(text: str) -> list[str]:
+    """Lower-cased words, punctuation dropped: how prompts are compared."""
     return re.findall(r"\w+", text.lower())
 
 
@@ -176,12 +177,12 @@ class EvalFilter:
         self.grams: set[str] = set()
         self.lengths = {n}
         for prompt in prompts:
-            words = _words(prompt)
+            words = prompt_words(prompt)
             if words:
                 length = min(n, len(words))
                 self.lengths.add(length)
                 self.grams |= _grams(words, length)
 
     def contains_eval_prompt(self, messages: list[Message]) -> bool:
-        words = _words("\n".join(m["content"] for m in messages))
+        words = prompt_words("\n".join(m["content"] for m in messages))
         return any(not self.grams.isdisjoint(_grams(words, length)) for length in self.lengths)

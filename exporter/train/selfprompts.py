@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch import nn
 
 from eaglex.errors import EaglexError
 
-from .data import EvalFilter, Message, render
+from .data import EvalFilter, Message, prompt_words, render
 from .jsonl import read_records
 from .progress import Progress
 from .regenerate import sampled_answers
@@ -52,35 +51,36 @@ def _batch_seed(seed: int, batch: int) -> int:
     return random.Random(f"self-prompts/{seed}/{batch}").getrandbits(63)
 
 
-def _drop_reason(text: str, complete: bool, seen: set[str], exclude: EvalFilter) -> str | None:
-    words = " ".join(re.findall(r"\w+", text.lower()))
+def _drop_reason(text: str, complete: bool, key: str, seen: set[str], exclude: EvalFilter) -> str | None:
     if not complete:
         return "unfinished"
-    if len(words.split()) < MIN_WORDS:
+    if len(key.split()) < MIN_WORDS:
         return "too short"
-    if words in seen:
+    if key in seen:
         return "repeated"
     if exclude.contains_eval_prompt([{"role": "user", "content": text}]):
         return "evaluation prompt"
-    seen.add(words)
     return None
 
 
 def keep_requests(
     texts: Iterable[tuple[str, bool]], count: int, exclude: EvalFilter
 ) -> tuple[list[str], Counter[str]]:
-    """The first `count` usable requests of (text, complete) pairs, and how many were dropped for what."""
+    """The first `count` usable requests of (text, complete) pairs, and how many were dropped for what.
+    Requests that differ only in case and punctuation count as one."""
     kept: list[str] = []
     seen: set[str] = set()
     dropped: Counter[str] = Counter()
     for text, complete in texts:
         if len(kept) == count:
             break
-        reason = _drop_reason(text.strip(), complete, seen, exclude)
+        text, key = text.strip(), " ".join(prompt_words(text))
+        reason = _drop_reason(text, complete, key, seen, exclude)
         if reason:
             dropped[reason] += 1
         else:
-            kept.append(text.strip())
+            seen.add(key)
+            kept.append(text)
     return kept, dropped
 
 
