@@ -22,7 +22,7 @@ import torch
 
 from eaglex.errors import EaglexError
 from eaglex.exporter.checkpoints import load_drafter, load_target, read_target_config
-from eaglex.exporter.train import loop
+from eaglex.exporter.train import loop, pipeline
 from eaglex.exporter.train.data import EvalFilter
 from eaglex.exporter.train.evalsets import EVAL_SETS
 from eaglex.exporter.train.features import FeatureStore, TargetFeatures, extract
@@ -183,6 +183,22 @@ def test_resume_after_interruption_is_exact(trained, sharp_model, tmp_path, monk
     want = safetensors.torch.load_file(trained / "model.safetensors")
     for key, value in want.items():
         assert torch.equal(got[key], value), key
+
+
+def test_phase_hours_count_a_run_stopped_part_way(tmp_path, monkeypatch):
+    """hours.json (the budget in training.json) gains a phase's time at every progress line, so a process
+    killed mid-phase, as at the end of a session, keeps the hours it spent; the rerun adds its own."""
+    clock = iter([0.0, 1800.0, 3600.0, 0.0, 900.0, 0.0, 360.0])
+    monkeypatch.setattr(pipeline.time, "perf_counter", lambda: next(clock))
+    lines = []
+    first = pipeline.PhaseHours(tmp_path, "data", lines.append)
+    first("half an hour in")
+    first("an hour in")  # then killed: no save() at the end
+    assert json.loads((tmp_path / "hours.json").read_text()) == {"data": 1.0}
+    rerun = pipeline.PhaseHours(tmp_path, "data", lines.append)
+    assert rerun.save() == {"data": 1.25}
+    assert pipeline.PhaseHours(tmp_path, "features", lines.append).save() == {"data": 1.25, "features": 0.1}
+    assert lines == ["half an hour in", "an hour in"]
 
 
 def test_init_from_continues_a_finished_run(trained, sharp_model, tmp_path):

@@ -105,13 +105,28 @@ def _check_settings(work_dir: Path, settings: dict[str, Any]) -> None:
         path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
-def _add_hours(work_dir: Path, phase: str, since: float) -> dict[str, float]:
-    """Accumulates the wall time of each phase over every run in the work folder (what the drafter cost)."""
-    path = work_dir / "hours.json"
-    hours = json.loads(path.read_text()) if path.is_file() else {}
-    hours[phase] = round(hours.get(phase, 0.0) + (time.perf_counter() - since) / 3600, 4)
-    path.write_text(json.dumps(hours, indent=2) + "\n")
-    return hours
+class PhaseHours:
+    """Wall hours of one phase (data, features, train) over every run in the work folder: what the drafter
+    cost. Called as the phase's progress report, it adds the time since its last line to hours.json at
+    every line, so a run stopped part way (a session ending) still counts the hours it spent."""
+
+    def __init__(self, work_dir: Path, phase: str, report: Callable[[str], None]) -> None:
+        self.path, self.phase, self.report = work_dir / "hours.json", phase, report
+        self.since = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        self.report(message)
+        self.save()
+
+    def save(self) -> dict[str, float]:
+        now = time.perf_counter()
+        hours = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        hours[self.phase] = round(hours.get(self.phase, 0.0) + (now - self.since) / 3600, 6)
+        self.since = now
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(hours, indent=2) + "\n")
+        temporary.replace(self.path)  # a stop mid-write keeps the previous total
+        return hours
 
 
 def _start_from(folder: Path, target_config: TargetConfig, train: TrainConfig) -> Eagle3Drafter:
@@ -233,9 +248,9 @@ def train_drafter(
 
     conversations = select_conversations(data.sources, data.samples, data.seed, exclude, report)
     stop_ids = special_tokens(Path(model_dir))["eos_token_ids"]
-    started = time.perf_counter()
-    samples = build_samples(model, tokenizer, conversations, data, work_dir, stop_ids, exclude, report)
-    _add_hours(work_dir, "data", started)
+    data_hours = PhaseHours(work_dir, "data", report)
+    samples = build_samples(model, tokenizer, conversations, data, work_dir, stop_ids, exclude, data_hours)
+    data_hours.save()
     if len(samples) <= data.val_samples:
         raise EaglexError(
             f"only {len(samples)} usable training sequences, not more than the {data.val_samples} held out: "
@@ -244,11 +259,12 @@ def train_drafter(
     layers = new_drafter_config(target_config, train.draft_vocab_size).feature_layers
     target = TargetFeatures(model, layers, data.features_dtype)
     stores = {}
-    started = time.perf_counter()
+    features_hours = PhaseHours(work_dir, "features", report)
     for split, part in (("val", samples[: data.val_samples]), ("train", samples[data.val_samples :])):
         stores[split] = FeatureStore(work_dir / "features" / split, target_config.hidden_size)
-        extract(target, part, stores[split], extract_batch_tokens, report, what=f"target features ({split})")
-    _add_hours(work_dir, "features", started)
+        what = f"target features ({split})"
+        extract(target, part, stores[split], extract_batch_tokens, features_hours, what=what)
+    features_hours.save()
 
     train_store = stores["train"]
     answers = train_store.column("ids")[train_store.column("loss_mask").astype(bool)]
@@ -278,6 +294,7 @@ def train_drafter(
     teacher_head = full_head[vocab.target_ids].clone()
     del model, target  # only the embedding table and the draft rows of lm_head are needed from here on
 
+    train_hours = PhaseHours(work_dir, "train", report)
     trainer = Trainer(
         drafter,
         embed,
@@ -285,12 +302,11 @@ def train_drafter(
         train,
         work_dir / train.run_name() / "checkpoint",
         target_config.max_position_embeddings,
-        report,
+        train_hours,
         device,
     )
-    started = time.perf_counter()
     val = trainer.train(train_store, stores["val"])
-    hours = _add_hours(work_dir, "train", started)
+    hours = train_hours.save()
     record = {
         "target": str(model_dir),
         "data": asdict(data),
