@@ -13,8 +13,6 @@ text).
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
 import random
 import statistics
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 from eaglex.cli import resolve_model
 from eaglex.exporter.tokens import special_tokens
 from eaglex.exporter.train.data import encode_prompt, first_turn, load_records, to_messages
+from eaglex.exporter.train.jsonl import peek_records
 from eaglex.exporter.train.regenerate import next_prompt
 
 
@@ -40,8 +39,7 @@ def main() -> None:
     stop_ids = special_tokens(Path(model_dir))["eos_token_ids"]
     conversations = [m for m in map(to_messages, load_records("sharegpt", lambda _: None)) if m is not None]
     random.Random(args.seed).shuffle(conversations)  # the pipeline's order, before eval prompts are dropped
-    with open(args.work_dir / "regenerated.jsonl") as f:
-        records = [json.loads(line) for line in itertools.islice(f, args.conversations)]
+    records = peek_records(args.work_dir / "regenerated.jsonl")[: args.conversations]
     multi, lengths, same = 0, [], 0
     for record in records:
         messages = conversations[record["index"]]

@@ -13,7 +13,6 @@ the batch shape, so a near-tie can flip).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 
 from eaglex.exporter.fetch import fetch_smollm2
 from eaglex.exporter.tokens import special_tokens
+from eaglex.exporter.train.jsonl import peek_records
 from eaglex.exporter.train.regenerate import greedy_answers
 
 
@@ -64,8 +64,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    lines = (Path(args.work_dir) / "regenerated.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines[args.first : args.first + args.prompts]]
+    records = peek_records(Path(args.work_dir) / "regenerated.jsonl")[args.first : args.first + args.prompts]
     records = sorted((r for r in records if r["turn"] == 1), key=lambda r: len(r["prompt"]))
     prompts, recorded = [r["prompt"] for r in records], [r["answer"] for r in records]
     model_dir = fetch_smollm2(progress=lambda _: None)

@@ -12,7 +12,6 @@ generated tokens/s, minor page faults and CPU time in the kernel for each, and w
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from transformers.cache_utils import DynamicLayer
 from eaglex.exporter.fetch import fetch_smollm2
 from eaglex.exporter.tokens import special_tokens
 from eaglex.exporter.train import regenerate
+from eaglex.exporter.train.jsonl import peek_records
 
 
 class ConcatenatedLayer(DynamicLayer):
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    records = [json.loads(line) for line in (Path(args.work_dir) / "regenerated.jsonl").open()]
+    records = peek_records(Path(args.work_dir) / "regenerated.jsonl")
     # Evenly spaced over the turn's prompts by length, so the mix of short and long is the run's.
     turn = sorted((r["prompt"] for r in records if r.get("turn", 1) == args.turn), key=len)
     prompts = [turn[k * len(turn) // args.prompts] for k in range(min(args.prompts, len(turn)))]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import random
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from eaglex.cli import resolve_model
 from eaglex.exporter.tokens import special_tokens
+from eaglex.exporter.train.jsonl import peek_records
 from eaglex.exporter.train.regenerate import greedy_answers
 
 
@@ -66,7 +66,7 @@ def main() -> None:
     models = {"fp32": AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()}
     models["bf16"] = copy.deepcopy(models["fp32"]).to(torch.bfloat16)
     stop_ids = list(special_tokens(model_dir)["eos_token_ids"])
-    records = [json.loads(line) for line in (args.work_dir / "regenerated.jsonl").read_text().splitlines()]
+    records = peek_records(args.work_dir / "regenerated.jsonl")
     chosen = sorted(random.Random(args.seed).sample(records, args.prompts), key=lambda r: len(r["prompt"]))
     prompts = [r["prompt"] for r in chosen]  # sorted by length as the pipeline batches them
     seconds = dict.fromkeys(models, 0.0)

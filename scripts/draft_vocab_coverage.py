@@ -12,7 +12,6 @@ vocabulary (its t2d mask). A token outside the draft vocabulary can never be dra
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from eaglex.bench.datasets import load_prompts
+from eaglex.exporter.train.jsonl import peek_records
 from eaglex.runtime.engine import Engine
 
 
@@ -33,10 +33,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args()
     counts: Counter[int] = Counter()
-    answers = 0
-    for line in (Path(args.work_dir) / "regenerated.jsonl").read_text().splitlines():
-        counts.update(json.loads(line)["answer"])
-        answers += 1
+    records = peek_records(Path(args.work_dir) / "regenerated.jsonl")
+    for record in records:
+        counts.update(record["answer"])
+    answers = len(records)
     ranked = np.array([token for token, _ in counts.most_common()])
     print(f"ranked by {sum(counts.values()):,} tokens of {answers:,} answers, {len(ranked):,} distinct")
     engine = Engine.load(args.artifact, threads=1)

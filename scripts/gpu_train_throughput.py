@@ -28,6 +28,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from eaglex.cli import main as eaglex_cli
 from eaglex.exporter.train.features import FeatureStore
+from eaglex.exporter.train.jsonl import peek_records
 
 DEVICE_INPUTS = Path(".device")
 WORK = Path("/tmp/gpu-train")
@@ -92,7 +93,7 @@ def main() -> None:
     target = random_target(WORK / "target")
     runs = [train(target, n, args.device, args.conversations) for n in (1024, 8192, 32768)]
 
-    answers = [json.loads(line) for line in (WORK / "work" / "regenerated.jsonl").read_text().splitlines()]
+    answers = peek_records(WORK / "work" / "regenerated.jsonl")
     generated = sum(len(a["answer"]) for a in answers)
     stores = [FeatureStore(WORK / "work" / "features" / split, 576) for split in ("val", "train")]
     feature_tokens = sum(store.num_tokens for store in stores)

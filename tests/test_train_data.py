@@ -21,7 +21,7 @@ from eaglex.exporter.train.data import (
     to_messages,
     tokenize_conversation,
 )
-from eaglex.exporter.train.jsonl import read_records
+from eaglex.exporter.train.jsonl import peek_records, read_records
 from eaglex.exporter.train.regenerate import (
     BATCH_TOKENS,
     greedy_answers,
@@ -29,7 +29,7 @@ from eaglex.exporter.train.regenerate import (
     prompt_batches,
     sampled_answers,
 )
-from eaglex.exporter.train.selfprompts import keep_requests, user_turn_prefix, write_requests
+from eaglex.exporter.train.selfprompts import RequestKeeper, user_turn_prefix, write_requests
 from eaglex.exporter.train.vocab import build_draft_vocab, carry_over_head
 
 
@@ -195,7 +195,7 @@ def test_sampled_answers_draw_from_the_targets_distribution(sharp_model):
     assert draw(1, 3, 50) == draw(1, 3, 50) != draw(2, 3, 50)
 
 
-def test_keep_requests_drops_unfinished_short_repeated_and_eval_prompts():
+def test_request_keeper_drops_unfinished_short_repeated_and_eval_prompts():
     eval_prompt = "Compose an engaging travel blog post about a recent trip to Hawaii, highlighting culture"
     texts = [
         ("How do plants make food from sunlight?", True),
@@ -206,10 +206,33 @@ def test_keep_requests_drops_unfinished_short_repeated_and_eval_prompts():
         ("  Name three rivers in Africa.  ", True),
         ("Explain recursion to a child.", True),
     ]
-    kept, dropped = keep_requests(texts, 2, EvalFilter([eval_prompt]))
-    assert kept == ["How do plants make food from sunlight?", "Name three rivers in Africa."]
-    assert dropped == {"unfinished": 1, "too short": 1, "repeated": 1, "evaluation prompt": 1}
-    assert keep_requests(texts, 10, EvalFilter([eval_prompt]))[0][-1] == "Explain recursion to a child."
+    keeper = RequestKeeper(2, EvalFilter([eval_prompt]))
+    assert keeper.add(texts) == 2
+    assert keeper.kept == ["How do plants make food from sunlight?", "Name three rivers in Africa."]
+    assert keeper.dropped == {"unfinished": 1, "too short": 1, "repeated": 1, "evaluation prompt": 1}
+    assert keeper.add(texts) == 0  # full: nothing more is judged
+    everything = RequestKeeper(10, EvalFilter([eval_prompt]))
+    everything.add(texts)
+    assert everything.kept[-1] == "Explain recursion to a child."
+
+    # Fed batch by batch, as write_requests does, it keeps and drops exactly what one pass over all does;
+    # a repeat is caught across batches.
+    for count in (2, 3, 10):
+        whole, batched = (RequestKeeper(count, EvalFilter([eval_prompt])) for _ in range(2))
+        whole.add(texts)
+        added = [batched.add(texts[start : start + 3]) for start in range(0, len(texts), 3)]
+        assert (batched.kept, batched.dropped) == (whole.kept, whole.dropped)
+        assert sum(added) == len(whole.kept)
+
+
+def test_peek_records_leaves_a_live_file_alone_and_read_records_mends_it(tmp_path):
+    path = tmp_path / "cache.jsonl"
+    assert peek_records(path) == read_records(path) == []
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3')  # the last line still being written
+    assert peek_records(path) == [{"a": 1}, {"a": 2}]
+    assert path.read_text().endswith('{"a": 3')
+    assert read_records(path) == [{"a": 1}, {"a": 2}]
+    assert path.read_text() == '{"a": 1}\n{"a": 2}\n'
 
 
 def test_self_written_requests_are_seeded_cached_and_resumed(tiny_model, tmp_path, monkeypatch):

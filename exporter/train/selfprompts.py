@@ -51,37 +51,43 @@ def _batch_seed(seed: int, batch: int) -> int:
     return random.Random(f"self-prompts/{seed}/{batch}").getrandbits(63)
 
 
-def _drop_reason(text: str, complete: bool, key: str, seen: set[str], exclude: EvalFilter) -> str | None:
-    if not complete:
-        return "unfinished"
-    if len(key.split()) < MIN_WORDS:
-        return "too short"
-    if key in seen:
-        return "repeated"
-    if exclude.contains_eval_prompt([{"role": "user", "content": text}]):
-        return "evaluation prompt"
-    return None
+class RequestKeeper:
+    """The first `count` usable requests of (text, complete) pairs fed in batches, and how many were dropped
+    for what. Each request is judged once, when its batch comes. Requests that differ only in case and
+    punctuation count as one."""
 
+    def __init__(self, count: int, exclude: EvalFilter) -> None:
+        self.count, self.exclude = count, exclude
+        self.kept: list[str] = []
+        self.dropped: Counter[str] = Counter()
+        self._seen: set[str] = set()
 
-def keep_requests(
-    texts: Iterable[tuple[str, bool]], count: int, exclude: EvalFilter
-) -> tuple[list[str], Counter[str]]:
-    """The first `count` usable requests of (text, complete) pairs, and how many were dropped for what.
-    Requests that differ only in case and punctuation count as one."""
-    kept: list[str] = []
-    seen: set[str] = set()
-    dropped: Counter[str] = Counter()
-    for text, complete in texts:
-        if len(kept) == count:
-            break
-        text, key = text.strip(), " ".join(prompt_words(text))
-        reason = _drop_reason(text, complete, key, seen, exclude)
-        if reason:
-            dropped[reason] += 1
-        else:
-            seen.add(key)
-            kept.append(text)
-    return kept, dropped
+    def add(self, texts: Iterable[tuple[str, bool]]) -> int:
+        """Judge `texts` in order until `count` are kept; returns how many of them were kept."""
+        before = len(self.kept)
+        for text, complete in texts:
+            if len(self.kept) == self.count:
+                break
+            text, words = text.strip(), prompt_words(text)
+            key = " ".join(words)
+            reason = self._drop_reason(text, complete, words, key)
+            if reason:
+                self.dropped[reason] += 1
+            else:
+                self._seen.add(key)
+                self.kept.append(text)
+        return len(self.kept) - before
+
+    def _drop_reason(self, text: str, complete: bool, words: list[str], key: str) -> str | None:
+        if not complete:
+            return "unfinished"
+        if len(words) < MIN_WORDS:
+            return "too short"
+        if key in self._seen:
+            return "repeated"
+        if self.exclude.contains_eval_prompt([{"role": "user", "content": text}]):
+            return "evaluation prompt"
+        return None
 
 
 def write_requests(
@@ -105,18 +111,20 @@ def write_requests(
             (tokenizer.decode(ids[:-1] if end else ids), end) for ids, end in zip(batch, ends, strict=True)
         ]
 
-    texts = [text for batch in batches for text in decoded(batch)]
-    kept, dropped = keep_requests(texts, count, exclude)
-    progress = Progress("self-written prompts", count, report, unit="prompts", done=len(kept))
+    keeper = RequestKeeper(count, exclude)
+    for batch in batches:
+        keeper.add(decoded(batch))
+    progress = Progress("self-written prompts", count, report, unit="prompts", done=len(keeper.kept))
     # A model that rarely ends a request (not chat-tuned, or another template) would sample for ever.
     max_batches = math.ceil(MAX_WRITTEN_PER_KEPT * count / batch_size)
     device = next(model.parameters()).device
     with open(cache_file, "a") as cache:
-        while len(kept) < count:
+        while len(keeper.kept) < count:
             if len(batches) >= max_batches:
+                kept, written = len(keeper.kept), sum(map(len, batches))
                 raise EaglexError(
-                    f"--self-prompts: the target finished only {len(kept)} usable requests of {len(texts)} "
-                    f"written ({_summary(dropped)}): is it an instruction-tuned chat model? Pass fewer "
+                    f"--self-prompts: the target finished only {kept} usable requests of {written} written "
+                    f"({_summary(keeper.dropped)}): is it an instruction-tuned chat model? Pass fewer "
                     "--self-prompts or other --data"
                 )
             generator = torch.Generator(device).manual_seed(_batch_seed(seed, len(batches)))
@@ -125,13 +133,11 @@ def write_requests(
             )
             cache.write(json.dumps({"batch": len(batches) - 1, "requests": batches[-1]}) + "\n")
             cache.flush()
-            texts += decoded(batches[-1])
-            before = len(kept)
-            kept, dropped = keep_requests(texts, count, exclude)
-            progress.update(len(kept) - before)
+            progress.update(keeper.add(decoded(batches[-1])))
+    dropped = keeper.dropped
     considered = count + sum(dropped.values())  # the requests after the last one kept were not needed
     report(f"self-written prompts: {count} kept of the first {considered} written ({_summary(dropped)})")
-    return [[{"role": "user", "content": text}] for text in kept]
+    return [[{"role": "user", "content": text}] for text in keeper.kept]
 
 
 def _summary(dropped: Counter[str]) -> str:
