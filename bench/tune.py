@@ -32,7 +32,6 @@ from eaglex.runtime.tree import DraftTree
 TOP_KS = (1, 2, 4, 8)
 MAX_DEPTH = 8
 SIZES = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-CONTEXT = 256  # cache length at which costs are measured (typical of a chat turn), if the cache allows
 
 
 def calibration_prompts(per_set: int) -> list[Prompt]:
@@ -56,13 +55,14 @@ def _median_seconds(call, reps: int, before=None) -> float:
     return statistics.median(times)
 
 
-def _context(engine: Engine) -> int:
-    return min(CONTEXT, engine.target.capacity // 2)
+def mean_context(prompt_lengths: list[int], new_tokens: int, most: int) -> int:
+    """The cache length a round meets on average while these prompts are decoded (prompt plus half the new
+    tokens), at most `most`. Attention reads the whole cache, so costs are timed at this length."""
+    return int(min(statistics.mean(prompt_lengths) + new_tokens / 2, most))
 
 
-def _target_pass(engine: Engine, size: int) -> Callable[[], None]:
-    """One target pass over `size` tree nodes with CONTEXT tokens in the cache, ready to time."""
-    context = _context(engine)
+def _target_pass(engine: Engine, size: int, context: int) -> Callable[[], None]:
+    """One target pass over `size` tree nodes with `context` tokens in the cache, ready to time."""
     feeds = {
         "input_ids": np.full((1, size), 1, np.int64),
         "position_ids": np.full((1, size), context, np.int64),
@@ -72,13 +72,13 @@ def _target_pass(engine: Engine, size: int) -> Callable[[], None]:
     return lambda: engine.target.run(feeds, context, mask)
 
 
-def verify_cost(engine: Engine, sizes: tuple[int, ...], reps: int) -> dict[int, float]:
-    """Seconds per target pass over T tree nodes, T in sizes, with CONTEXT tokens in the cache."""
-    return {size: _median_seconds(_target_pass(engine, size), reps) for size in sizes}
+def verify_cost(engine: Engine, sizes: tuple[int, ...], reps: int, context: int) -> dict[int, float]:
+    """Seconds per target pass over T tree nodes, T in sizes, with `context` tokens in the cache."""
+    return {size: _median_seconds(_target_pass(engine, size, context), reps) for size in sizes}
 
 
 def draft_cost(
-    engine: Engine, prompt: list[int], top_ks: tuple[int, ...], reps: int
+    engine: Engine, prompt: list[int], top_ks: tuple[int, ...], reps: int, context: int
 ) -> tuple[dict[tuple[int, int], float], dict[int, float]]:
     """Seconds to grow a tree of each (top_k, depth) after `prompt` (depth - 1 drafter calls plus the host
     work between them: embedding rows, masks, candidate bookkeeping), and per top_k the seconds of the
@@ -89,7 +89,7 @@ def draft_cost(
     the time they take in a decoding round."""
     drafter = engine.drafter
     assert drafter is not None
-    target_pass = _target_pass(engine, 1)
+    target_pass = _target_pass(engine, 1, context)
 
     ids = np.asarray(prompt, np.int64)
     features = np.zeros((len(prompt), 3 * drafter.embeddings.shape[1]), np.float32)
@@ -238,17 +238,20 @@ def tune(
     limit = engine.manifest.tree.max_total_tokens
     sizes = tuple(s for s in SIZES if s <= limit)
     top_ks = tuple(k for k in TOP_KS if k <= engine.manifest.drafter.max_top_k)  # type: ignore[union-attr]
-    progress("measuring verify and drafter costs")
-    verify = verify_cost(engine, sizes, reps)
-    draft, commit = draft_cost(engine, list(range(1, 65)), top_ks, reps)
     room = engine.target.capacity - new_tokens - MAX_DEPTH * max(top_ks)  # drafter scratch rows too
-    prompts = [p for p in calibration_prompts(per_set) if len(engine.encode(p.text, p.chat)) <= room]
+    lengths = {p: len(engine.encode(p.text, p.chat)) for p in calibration_prompts(per_set)}
+    prompts = [p for p, length in lengths.items() if length <= room]
     if not prompts:
         raise EaglexError(f"no calibration prompt fits the context of {engine.target.capacity} tokens")
+    # Room is left for the largest tree the costs are timed for.
+    context = mean_context([lengths[p] for p in prompts], new_tokens, engine.target.capacity - max(sizes))
+    progress(f"measuring verify and drafter costs with {context} tokens in the cache")
+    verify = verify_cost(engine, sizes, reps, context)
+    draft, commit = draft_cost(engine, list(range(1, 65)), top_ks, reps, context)
     accepted = acceptance(engine, prompts, top_ks, sizes, new_tokens, progress)
     # The loop's own work per round (masks, acceptance, cache compaction), from plain decoding.
     plain = decode(engine, prompts, None, new_tokens)
-    host = max(plain.seconds_per_round - verify_cost(engine, (1,), reps)[1], 0.0)
+    host = max(plain.seconds_per_round - verify_cost(engine, (1,), reps, context)[1], 0.0)
     shapes = predict(accepted, verify, draft, commit, host)
     progress(f"checking the best {check} shapes by decoding")
     decoded = {s: decode(engine, prompts, s, new_tokens) for s in shapes[:check]}
@@ -283,7 +286,11 @@ def tune(
         "verify_seconds": {str(k): v for k, v in verify.items()},
         "grow_seconds": {f"top_k {k} depth {d}": v for (k, d), v in draft.items()},
         "commit_seconds": {f"top_k {k}": v for k, v in commit.items()},
-        "calibration": {"prompts": [f"{p.set}/{p.id}" for p in prompts], "new_tokens": new_tokens},
+        "calibration": {
+            "prompts": [f"{p.set}/{p.id}" for p in prompts],
+            "new_tokens": new_tokens,
+            "cache_tokens_for_costs": context,
+        },
         "sweep": sweep,
     }
 

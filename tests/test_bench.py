@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_cli import eaglex
 
-from eaglex.bench.tune import accepted_drafts
+from eaglex.bench.tune import accepted_drafts, mean_context
 from eaglex.runtime.tree import DraftTree
 
 
@@ -86,3 +86,8 @@ def test_accepted_drafts_follows_the_longest_matching_path():
     assert accepted_drafts(tree, [2, 3, 4, 7]) == 3
     assert accepted_drafts(tree, [2, 5]) == 1
     assert accepted_drafts(tree, [8]) == 0
+
+
+def test_tune_times_costs_at_the_calibration_prompts_mean_cache_length():
+    assert mean_context([100, 300], 64, 1000) == 232  # prompt 200 on average, then 32 new tokens
+    assert mean_context([900, 1100], 64, 960) == 960  # capped where the largest tree still fits
