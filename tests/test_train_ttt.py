@@ -127,6 +127,15 @@ def test_ttt_forward_matches_direct_construction(skip_dead_rows):
         torch.testing.assert_close(got, want[:, start:], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(out.loss, expected_loss, rtol=1e-9, atol=1e-9)
     assert out.step_counted[0] == int(weight[:, 2:].sum())
+    # Logits only on counted rows: the gradients are still those of the loss over every row.
+    params = [p for p in drafter.parameters() if p.requires_grad]
+    got_grads = torch.autograd.grad(out.loss, params, allow_unused=True)
+    want_grads = torch.autograd.grad(expected_loss, params, allow_unused=True)
+    for got, want in zip(got_grads, want_grads, strict=True):
+        if want is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
 def test_ttt_matches_runtime_chain_drafting():

@@ -140,17 +140,20 @@ def ttt_forward(
         tokens = _shift(ids, start + 1 + j, span)
         positions = torch.arange(start, rows, device=ids.device)[None] + j
         h = drafter.step(embed[tokens], g, positions, attend)
-        logits = drafter.draft_logits(h)
+        # Only rows with a token to learn get logits: the draft head and the two softmaxes over the draft
+        # vocabulary are most of a step's work, and a chat sequence's prompt rows (~40%) learn nothing.
+        # A counted row r (its target at start + 2 + j + r exists) reads the teacher at start + 1 + j + r.
+        b, r = _shift(weight, start + 2 + j, span).nonzero(as_tuple=True)
+        logits = drafter.draft_logits(h[b, r])
         logprobs = torch.log_softmax(logits, dim=-1, dtype=at_least_fp32(logits.dtype))
-        teacher = _shift(teacher_logits, start + 1 + j, span)
-        counted = _shift(weight, start + 2 + j, span)
-        # Cross-entropy against the teacher's softmax; rows with nothing to learn are left out entirely.
+        teacher = teacher_logits[b, r + start + 1 + j]
+        # Cross-entropy against the teacher's softmax.
         ce = -(torch.softmax(teacher, dim=-1) * logprobs).sum(-1)
-        n = int(counted.sum())
-        loss_j = (ce * counted).sum() / max(n, 1)
+        n = len(ce)
+        loss_j = ce.sum() / max(n, 1)
         out.loss = out.loss + decay**j * loss_j
         out.step_losses.append(loss_j.detach())
-        out.step_correct.append(int(((logprobs.argmax(-1) == teacher.argmax(-1)) & counted).sum()))
+        out.step_correct.append(int((logprobs.argmax(-1) == teacher.argmax(-1)).sum()))
         out.step_counted.append(n)
         out.hidden.append(h)
         g = h if j > 0 else h[:, first_row:]  # the drafter's own hidden feeds the next step
