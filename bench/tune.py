@@ -61,7 +61,7 @@ def mean_context(prompt_lengths: list[int], new_tokens: int, most: int) -> int:
     return int(min(statistics.mean(prompt_lengths) + new_tokens / 2, most))
 
 
-def _target_pass(engine: Engine, size: int, context: int) -> Callable[[], None]:
+def target_pass_call(engine: Engine, size: int, context: int) -> Callable[[], None]:
     """One target pass over `size` tree nodes with `context` tokens in the cache, ready to time."""
     feeds = {
         "input_ids": np.full((1, size), 1, np.int64),
@@ -74,7 +74,7 @@ def _target_pass(engine: Engine, size: int, context: int) -> Callable[[], None]:
 
 def verify_cost(engine: Engine, sizes: tuple[int, ...], reps: int, context: int) -> dict[int, float]:
     """Seconds per target pass over T tree nodes, T in sizes, with `context` tokens in the cache."""
-    return {size: _median_seconds(_target_pass(engine, size, context), reps) for size in sizes}
+    return {size: _median_seconds(target_pass_call(engine, size, context), reps) for size in sizes}
 
 
 def draft_cost(
@@ -89,7 +89,7 @@ def draft_cost(
     the time they take in a decoding round."""
     drafter = engine.drafter
     assert drafter is not None
-    target_pass = _target_pass(engine, 1, context)
+    target_pass = target_pass_call(engine, 1, context)
 
     ids = np.asarray(prompt, np.int64)
     features = np.zeros((len(prompt), 3 * drafter.embeddings.shape[1]), np.float32)

@@ -6,6 +6,8 @@
 Both start from the same drafter and train on the same batches of WORK's cached features (a train-drafter
 work folder); prints each precision's training tokens/s and the validation loss and top-1 per TTT step
 after the steps. Only the ratio in one run means anything on a shared machine.
+
+`load_start` and `train_interleaved` also serve scripts/compare_ttt_revisions.py.
 """
 
 from __future__ import annotations
@@ -14,14 +16,83 @@ import argparse
 import copy
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from eaglex.cli import resolve_model
 from eaglex.exporter.checkpoints import load_drafter, read_target_config
+from eaglex.exporter.drafter import Eagle3Drafter
+from eaglex.exporter.target import TargetConfig
 from eaglex.exporter.train.features import FeatureStore, length_batches
 from eaglex.exporter.train.loop import TrainConfig, Trainer, iter_epoch
+
+
+@dataclass
+class Start:
+    """What every compared trainer starts from: the target's config and frozen tables, and one drafter."""
+
+    config: TargetConfig
+    drafter: Eagle3Drafter
+    embed: torch.Tensor
+    teacher_head: torch.Tensor  # the lm_head rows of the draft vocabulary
+
+    def trainer(self, settings: TrainConfig) -> Trainer:
+        """A Trainer on a fresh copy of the starting drafter, in training mode."""
+        scratch = Path(tempfile.mkdtemp()) / "checkpoint"  # Trainer wants one; nothing is saved
+        positions = self.config.max_position_embeddings
+        trainer = Trainer(
+            copy.deepcopy(self.drafter), self.embed, self.teacher_head, settings, scratch, positions, print
+        )
+        trainer.drafter.train()
+        return trainer
+
+
+def load_start(model: str, drafter: Path) -> Start:
+    from transformers import AutoModelForCausalLM
+
+    model_dir = resolve_model(model)
+    config = read_target_config(model_dir)
+    target = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    start = load_drafter(drafter, config)
+    embed = target.get_input_embeddings().weight.detach().clone()
+    teacher_head = target.get_output_embeddings().weight.detach()[start.target_ids()].clone()
+    return Start(config, start, embed, teacher_head)
+
+
+def train_interleaved(
+    trainers: dict[str, Trainer],
+    store: FeatureStore,
+    steps: int,
+    batch_tokens: int,
+    before: Callable[[str], None] = lambda name: None,
+) -> tuple[dict[str, float], dict[str, list[float]], int]:
+    """Trains every trainer on the same batches, one after another per batch, so that the machine's drift
+    hits all alike. `before(name)` runs ahead of each trainer's step, untimed. Returns each trainer's
+    seconds and losses, and the number of tokens each trained on."""
+    seconds = dict.fromkeys(trainers, 0.0)
+    losses: dict[str, list[float]] = {name: [] for name in trainers}
+    tokens = 0
+    batches = iter_epoch(length_batches(store.lengths, batch_tokens), seed=0, epoch=0)
+    for step, indices in zip(range(steps), batches, strict=False):
+        batch = store.batch(indices)
+        tokens += int(batch.lengths.sum())
+        for name, trainer in trainers.items():
+            before(name)
+            started = time.perf_counter()
+            out = trainer.forward(batch)
+            trainer.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainer.drafter.parameters(), trainer.config.grad_clip)
+            trainer.optimizer.step()
+            seconds[name] += time.perf_counter() - started
+            losses[name].append(float(out.loss.detach()))
+        if (step + 1) % 10 == 0:
+            rates = ", ".join(f"{n}: {tokens / s:.0f} tokens/s" for n, s in seconds.items())
+            print(f"step {step + 1}/{steps}: {rates}", flush=True)
+    return seconds, losses, tokens
 
 
 def main() -> None:
@@ -36,46 +107,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from transformers import AutoModelForCausalLM
-
-    model_dir = resolve_model(args.model)
-    config = read_target_config(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    start = load_drafter(args.drafter, config)
-    draft_ids = start.target_ids()
-    embed = model.get_input_embeddings().weight.detach().clone()
-    teacher_head = model.get_output_embeddings().weight.detach()[draft_ids].clone()
-    del model
-    stores = {s: FeatureStore(args.work_dir / "features" / s, config.hidden_size) for s in ("train", "val")}
-    trainers, seconds, tokens = {}, {}, 0
-    for name in ("fp32", "bf16"):
-        settings = TrainConfig(
-            draft_vocab_size=len(start.d2t),
-            ttt_steps=args.ttt_steps,
-            batch_tokens=args.batch_tokens,
-            lr=args.lr,
-            bf16=name == "bf16",
+    start = load_start(args.model, args.drafter)
+    hidden = start.config.hidden_size
+    stores = {s: FeatureStore(args.work_dir / "features" / s, hidden) for s in ("train", "val")}
+    trainers = {
+        name: start.trainer(
+            TrainConfig(
+                draft_vocab_size=len(start.drafter.d2t),
+                ttt_steps=args.ttt_steps,
+                batch_tokens=args.batch_tokens,
+                lr=args.lr,
+                bf16=name == "bf16",
+            )
         )
-        scratch = Path(tempfile.mkdtemp()) / name / "checkpoint"  # Trainer wants one; nothing is saved
-        drafter, positions = copy.deepcopy(start), config.max_position_embeddings
-        trainers[name] = Trainer(drafter, embed, teacher_head, settings, scratch, positions, print)
-        trainers[name].drafter.train()
-        seconds[name] = 0.0
-    batches = iter_epoch(length_batches(stores["train"].lengths, args.batch_tokens), seed=0, epoch=0)
-    for step, indices in zip(range(args.steps), batches, strict=False):
-        batch = stores["train"].batch(indices)
-        tokens += int(batch.lengths.sum())
-        for name, trainer in trainers.items():
-            started = time.perf_counter()
-            out = trainer.forward(batch)
-            trainer.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainer.drafter.parameters(), trainer.config.grad_clip)
-            trainer.optimizer.step()
-            seconds[name] += time.perf_counter() - started
-        if (step + 1) % 10 == 0:
-            rates = ", ".join(f"{n} {tokens / s:.0f} tokens/s" for n, s in seconds.items())
-            print(f"step {step + 1}/{args.steps}: {rates}", flush=True)
+        for name in ("fp32", "bf16")
+    }
+    seconds, _, tokens = train_interleaved(trainers, stores["train"], args.steps, args.batch_tokens)
     for name, trainer in trainers.items():
         trainer.config = trainers["fp32"].config  # both validated in fp32: only the training differed
         trainer.drafter.eval()

@@ -13,21 +13,18 @@ agrees to rounding). Only the ratio in one run means anything on a shared machin
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from compare_train_precision import load_start, train_interleaved
 
-from eaglex.cli import resolve_model
-from eaglex.exporter.checkpoints import load_drafter, read_target_config
 from eaglex.exporter.train import loop
-from eaglex.exporter.train.features import FeatureStore, length_batches
-from eaglex.exporter.train.loop import TrainConfig, Trainer, iter_epoch
+from eaglex.exporter.train.features import FeatureStore
+from eaglex.exporter.train.loop import TrainConfig
 
 
 def ttt_at(revision: str):
@@ -56,45 +53,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from transformers import AutoModelForCausalLM
-
-    model_dir = resolve_model(args.model)
-    config = read_target_config(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    start = load_drafter(args.drafter, config)
-    draft_ids = start.target_ids()
-    embed = model.get_input_embeddings().weight.detach().clone()
-    teacher_head = model.get_output_embeddings().weight.detach()[draft_ids].clone()
-    del model
-    store = FeatureStore(args.work_dir / "features" / "train", config.hidden_size)
+    start = load_start(args.model, args.drafter)
+    store = FeatureStore(args.work_dir / "features" / "train", start.config.hidden_size)
     forwards = {args.old: ttt_at(args.old), "working tree": loop.ttt_forward}
     settings = TrainConfig(
-        draft_vocab_size=len(start.d2t), ttt_steps=args.ttt_steps, batch_tokens=args.batch_tokens, bf16=True
+        draft_vocab_size=len(start.drafter.d2t),
+        ttt_steps=args.ttt_steps,
+        batch_tokens=args.batch_tokens,
+        bf16=True,
     )
-    trainers, seconds, losses, tokens = {}, {}, {}, 0
-    for name in forwards:
-        scratch = Path(tempfile.mkdtemp()) / "checkpoint"  # Trainer wants one; nothing is saved
-        drafter, positions = copy.deepcopy(start), config.max_position_embeddings
-        trainers[name] = Trainer(drafter, embed, teacher_head, settings, scratch, positions, print)
-        trainers[name].drafter.train()
-        seconds[name], losses[name] = 0.0, []
-    batches = iter_epoch(length_batches(store.lengths, args.batch_tokens), seed=0, epoch=0)
-    for step, indices in zip(range(args.steps), batches, strict=False):
-        batch = store.batch(indices)
-        tokens += int(batch.lengths.sum())
-        for name, trainer in trainers.items():
-            loop.ttt_forward = forwards[name]  # what Trainer.forward calls
-            started = time.perf_counter()
-            out = trainer.forward(batch)
-            trainer.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainer.drafter.parameters(), trainer.config.grad_clip)
-            trainer.optimizer.step()
-            seconds[name] += time.perf_counter() - started
-            losses[name].append(float(out.loss.detach()))
-        if (step + 1) % 10 == 0:
-            rates = ", ".join(f"{n}: {tokens / s:.0f} tokens/s" for n, s in seconds.items())
-            print(f"step {step + 1}/{args.steps}: {rates}", flush=True)
+    trainers = {name: start.trainer(settings) for name in forwards}
+
+    def use_forward(name: str) -> None:
+        loop.ttt_forward = forwards[name]  # what Trainer.forward calls
+
+    seconds, losses, _ = train_interleaved(trainers, store, args.steps, args.batch_tokens, use_forward)
     old, new = seconds.values()
     gap = max(abs(a - b) for a, b in zip(*losses.values(), strict=True))
     print(f"working tree / {args.old}: {old / new:.2f}x faster; largest loss difference {gap:.2e}")

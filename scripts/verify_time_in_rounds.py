@@ -79,11 +79,11 @@ def main() -> None:
     def drafter_call() -> None:
         drafter.grow(1, args.top_k, 2)
 
-    alone = tune._target_pass(engine, size, context)
+    alone = tune.target_pass_call(engine, size, context)
     show("back to back (tune)", [timed(alone) for _ in range(REPS)])
     show("after a drafter call", [timed(alone, drafter_call) for _ in range(REPS)])
     at_lengths = [caches[i * len(caches) // REPS] for i in range(REPS)]
-    passes = [tune._target_pass(engine, size, c) for c in at_lengths]
+    passes = [tune.target_pass_call(engine, size, c) for c in at_lengths]
     show("after a drafter call, at the rounds' cache lengths", [timed(p, drafter_call) for p in passes])
 
 
