@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
+
+# The rate is taken over about the last ten minutes, not since the start: a phase speeds up or slows down as
+# it goes (regeneration answers the longest prompts last), and a process paused for a while would
+# otherwise promise too much for the rest of the run.
+RATE_WINDOW_SECONDS = 600.0
 
 
 def format_seconds(seconds: float) -> str:
@@ -15,7 +21,8 @@ def format_seconds(seconds: float) -> str:
 class Progress:
     """Counts work done in one phase and reports `done/total, rate, ETA` at most every `every` seconds.
 
-    `done` may start above zero (a resumed phase): the rate only counts work done in this process.
+    `done` may start above zero (a resumed phase): the rate only counts work done in this process, over
+    about the last RATE_WINDOW_SECONDS.
     """
 
     def __init__(
@@ -30,11 +37,14 @@ class Progress:
         self.what, self.total, self.report, self.unit, self.every = what, total, report, unit, every
         self.done = self.start_done = done
         self.started = self.last_report = time.perf_counter()
+        # (time, done) at each report; the first is the newest one at least a window old, or the start.
+        self.marks = deque([(self.started, done)])
 
     @property
     def rate(self) -> float:
-        """Units per second in this process so far."""
-        return (self.done - self.start_done) / max(time.perf_counter() - self.started, 1e-9)
+        """Units per second over about the last RATE_WINDOW_SECONDS of this process."""
+        since, done_then = self.marks[0]
+        return (self.done - done_then) / max(time.perf_counter() - since, 1e-9)
 
     def update(self, amount: int, note: str = "", force: bool = False) -> None:
         self.done += amount
@@ -42,6 +52,9 @@ class Progress:
         if force or now - self.last_report >= self.every:
             self.last_report = now
             self.report(self.line(note))
+            self.marks.append((now, self.done))
+            while len(self.marks) > 1 and self.marks[1][0] <= now - RATE_WINDOW_SECONDS:
+                self.marks.popleft()
 
     def line(self, note: str = "") -> str:
         rate = self.rate
