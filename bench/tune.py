@@ -13,8 +13,10 @@ and picks the shape with the most predicted tokens per second, then checks the b
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -124,6 +126,56 @@ def accepted_drafts(tree: DraftTree, continuation: list[int]) -> int:
     return accepted
 
 
+@dataclass(frozen=True)
+class GreedyTrace:
+    """A prompt's greedy continuation and the target's features along it: all that scoring a drafter needs."""
+
+    sequence: np.ndarray  # int64 [n]: the prompt's ids, then the continuation
+    prompt_len: int
+    features: np.ndarray  # [n - 1, 3 * hidden]: row i is the target's at position i, paired with token i + 1
+
+
+def greedy_trace(engine: Engine, prompt: Prompt, new_tokens: int, cache: Path | None = None) -> GreedyTrace:
+    """Decodes `prompt` greedily, then one pass over the whole sequence gives the features the drafter pairs
+    with each next token. With `cache` (a folder) the trace is kept there and reused by any artifact with the
+    same target graph (its files' sha256 in the manifest): scoring a new drafter then skips the target."""
+    ids = engine.encode(prompt.text, prompt.chat)
+    path = None
+    if cache is not None and (key := _trace_key(engine, ids, new_tokens)) is not None:
+        path = cache / f"{key}.npz"
+    if path is not None and path.exists():
+        with np.load(path) as stored:
+            return GreedyTrace(stored["sequence"], len(ids), stored["features"])
+    config = engine.default_config(max_new_tokens=new_tokens, speculative=False)
+    sequence = np.array(ids + [t for chunk in engine.generate(ids, config) for t in chunk], np.int64)
+    n = len(sequence) - 1
+    feeds = {
+        "input_ids": sequence[None, :n],
+        "position_ids": np.arange(n)[None],
+        "logit_index": np.array([n - 1]),
+    }
+    features = engine.target.run(feeds, 0, np.tri(n, dtype=bool))["features"][0]
+    trace = GreedyTrace(sequence, len(ids), features)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial.npz")  # processes may share a cache folder
+        np.savez(partial, sequence=trace.sequence, features=trace.features)
+        partial.replace(path)
+    return trace
+
+
+def _trace_key(engine: Engine, ids: list[int], new_tokens: int) -> str | None:
+    """What a trace depends on: the target graph's files, the prompt's ids and the number of new tokens
+    (None where the manifest lists no checksums for the target's files: nothing to key a cache by)."""
+    target_file = engine.manifest.raw["target"]["file"]
+    listed = engine.manifest.raw.get("files", {})
+    files = {name: f["sha256"] for name, f in listed.items() if name.startswith(target_file)}
+    if not files:
+        return None
+    key = json.dumps({"target": files, "ids": ids, "new_tokens": new_tokens}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
 def acceptance(
     engine: Engine,
     prompts: list[Prompt],
@@ -133,36 +185,24 @@ def acceptance(
     progress,
     max_depth: int = MAX_DEPTH,
     on_reference: Callable[[list[int]], None] | None = None,
+    traces: Path | None = None,
 ) -> dict[tuple[int, int, int], float]:
     """Mean accepted drafts per round for every (top_k, depth <= max_depth, total_tokens), over every
-    position of the prompts' greedy continuations (each handed to `on_reference` too, if given)."""
+    position of the prompts' greedy continuations (each handed to `on_reference` too, if given; `traces`:
+    the folder that caches them, see greedy_trace)."""
     drafter = engine.drafter
     assert drafter is not None
     sums: dict[tuple[int, int, int], int] = {}
     rounds = 0
     for i, prompt in enumerate(prompts):
-        ids = engine.encode(prompt.text, prompt.chat)
-        config = engine.default_config(max_new_tokens=new_tokens, speculative=False)
-        reference = [t for chunk in engine.generate(ids, config) for t in chunk]
+        trace = greedy_trace(engine, prompt, new_tokens, traces)
+        sequence, start, features = trace.sequence, trace.prompt_len, trace.features
         if on_reference is not None:
-            on_reference(reference)
-        sequence = np.array(ids + reference, np.int64)
-        # One pass over the whole sequence gives the features the drafter pairs with each next token.
-        n = len(sequence) - 1
-        out = engine.target.run(
-            {
-                "input_ids": sequence[None, :n],
-                "position_ids": np.arange(n)[None],
-                "logit_index": np.array([n - 1]),
-            },
-            0,
-            np.tri(n, dtype=bool),
-        )
-        features = out["features"][0]
+            on_reference(sequence[start:].tolist())
         for k in top_ks:
             drafter.reset()
-            drafter.extend(sequence[1 : len(ids) + 1], features[: len(ids)], k)
-            for position in range(len(ids), n):  # the root is sequence[position], already emitted
+            drafter.extend(sequence[1 : start + 1], features[:start], k)
+            for position in range(start, len(sequence) - 1):  # root: sequence[position], already emitted
                 builder = drafter.grow(int(sequence[position]), k, max_depth)
                 continuation = sequence[position + 1 :].tolist()
                 for depth, size in itertools.product(range(1, max_depth + 1), sizes):

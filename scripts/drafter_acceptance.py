@@ -2,7 +2,9 @@
 
 Greedy verification accepts the longest prefix of the target's greedy continuation that lies on a tree path,
 so one greedy continuation per prompt and one tree grown per position give the exact acceptance of every
-smaller tree shape (eaglex/bench/tune.py `acceptance`), without decoding once per shape:
+smaller tree shape (eaglex/bench/tune.py `acceptance`), without decoding once per shape. The continuations
+and the target's features along them are cached (--traces), so scoring another drafter for the same target
+costs only the drafter's calls:
     python scripts/drafter_acceptance.py ARTIFACT [--limits mt-bench=80,humaneval=20,gsm8k=20]
 Prints a markdown table of mean acceptance length (tokens per target pass, bonus included) per set.
 The set `sharegpt-heldout` is the first turns of the conversations the drafter trainer holds out for
@@ -33,6 +35,7 @@ from eaglex.runtime.engine import Engine
 SHAPES = ((1, 5, 6), (4, 3, 8), (4, 4, 12), (8, 5, 24), (8, 6, 60))
 HELDOUT = "sharegpt-heldout"
 SELF_WRITTEN = "self-written"
+TRACES = Path.home() / ".cache" / "eaglex" / "traces"
 
 
 def heldout_prompts(engine: Engine, count: int, max_prompt_tokens: int = 1024 - 160) -> list[Prompt]:
@@ -78,6 +81,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     parser.add_argument("--model", default="smollm2", help=f"the target that writes the {SELF_WRITTEN} set")
+    parser.add_argument(
+        "--traces",
+        type=Path,
+        default=TRACES,
+        help="caches each prompt's greedy continuation and the target's features here, keyed by the "
+        "target's files: the next drafter for the same target skips the target's work",
+    )
     args = parser.parse_args()
     engine = Engine.load(args.artifact, threads=args.threads)
     top_ks = tuple(sorted({k for k, _, _ in SHAPES}))
@@ -97,7 +107,9 @@ def main() -> None:
         def progress(line: str, name: str = name) -> None:
             print(f"[{time.perf_counter() - started:6.0f}s] {name}: {line}", flush=True)
 
-        accepted = acceptance(engine, prompts, top_ks, sizes, args.max_new_tokens, progress, depth)
+        accepted = acceptance(
+            engine, prompts, top_ks, sizes, args.max_new_tokens, progress, depth, traces=args.traces
+        )
         results[name] = {f"{k}/{d}/{t}": 1 + accepted[k, d, t] for k, d, t in SHAPES}
     print("\n| set | " + " | ".join(f"top_k {k}, depth {d}, {t} nodes" for k, d, t in SHAPES) + " |")
     print("|---" * (len(SHAPES) + 1) + "|")

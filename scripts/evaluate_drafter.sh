@@ -5,7 +5,8 @@
 #
 #   bash scripts/evaluate_drafter.sh DRAFTER ARTIFACT OUT.json ["what the drafter is"]
 #
-# The artifact is exported only if ARTIFACT does not exist yet. About 20 minutes on two idle cores.
+# The artifact is exported only if ARTIFACT does not exist yet. About 20 minutes on two idle cores, less
+# once the target's greedy continuations of these prompts are cached (drafter_acceptance.py --traces).
 set -euo pipefail
 if [ $# -lt 3 ]; then
   echo "usage: bash scripts/evaluate_drafter.sh DRAFTER ARTIFACT OUT.json [DESCRIPTION]" >&2

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from test_cli import eaglex
 
-from eaglex.bench.tune import accepted_drafts, mean_context
+from eaglex.bench.datasets import Prompt
+from eaglex.bench.tune import acceptance, accepted_drafts, greedy_trace, mean_context
+from eaglex.runtime.engine import Engine
 from eaglex.runtime.tree import DraftTree
 
 
@@ -91,3 +93,30 @@ def test_accepted_drafts_follows_the_longest_matching_path():
 def test_tune_times_costs_at_the_calibration_prompts_mean_cache_length():
     assert mean_context([100, 300], 64, 1000) == 232  # prompt 200 on average, then 32 new tokens
     assert mean_context([900, 1100], 64, 960) == 960  # capped where the largest tree still fits
+
+
+def test_cached_traces_skip_the_target_and_score_the_same(artifact, tmp_path, monkeypatch):
+    engine = Engine.load(artifact, threads=1)
+    prompts = [Prompt("t", "0", "w5 w6 w7", chat=False), Prompt("t", "1", "w8 w9", chat=False)]
+
+    def score(traces=None):
+        return acceptance(engine, prompts, (1, 4), (2, 6), 8, lambda _: None, 3, traces=traces)
+
+    fresh = score()
+    assert score(tmp_path) == fresh
+    assert len(list(tmp_path.glob("*.npz"))) == 2 and not list(tmp_path.glob("*partial*"))
+    stored = greedy_trace(engine, prompts[0], 8, tmp_path)
+
+    target_calls = []
+    run = engine.target.run
+    monkeypatch.setattr(engine.target, "run", lambda *args: target_calls.append(args) or run(*args))
+    assert score(tmp_path) == fresh
+    again = greedy_trace(engine, prompts[0], 8, tmp_path)
+    assert target_calls == []
+    assert np.array_equal(again.sequence, stored.sequence) and np.array_equal(again.features, stored.features)
+    assert again.prompt_len == stored.prompt_len == len(engine.encode("w5 w6 w7", False))
+    # Another target graph (its checksum in the manifest) or another length is another trace.
+    greedy_trace(engine, prompts[0], 6, tmp_path)
+    monkeypatch.setitem(engine.manifest.raw["files"]["target.onnx"], "sha256", "0" * 64)
+    greedy_trace(engine, prompts[0], 8, tmp_path)
+    assert target_calls and len(list(tmp_path.glob("*.npz"))) == 4
