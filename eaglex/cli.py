@@ -88,6 +88,20 @@ def torch_device(name: str) -> str:
     return str(device)
 
 
+def emulated_bf16(device: str) -> str | None:
+    """The CPU's instruction set where torch emulates bfloat16 matrix products (no AVX512-BF16 or AMX),
+    else None. Emulated, bf16 runs slower than float32 (3.3x in answer writing: docs/TRAINING.md)."""
+    import torch
+
+    if (
+        not device.startswith("cpu")
+        or torch.cpu._is_avx512_bf16_supported()
+        or torch.cpu._is_amx_tile_supported()
+    ):
+        return None
+    return torch.backends.cpu.get_cpu_capability()
+
+
 @main.command()
 @click.option(
     "--model", required=True, help="Hugging Face model folder, or a name eaglex fetch knows (smollm2)."
@@ -505,6 +519,20 @@ def train_drafter(
         raise EaglexError("--rechoose-vocab needs --init-from: a fresh run always chooses its vocabulary")
     torch.set_num_threads(threads)
     device = torch_device(device)
+    bf16_flags = [
+        flag
+        for flag, on in (
+            ("--regenerate-dtype bfloat16", regenerate_dtype == "bfloat16"),
+            ("--features-dtype bfloat16", features_dtype == "bfloat16"),
+            ("--bf16", bf16),
+        )
+        if on
+    ]
+    if bf16_flags and (isa := emulated_bf16(device)):
+        progress(
+            f"warning: {', '.join(bf16_flags)}: this CPU ({isa}) lacks AVX512-BF16 and AMX, so torch "
+            "emulates bfloat16, several times slower than float32; drop them when starting a work folder"
+        )
     model_dir = resolve_model(model)
     data = DataConfig(
         sources=sources,

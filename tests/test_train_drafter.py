@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from click.testing import CliRunner
 
+from eaglex.cli import main
 from eaglex.errors import EaglexError
 from eaglex.exporter.checkpoints import load_drafter, load_target, read_target_config
 from eaglex.exporter.train import loop, pipeline
@@ -565,6 +567,18 @@ def test_cli_refuses_bad_training_flags_in_one_line(tmp_path, flags, message):
     result = subprocess.run([sys.executable, "-m", "eaglex.cli", *args], capture_output=True, text=True)
     assert result.returncode != 0 and message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cli_warns_when_this_cpu_would_emulate_bf16(tmp_path, monkeypatch, native):
+    """Without AVX512-BF16 or AMX torch emulates bfloat16 matrix products, several times slower than fp32."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    args = ["train-drafter", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, [*args, "--device", "cpu", "--bf16", "--features-dtype", "bfloat16"])
+    assert result.exit_code != 0 and "no such folder" in result.stderr  # the run itself goes on as asked
+    warned = "warning: --features-dtype bfloat16, --bf16: this CPU" in result.stderr
+    assert warned == (not native)
 
 
 def test_a_feature_store_without_sequence_hashes_is_refused(tmp_path):
