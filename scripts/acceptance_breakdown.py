@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
-from drafter_acceptance import HELDOUT, heldout_prompts
+from drafter_acceptance import HELDOUT, TRACES, heldout_prompts
 from safetensors.numpy import load_file
 
 from eaglex.bench.datasets import Prompt, load_prompts, set_records
@@ -51,6 +52,9 @@ def main() -> None:
     parser.add_argument("--categories", default=None, help="only these MT-bench categories (comma-separated)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--traces", type=Path, default=TRACES, help="the greedy-continuation cache drafter_acceptance.py uses"
+    )
     args = parser.parse_args()
     engine = Engine.load(args.artifact, threads=1)
     in_draft_vocab = load_file(f"{args.drafter}/model.safetensors")["t2d"].astype(bool)
@@ -59,7 +63,15 @@ def main() -> None:
     for group, prompts in groups(engine, args.sets, categories).items():
         answers: list[int] = []
         accepted = acceptance(
-            engine, prompts, (1, 8), (2, 6, 24), args.max_new_tokens, lambda _: None, 5, answers.extend
+            engine,
+            prompts,
+            (1, 8),
+            (2, 6, 24),
+            args.max_new_tokens,
+            lambda _: None,
+            5,
+            answers.extend,
+            args.traces,
         )
         row = {
             "group": group,
