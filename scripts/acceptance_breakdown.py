@@ -70,8 +70,8 @@ def main() -> None:
             args.max_new_tokens,
             lambda _: None,
             5,
-            answers.extend,
-            args.traces,
+            on_reference=answers.extend,
+            traces=args.traces,
         )
         row = {
             "group": group,
