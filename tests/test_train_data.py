@@ -1,6 +1,6 @@
 """Training data: record recovery from truncated files, conversation cleanup, the assistant-token loss mask,
-evaluation-prompt exclusion, later-turn prompts around regenerated answers, the frequency draft vocabulary
-and carrying lm_head rows over to a new one."""
+evaluation-prompt exclusion, later-turn prompts around regenerated answers, packing a work folder's answers,
+the frequency draft vocabulary and carrying lm_head rows over to a new one."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from eaglex.exporter.train.data import (
     to_messages,
     tokenize_conversation,
 )
+from eaglex.exporter.train.datapack import pack, unpack
 from eaglex.exporter.train.jsonl import peek_records, read_records
 from eaglex.exporter.train.regenerate import (
     BATCH_TOKENS,
@@ -143,10 +144,11 @@ def test_later_turn_prompts_continue_the_targets_own_answer_ids(tiny_model):
     assert next_prompt(tokenizer, data, [first], stop) is None
 
 
-@pytest.mark.parametrize("evict_share", [0.0, 0.5])
-def test_greedy_answers_drop_stopped_rows_and_equal_generate(tiny_model, evict_share):
+@pytest.mark.parametrize(("evict_share", "prefill_rows"), [(0.0, None), (0.5, None), (0.0, 4), (0.0, 1)])
+def test_greedy_answers_drop_stopped_rows_and_equal_generate(tiny_model, evict_share, prefill_rows):
     """Rows leave the batch as they stop, at once or once half have stopped (the others running on until
-    then): every answer is still what `generate` writes for that prompt."""
+    then), and the prompts are prefilled whole or in pieces of a few rows (the last one shorter): every
+    answer is still what `generate` writes for that prompt."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model("llama"), dtype=torch.float32).eval()
@@ -155,7 +157,7 @@ def test_greedy_answers_drop_stopped_rows_and_equal_generate(tiny_model, evict_s
     free = greedy_answers(model, prompts, [0], 12)
     # Stop on tokens that end some answers early, at different steps, and others not at all.
     stop_ids = [free[2][7], free[4][1]]
-    answers = greedy_answers(model, prompts, stop_ids, 12, evict_share)
+    answers = greedy_answers(model, prompts, stop_ids, 12, evict_share, prefill_rows)
     lengths = [len(a) for a in answers]
     assert min(lengths) < 12 and max(lengths) == 12 and len(set(lengths)) > 2
     for prompt, answer in zip(prompts, answers, strict=True):
@@ -233,6 +235,35 @@ def test_peek_records_leaves_a_live_file_alone_and_read_records_mends_it(tmp_pat
     assert path.read_text().endswith('{"a": 3')
     assert read_records(path) == [{"a": 1}, {"a": 2}]
     assert path.read_text() == '{"a": 1}\n{"a": 2}\n'
+
+
+def test_a_packed_work_folder_unpacks_to_its_complete_records_and_never_overwrites(tmp_path):
+    """What a run wrote survives a new machine: the pack holds every complete record (a line still being
+    written is left out), unpacks into a fresh folder as the records the run would read back, and keeps
+    whatever a work folder already has."""
+    work, packed, fresh = tmp_path / "work", tmp_path / "pack", tmp_path / "fresh"
+    work.mkdir()
+    answers = [
+        {"index": i, "turn": 1, "prompt": [1, 2, i], "answer": [i, 0], "dtype": "bfloat16"} for i in range(3)
+    ]
+    lines = "".join(json.dumps(a) + "\n" for a in answers)
+    (work / "regenerated.jsonl").write_text(lines + '{"index": 3, "turn"')
+    (work / "hours.json").write_text('{"data": 1.5}\n')
+    pack(work, packed, report=lambda _: None)
+    assert sorted(p.name for p in packed.iterdir()) == ["hours.json", "regenerated.jsonl.xz"]  # no requests
+    assert (work / "regenerated.jsonl").read_text().endswith('"turn"')  # the live file is left as it was
+
+    unpack(packed, fresh, report=lambda _: None)
+    assert read_records(fresh / "regenerated.jsonl") == answers
+    assert json.loads((fresh / "hours.json").read_text()) == {"data": 1.5}
+    assert not (fresh / "self_prompts.jsonl").exists()
+
+    (fresh / "regenerated.jsonl").write_text(json.dumps(answers[0]) + "\n")  # a run that went its own way
+    messages = []
+    unpack(packed, fresh, report=messages.append)
+    assert read_records(fresh / "regenerated.jsonl") == answers[:1]
+    assert any("kept" in m and "regenerated.jsonl" in m for m in messages)
+    assert not list(fresh.glob("*.tmp"))
 
 
 def test_self_written_requests_are_seeded_cached_and_resumed(tiny_model, tmp_path, monkeypatch):

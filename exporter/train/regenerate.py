@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from .data import Message, Sample, encode_prompt, first_turn, render
 from .jsonl import read_records
@@ -37,6 +37,11 @@ from .progress import Progress
 
 # Tokens of KV cache per regeneration batch: 3 GB in bf16 for SmolLM2 (30 layers x 2 x 192 values).
 BATCH_TOKENS = 131_072
+# Prompts a CPU prefills at once. A whole batch's activations (rows x prompt length x 1,536 in SmolLM2's MLP)
+# outgrow the CPU's caches: two batches of 256 prompts (~40 and ~110 tokens) prefilled in 17.1 s whole and
+# 10.1 s in pieces of 16 (bf16, two threads, a Sapphire Rapids; scripts/compare_regen_prefill.py). A GPU
+# takes the batch whole.
+PREFILL_ROWS = 16
 Record = dict[str, Any]  # {"index", "turn", "prompt": ids, "answer": ids, "dtype"}
 
 
@@ -83,6 +88,7 @@ def greedy_answers(
     stop_ids: Sequence[int],
     max_new_tokens: int,
     evict_share: float = 0.0,
+    prefill_rows: int | None = None,
 ) -> list[list[int]]:
     """Greedy answers to a batch of prompt ids, each up to and including its first stop token, computed on
     the device the model's weights are on.
@@ -90,8 +96,11 @@ def greedy_answers(
     Stopped rows leave the batch with their KV-cache rows: answers end at very different lengths (a batch
     of 64 used ~60% of its rows x steps when every row ran to the longest answer), and a decode step costs
     what its live rows do. Removing rows copies the whole cache; `evict_share` > 0 waits until that share
-    of the rows have stopped, stopped rows running on until then (slower here: BENCHMARKS.md)."""
-    return _answers(model, prompts, stop_ids, max_new_tokens, evict_share, lambda logits: logits.argmax(-1))
+    of the rows have stopped, stopped rows running on until then (slower here: BENCHMARKS.md).
+    `prefill_rows`: prompts run through the model at once (default: PREFILL_ROWS on a CPU, all on a GPU)."""
+    return _answers(
+        model, prompts, stop_ids, max_new_tokens, evict_share, lambda logits: logits.argmax(-1), prefill_rows
+    )
 
 
 def sampled_answers(
@@ -108,7 +117,7 @@ def sampled_answers(
         probs = torch.softmax(logits.float(), dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
-    return _answers(model, prompts, stop_ids, max_new_tokens, 0.0, draw)
+    return _answers(model, prompts, stop_ids, max_new_tokens, 0.0, draw, None)
 
 
 def _answers(
@@ -118,6 +127,7 @@ def _answers(
     max_new_tokens: int,
     evict_share: float,
     choose: Callable[[torch.Tensor], torch.Tensor],
+    prefill_rows: int | None,
 ) -> list[list[int]]:
     pad = stop_ids[0]
     width = max(len(p) for p in prompts)
@@ -132,23 +142,17 @@ def _answers(
     cache = Cache(layer_class_to_replicate=partial(ReservedLayer, width + max_new_tokens))
     # transformers renamed the argument `past_key_values` to `cache` (the old name goes in 5.40).
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    if prefill_rows is None:
+        prefill_rows = len(prompts) if device.type == "cuda" else PREFILL_ROWS
     with torch.no_grad(), planless_attention():
-        for _ in range(max_new_tokens):
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
-            logits = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,  # the prompt's other positions need none (49k-wide each)
-                **{cache_arg: cache},
-            ).logits
-            tokens = choose(logits[:, -1])
+        logits = _prefill(model, ids, mask, cache, cache_arg, prefill_rows)
+        for step in range(max_new_tokens):
+            tokens = choose(logits)
             for row, token, done in zip(rows.tolist(), tokens.tolist(), stopped.tolist(), strict=True):
                 if not done:
                     answers[row].append(token)
             stopped |= torch.isin(tokens, stops)
-            if stopped.all():
+            if stopped.all() or step == max_new_tokens - 1:
                 break
             if stopped.sum() > evict_share * len(stopped):
                 order = _fill_holes(stopped.tolist())
@@ -156,9 +160,43 @@ def _answers(
                     layer.keep_rows(order)
                 index = torch.tensor(order, device=device)
                 rows, tokens, mask, stopped = rows[index], tokens[index], mask[index], stopped[index]
-            ids = tokens[:, None]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits = model(
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=mask.sum(-1, keepdim=True) - 1,
+                use_cache=True,
+                **{cache_arg: cache},
+            ).logits[:, -1]
     return answers
+
+
+def _prefill(
+    model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, cache: Cache, cache_arg: str, rows_per_call: int
+) -> torch.Tensor:
+    """The logits after each (left-padded) prompt, with the prompts' keys and values stored in `cache`.
+
+    On a CPU the prompts run PREFILL_ROWS at a time, each piece with a cache of its own; the pieces' keys and
+    values then go into `cache` in one update per layer."""
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits, pieces = [], []
+    for start in range(0, len(ids), rows_per_call):
+        piece = slice(start, start + rows_per_call)
+        pieces.append(DynamicCache())
+        out = model(
+            input_ids=ids[piece],
+            attention_mask=mask[piece],
+            position_ids=positions[piece],
+            use_cache=True,
+            logits_to_keep=1,  # the prompt's other positions need none (49k-wide each)
+            **{cache_arg: pieces[-1]},
+        )
+        logits.append(out.logits[:, -1])
+    for index in range(len(pieces[0].layers)):
+        keys = torch.cat([p.layers[index].keys for p in pieces])
+        values = torch.cat([p.layers[index].values for p in pieces])
+        cache.update(keys, values, index)
+    return torch.cat(logits)
 
 
 def _fill_holes(stopped: list[bool]) -> list[int]:
