@@ -1,0 +1,29 @@
+"""Packs a train-drafter work folder's answers and self-written requests to commit, or seeds a work folder
+with a pack (exporter/train/datapack.py):
+
+    python scripts/work_data.py pack WORK_DIR PACK_DIR      # safe while the run is still writing
+    python scripts/work_data.py unpack PACK_DIR WORK_DIR    # keeps any file the work folder already has
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from eaglex.exporter.train.datapack import pack, unpack
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["pack", "unpack"])
+    parser.add_argument("source", type=Path)
+    parser.add_argument("dest", type=Path)
+    args = parser.parse_args()
+    if not args.source.is_dir():
+        sys.exit(f"error: {args.source} is not a folder: pass a work folder to pack, or a pack to unpack")
+    (pack if args.action == "pack" else unpack)(args.source, args.dest)
+
+
+if __name__ == "__main__":
+    main()
