@@ -28,6 +28,7 @@ from eaglex.exporter.train.regenerate import (
     greedy_answers,
     next_prompt,
     prompt_batches,
+    regenerate,
     sampled_answers,
 )
 from eaglex.exporter.train.selfprompts import RequestKeeper, user_turn_prefix, write_requests
@@ -173,6 +174,60 @@ def test_greedy_answers_drop_stopped_rows_and_equal_generate(tiny_model, evict_s
         assert answer == out[: stop + 1]
 
 
+def test_answers_written_by_two_worker_processes_equal_one_and_resume(tiny_model, tmp_path):
+    """Two forked processes, each answering every other batch into a file of its own, write the answers one
+    process writes, merged into the cache; answers a stopped run's workers left behind are taken as done."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("llama"), dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("llama"))
+    stop = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    conversations = [
+        [
+            {"role": "user", "content": " ".join(f"w{k}" for k in range(3, 3 + n))},
+            {"role": "assistant", "content": "w1"},
+        ]
+        for n in (1, 4, 2, 7, 3, 5, 6)
+    ]
+
+    def answer(folder, workers: int) -> list:
+        folder.mkdir(exist_ok=True)
+        first, _ = regenerate(
+            model,
+            tokenizer,
+            conversations,
+            folder / "regenerated.jsonl",
+            6,
+            64,
+            stop,
+            2,
+            lambda _: None,
+            workers=workers,
+        )
+        return [s.ids for s in first]
+
+    one = answer(tmp_path / "one", 1)
+    two = answer(tmp_path / "two", 2)
+    assert two == one
+    records = read_records(tmp_path / "two" / "regenerated.jsonl")
+    assert sorted(r["index"] for r in records) == list(range(len(conversations)))
+    # Merged worker by worker (batches 0 and 2, then 1 and 3), not in the one process's order of length.
+    assert [r["index"] for r in records] != [
+        r["index"] for r in read_records(tmp_path / "one" / "regenerated.jsonl")
+    ]
+    assert not list((tmp_path / "two").glob("*.worker*"))
+
+    # A run stopped while its workers wrote: their files hold some answers, the cache none.
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "regenerated.jsonl.worker1").write_text("".join(json.dumps(r) + "\n" for r in records[:3]))
+    assert answer(stopped, 1) == one
+    # The workers' 3 answers were merged in first and not written again: 7 records, not 10.
+    assert read_records(stopped / "regenerated.jsonl")[:3] == records[:3]
+    assert len(read_records(stopped / "regenerated.jsonl")) == len(conversations)
+    assert not list(stopped.glob("*.worker*"))
+
+
 def test_sampled_answers_draw_from_the_targets_distribution(sharp_model):
     """One sampled step over many copies of a prompt matches the target's softmax as closely as exact
     multinomial draws do (greedy picks would be far off), and a seed reproduces its batch."""
@@ -238,20 +293,20 @@ def test_peek_records_leaves_a_live_file_alone_and_read_records_mends_it(tmp_pat
 
 
 def test_a_packed_work_folder_unpacks_to_its_complete_records_and_never_overwrites(tmp_path):
-    """What a run wrote survives a new machine: the pack holds every complete record (a line still being
-    written is left out), unpacks into a fresh folder as the records the run would read back, and keeps
-    whatever a work folder already has."""
+    """What a run wrote survives a new machine: the pack holds every complete record, its answer-writing
+    workers' files included (a line still being written is left out), unpacks into a fresh folder as the
+    records the run would read back, and keeps whatever a work folder already has."""
     work, packed, fresh = tmp_path / "work", tmp_path / "pack", tmp_path / "fresh"
     work.mkdir()
     answers = [
         {"index": i, "turn": 1, "prompt": [1, 2, i], "answer": [i, 0], "dtype": "bfloat16"} for i in range(3)
     ]
-    lines = "".join(json.dumps(a) + "\n" for a in answers)
-    (work / "regenerated.jsonl").write_text(lines + '{"index": 3, "turn"')
+    (work / "regenerated.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers[:2]))
+    (work / "regenerated.jsonl.worker0").write_text(json.dumps(answers[2]) + '\n{"index": 3, "turn"')
     (work / "hours.json").write_text('{"data": 1.5}\n')
     pack(work, packed, report=lambda _: None)
     assert sorted(p.name for p in packed.iterdir()) == ["hours.json", "regenerated.jsonl.xz"]  # no requests
-    assert (work / "regenerated.jsonl").read_text().endswith('"turn"')  # the live file is left as it was
+    assert (work / "regenerated.jsonl.worker0").read_text().endswith('"turn"')  # a live file is left alone
 
     unpack(packed, fresh, report=lambda _: None)
     assert read_records(fresh / "regenerated.jsonl") == answers

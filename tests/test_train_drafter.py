@@ -555,6 +555,7 @@ def test_cli_trains_a_drafter(tiny_model, tmp_path):
         (["--rechoose-vocab"], "--rechoose-vocab needs --init-from"),
         (["--merge-turns"], "pass --regenerate-turns 2 or more"),
         (["--device", "tpu"], "--device tpu: give cpu, cuda, cuda:N or auto"),
+        (["--regenerate-workers", "0"], "--regenerate-workers 0: give 1, or more only on a CPU"),
         pytest.param(
             ["--device", "cuda"],
             "sees no CUDA GPU: pass --device cpu",

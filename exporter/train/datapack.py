@@ -24,11 +24,13 @@ COST = "hours.json"
 
 
 def pack(work_dir: Path, dest: Path, report: Callable[[str], None] = print) -> None:
-    """Writes each cache of work_dir that exists, as dest/NAME.xz, and its hours.json; safe while a run is
-    still appending to them (a line being written is left out)."""
+    """Writes each cache of work_dir that exists (with its workers' files), as dest/NAME.xz, and its
+    hours.json; safe while a run is still appending to them (a line being written is left out)."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in CACHES:
-        records = peek_records(work_dir / name)
+        # With --regenerate-workers, a turn's answers wait in one file per worker until the turn ends.
+        parts = sorted(work_dir.glob(f"{name}.worker*"))
+        records = [r for path in (work_dir / name, *parts) for r in peek_records(path)]
         if not records:
             continue
         text = "".join(json.dumps(record) + "\n" for record in records).encode()

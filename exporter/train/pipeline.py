@@ -173,6 +173,7 @@ def build_samples(
     stop_ids: list[int],
     exclude: EvalFilter,
     report: Callable[[str], None],
+    regenerate_workers: int = 1,
 ) -> list[Sample]:
     first: list[Sample | None] = []
     later: list[Sample | None] = []
@@ -197,6 +198,7 @@ def build_samples(
             batch_size=256,  # with stopped rows leaving the batch, larger batches pay (BENCHMARKS.md)
             report=report,
             turns=data.regenerate_turns,
+            workers=regenerate_workers,
         )
     rest = [tokenize_conversation(tokenizer, m, data.max_length) for m in conversations[data.regenerate :]]
     # The later turns of held-out conversations stay out of training.
@@ -229,11 +231,14 @@ def train_drafter(
     extract_batch_tokens: int = 4096,
     out_dtype: torch.dtype = torch.float16,
     device: str = "cpu",
+    regenerate_workers: int = 1,
 ) -> Path:
     """Trains an EAGLE-3 drafter for the Hugging Face model in model_dir and writes it to out_dir.
 
     device: where the target writes answers and features and the drafter trains ("cpu", "cuda", "cuda:1");
-    the caches and checkpoints do not depend on it, so a run may resume on another device."""
+    the caches and checkpoints do not depend on it, so a run may resume on another device.
+    regenerate_workers: CPU processes that write the answers (`regenerate`); the answers do not depend on
+    it beyond bf16 rounding, so it is no data setting."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target_config = read_target_config(model_dir)
@@ -249,7 +254,9 @@ def train_drafter(
     conversations = select_conversations(data.sources, data.samples, data.seed, exclude, report)
     stop_ids = special_tokens(Path(model_dir))["eos_token_ids"]
     data_hours = PhaseHours(work_dir, "data", report)
-    samples = build_samples(model, tokenizer, conversations, data, work_dir, stop_ids, exclude, data_hours)
+    samples = build_samples(
+        model, tokenizer, conversations, data, work_dir, stop_ids, exclude, data_hours, regenerate_workers
+    )
     data_hours.save()
     if len(samples) <= data.val_samples:
         raise EaglexError(

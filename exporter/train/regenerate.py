@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from eaglex.errors import EaglexError
 
 from .data import Message, Sample, encode_prompt, first_turn, render
 from .jsonl import read_records
@@ -268,6 +272,113 @@ def prompt_batches(lengths: Sequence[int], max_new_tokens: int, batch_size: int)
     return batches
 
 
+@dataclass(frozen=True)
+class _AnswerJob:
+    """One turn's prompts (by conversation index) and how to answer them."""
+
+    prompts: dict[int, list[int]]
+    turn: int
+    max_new_tokens: int
+    stop_ids: list[int]
+
+    def run(
+        self, model: nn.Module, batches: list[list[int]], out: Path, progress: Progress | None
+    ) -> list[Record]:
+        """Answers `batches` (lists of conversation indices), appending each batch's records to `out` as it
+        finishes, so a stop loses at most the batch under way."""
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        records: list[Record] = []
+        with open(out, "a") as f:
+            for batch in batches:
+                answers = greedy_answers(
+                    model, [self.prompts[i] for i in batch], self.stop_ids, self.max_new_tokens
+                )
+                for i, answer in zip(batch, answers, strict=True):
+                    record = {
+                        "index": i,
+                        "turn": self.turn,
+                        "prompt": self.prompts[i],
+                        "answer": answer,
+                        "dtype": dtype,
+                    }
+                    f.write(json.dumps(record) + "\n")
+                    records.append(record)
+                f.flush()
+                if progress is not None:
+                    progress.update(len(batch))
+        return records
+
+
+def _worker_files(cache_file: Path) -> list[Path]:
+    return sorted(cache_file.parent.glob(cache_file.name + ".worker*"))
+
+
+def _merge_worker_files(cache_file: Path) -> list[Record]:
+    """Appends the complete records of the workers' files to cache_file, then removes those files. A stop
+    between the two leaves records in both, which is harmless: a record is found by its turn and prompt."""
+    records = []
+    for part in _worker_files(cache_file):
+        records += read_records(part)
+    if records:
+        with open(cache_file, "a") as cache:
+            cache.writelines(json.dumps(r) + "\n" for r in records)
+    for part in _worker_files(cache_file):
+        part.unlink()
+    return records
+
+
+def _answer_in_workers(
+    model: nn.Module,
+    job: _AnswerJob,
+    batches: list[list[int]],
+    cache_file: Path,
+    workers: int,
+    progress: Progress,
+) -> list[Record]:
+    """job.run on every `workers`-th batch in each of `workers` forked processes (the model's weights shared
+    copy-on-write), each writing a file of its own, merged into cache_file once all have finished."""
+    threads = max(1, torch.get_num_threads() // workers)
+    context = multiprocessing.get_context("fork")
+    processes = [
+        context.Process(
+            target=_worker,
+            args=(
+                model,
+                job,
+                batches[k::workers],
+                cache_file.with_name(f"{cache_file.name}.worker{k}"),
+                threads,
+            ),
+        )
+        for k in range(workers)
+    ]
+    for process in processes:
+        process.daemon = True  # ends with the run that started it
+        process.start()
+    counted = 0
+    while any(process.is_alive() for process in processes):
+        time.sleep(5)
+        written = sum(_count_lines(part) for part in _worker_files(cache_file))
+        progress.update(written - counted)
+        counted = written
+    failed = [process.exitcode for process in processes if process.exitcode != 0]
+    if failed:
+        raise EaglexError(
+            f"an answer-writing worker stopped with exit code {failed[0]}: rerun the same command to resume"
+        )
+    return _merge_worker_files(cache_file)
+
+
+def _worker(model: nn.Module, job: _AnswerJob, batches: list[list[int]], out: Path, threads: int) -> None:
+    torch.set_num_threads(threads)
+    job.run(model, batches, out, None)
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
 def regenerate(
     model: nn.Module,
     tokenizer: Any,
@@ -279,55 +390,53 @@ def regenerate(
     batch_size: int,
     report: Callable[[str], None],
     turns: int = 1,
+    workers: int = 1,
 ) -> tuple[list[Sample | None], list[Sample | None]]:
     """Greedy answers to the first `turns` user turns of each conversation, as two samples per conversation:
     the first turn (loss on its answer) and, when a later turn was answered, the conversation through its
     last answered turn (loss on answers 2 and up). None where there is no such sample: a prompt longer
-    than max_prompt_tokens ends a conversation's answers."""
+    than max_prompt_tokens ends a conversation's answers.
+
+    `workers` > 1 splits each turn's batches between that many forked processes (CPU only), each with its
+    share of torch's threads: a decode step of SmolLM2 is bound by per-operation overhead more than by
+    arithmetic, so two one-thread processes write more than one process of two threads."""
+    _merge_worker_files(cache_file)  # what the workers of a stopped run had written
     cached = _read_cache(cache_file)
     done: dict[tuple[int, int], Record] = {}
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    with open(cache_file, "a") as cache:
-        for turn in range(1, turns + 1):
-            prompts: dict[int, list[int]] = {}
-            for i, messages in enumerate(conversations):
-                if turn == 1:
-                    prompt = encode_prompt(tokenizer, first_turn(messages))
-                elif (i, turn - 1) in done:
-                    earlier = [done[i, t] for t in range(1, turn)]
-                    prompt = next_prompt(tokenizer, messages, earlier, stop_ids)
-                else:
-                    continue
-                if prompt is None or len(prompt) > max_prompt_tokens:
-                    continue
-                prompts[i] = prompt
-                # An answer counts only for the very prompt it was generated for.
-                if (i, turn) in cached and cached[i, turn]["prompt"] == prompt:
-                    done[i, turn] = cached[i, turn]
-            todo = sorted((i for i in prompts if (i, turn) not in done), key=lambda i: len(prompts[i]))
-            if not todo:
+    for turn in range(1, turns + 1):
+        prompts: dict[int, list[int]] = {}
+        for i, messages in enumerate(conversations):
+            if turn == 1:
+                prompt = encode_prompt(tokenizer, first_turn(messages))
+            elif (i, turn - 1) in done:
+                earlier = [done[i, t] for t in range(1, turn)]
+                prompt = next_prompt(tokenizer, messages, earlier, stop_ids)
+            else:
                 continue
-            what = f"regenerate answers ({dtype})" + (f", turn {turn}" if turns > 1 else "")
-            progress = Progress(what, len(todo), report, unit="answers")
-            generated_tokens = 0
-            for batch in prompt_batches([len(prompts[i]) for i in todo], max_new_tokens, batch_size):
-                batch = [todo[k] for k in batch]
-                answers = greedy_answers(model, [prompts[i] for i in batch], stop_ids, max_new_tokens)
-                for i, answer in zip(batch, answers, strict=True):
-                    record = {
-                        "index": i,
-                        "turn": turn,
-                        "prompt": prompts[i],
-                        "answer": answer,
-                        "dtype": dtype,
-                    }
-                    done[i, turn] = record
-                    cache.write(json.dumps(record) + "\n")
-                    generated_tokens += len(answer)
-                cache.flush()
-                seconds = time.perf_counter() - progress.started
-                progress.update(len(batch), f"{generated_tokens / seconds:.1f} generated tokens/s")
-            report(progress.line("done"))
+            if prompt is None or len(prompt) > max_prompt_tokens:
+                continue
+            prompts[i] = prompt
+            # An answer counts only for the very prompt it was generated for.
+            if (i, turn) in cached and cached[i, turn]["prompt"] == prompt:
+                done[i, turn] = cached[i, turn]
+        todo = sorted((i for i in prompts if (i, turn) not in done), key=lambda i: len(prompts[i]))
+        if not todo:
+            continue
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        what = f"regenerate answers ({dtype})" + (f", turn {turn}" if turns > 1 else "")
+        progress = Progress(what, len(todo), report, unit="answers")
+        batches = [
+            [todo[k] for k in b]
+            for b in prompt_batches([len(prompts[i]) for i in todo], max_new_tokens, batch_size)
+        ]
+        job = _AnswerJob(prompts, turn, max_new_tokens, list(stop_ids))
+        if workers > 1:
+            records = _answer_in_workers(model, job, batches, cache_file, workers, progress)
+        else:
+            records = job.run(model, batches, cache_file, progress)
+        done.update(((r["index"], r["turn"]), r) for r in records)
+        rate = sum(len(r["answer"]) for r in records) / (time.perf_counter() - progress.started)
+        report(progress.line(f"done, {rate:.1f} generated tokens/s"))
     # Answers cached before dtypes were recorded were all written in float32.
     writers = Counter(record.get("dtype", "float32") for record in done.values())
     report("answers by weight dtype: " + ", ".join(f"{n} {d}" for d, n in sorted(writers.items())))
