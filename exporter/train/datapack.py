@@ -17,7 +17,7 @@ import lzma
 from collections.abc import Callable
 from pathlib import Path
 
-from .jsonl import peek_records
+from .jsonl import peek_records, worker_files
 
 CACHES = ("self_prompts.jsonl", "regenerated.jsonl")  # appended as they grow; only complete lines are packed
 COST = "hours.json"
@@ -29,8 +29,8 @@ def pack(work_dir: Path, dest: Path, report: Callable[[str], None] = print) -> N
     dest.mkdir(parents=True, exist_ok=True)
     for name in CACHES:
         # With --regenerate-workers, a turn's answers wait in one file per worker until the turn ends.
-        parts = sorted(work_dir.glob(f"{name}.worker*"))
-        records = [r for path in (work_dir / name, *parts) for r in peek_records(path)]
+        paths = (work_dir / name, *worker_files(work_dir / name))
+        records = [r for path in paths for r in peek_records(path)]
         if not records:
             continue
         text = "".join(json.dumps(record) + "\n" for record in records).encode()

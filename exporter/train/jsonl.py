@@ -38,3 +38,8 @@ def read_records(path: Path) -> list[Any]:
         with open(path, "r+b") as f:
             f.truncate(kept_bytes)
     return records
+
+
+def worker_files(path: Path) -> list[Path]:
+    """The files that processes writing in parallel append to until their records are merged into `path`."""
+    return sorted(path.parent.glob(path.name + ".worker*"))

@@ -35,7 +35,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from eaglex.errors import EaglexError
 
 from .data import Message, Sample, encode_prompt, first_turn, render
-from .jsonl import read_records
+from .jsonl import read_records, worker_files
 from .kernels import planless_attention
 from .progress import Progress
 
@@ -43,7 +43,7 @@ from .progress import Progress
 BATCH_TOKENS = 131_072
 # Prompts a CPU prefills at once. A whole batch's activations (rows x prompt length x 1,536 in SmolLM2's MLP)
 # outgrow the CPU's caches: two batches of 256 prompts (~40 and ~110 tokens) prefilled in 17.1 s whole and
-# 10.1 s in pieces of 16 (bf16, two threads, a Sapphire Rapids; scripts/compare_regen_prefill.py). A GPU
+# 10.1 s in pieces of 16 (bf16, two threads, an Intel Xeon with AMX; scripts/compare_regen_prefill.py). A GPU
 # takes the batch whole.
 PREFILL_ROWS = 16
 Record = dict[str, Any]  # {"index", "turn", "prompt": ids, "answer": ids, "dtype"}
@@ -309,20 +309,15 @@ class _AnswerJob:
         return records
 
 
-def _worker_files(cache_file: Path) -> list[Path]:
-    return sorted(cache_file.parent.glob(cache_file.name + ".worker*"))
-
-
 def _merge_worker_files(cache_file: Path) -> list[Record]:
     """Appends the complete records of the workers' files to cache_file, then removes those files. A stop
     between the two leaves records in both, which is harmless: a record is found by its turn and prompt."""
-    records = []
-    for part in _worker_files(cache_file):
-        records += read_records(part)
+    parts = worker_files(cache_file)
+    records = [r for part in parts for r in read_records(part)]
     if records:
         with open(cache_file, "a") as cache:
             cache.writelines(json.dumps(r) + "\n" for r in records)
-    for part in _worker_files(cache_file):
+    for part in parts:
         part.unlink()
     return records
 
@@ -358,7 +353,7 @@ def _answer_in_workers(
     counted = 0
     while any(process.is_alive() for process in processes):
         time.sleep(5)
-        written = sum(_count_lines(part) for part in _worker_files(cache_file))
+        written = sum(_count_lines(part) for part in worker_files(cache_file))
         progress.update(written - counted)
         counted = written
     failed = [process.exitcode for process in processes if process.exitcode != 0]
