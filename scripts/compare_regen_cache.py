@@ -27,10 +27,15 @@ from eaglex.exporter.train.jsonl import peek_records
 
 
 class ConcatenatedLayer(DynamicLayer):
-    """transformers' growing cache, with the same row-removal call as ReservedLayer."""
+    """transformers' growing cache, with ReservedLayer's calls for prefill pieces and row removal."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, rows: int, capacity: int) -> None:
         super().__init__()
+
+    def write_rows(self, first: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.keys = key_states if first == 0 else torch.cat([self.keys, key_states])
+        self.values = value_states if first == 0 else torch.cat([self.values, value_states])
+        self.device, self.is_initialized = key_states.device, True
 
     def keep_rows(self, order: list[int]) -> None:
         self.batch_select_indices(torch.tensor(order, device=self.keys.device))

@@ -24,7 +24,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,8 @@ from .jsonl import read_records, worker_files
 from .kernels import planless_attention
 from .progress import Progress
 
-# Tokens of KV cache per regeneration batch: 3 GB in bf16 for SmolLM2 (30 layers x 2 x 192 values).
+# Tokens of KV cache per regeneration batch, in each worker process: 3 GB in bf16 for SmolLM2 (30 layers x 2 x
+# 192 values); a batch of its longest prompts peaks at 4.6 GB a process (scripts/measure_regen_memory.py).
 BATCH_TOKENS = 131_072
 # Prompts a CPU prefills at once. A whole batch's activations (rows x prompt length x 1,536 in SmolLM2's MLP)
 # outgrow the CPU's caches: two batches of 256 prompts (~40 and ~110 tokens) prefilled in 17.1 s whole and
@@ -143,13 +143,12 @@ def _answers(
     rows = torch.arange(len(prompts), device=device)  # the prompt each batch row answers
     stopped = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     answers: list[list[int]] = [[] for _ in prompts]
-    cache = Cache(layer_class_to_replicate=partial(ReservedLayer, width + max_new_tokens))
     # transformers renamed the argument `past_key_values` to `cache` (the old name goes in 5.40).
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     if prefill_rows is None:
         prefill_rows = len(prompts) if device.type == "cuda" else PREFILL_ROWS
     with torch.no_grad(), planless_attention():
-        logits = _prefill(model, ids, mask, cache, cache_arg, prefill_rows)
+        logits, cache = _prefill(model, ids, mask, width + max_new_tokens, cache_arg, prefill_rows)
         for step in range(max_new_tokens):
             tokens = choose(logits)
             for row, token, done in zip(rows.tolist(), tokens.tolist(), stopped.tolist(), strict=True):
@@ -176,31 +175,34 @@ def _answers(
 
 
 def _prefill(
-    model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, cache: Cache, cache_arg: str, rows_per_call: int
-) -> torch.Tensor:
-    """The logits after each (left-padded) prompt, with the prompts' keys and values stored in `cache`.
+    model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, capacity: int, cache_arg: str, rows_per_call: int
+) -> tuple[torch.Tensor, Cache]:
+    """The logits after each (left-padded) prompt, and a cache of `capacity` positions a row that holds the
+    prompts' keys and values.
 
-    On a CPU the prompts run PREFILL_ROWS at a time, each piece with a cache of its own; the pieces' keys and
-    values then go into `cache` in one update per layer."""
+    The prompts run `rows_per_call` at a time (PREFILL_ROWS on a CPU), each piece with a cache of its own
+    that goes into the batch's as soon as the piece is done: holding every piece until the end kept a second
+    copy of the batch's cache (~3 GB at BATCH_TOKENS in bf16) and left a worker at twice the memory it
+    needs (scripts/measure_regen_memory.py)."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits, pieces = [], []
+    logits, cache = [], None
     for start in range(0, len(ids), rows_per_call):
         piece = slice(start, start + rows_per_call)
-        pieces.append(DynamicCache())
+        piece_cache = DynamicCache()
         out = model(
             input_ids=ids[piece],
             attention_mask=mask[piece],
             position_ids=positions[piece],
             use_cache=True,
             logits_to_keep=1,  # the prompt's other positions need none (49k-wide each)
-            **{cache_arg: pieces[-1]},
+            **{cache_arg: piece_cache},
         )
         logits.append(out.logits[:, -1])
-    for index in range(len(pieces[0].layers)):
-        keys = torch.cat([p.layers[index].keys for p in pieces])
-        values = torch.cat([p.layers[index].values for p in pieces])
-        cache.update(keys, values, index)
-    return torch.cat(logits)
+        if cache is None:
+            cache = Cache(layers=[ReservedLayer(len(ids), capacity) for _ in piece_cache.layers])
+        for layer, part in zip(cache.layers, piece_cache.layers, strict=True):
+            layer.write_rows(start, part.keys, part.values)
+    return torch.cat(logits), cache
 
 
 def _fill_holes(stopped: list[bool]) -> list[int]:
@@ -224,16 +226,30 @@ class ReservedLayer(DynamicLayer):
     prompts of SmolLM2 in bf16 on these CPUs: 159 against 141 generated tokens/s, the same answers
     (scripts/compare_regen_cache.py); the decode step is then bound by reading the cache in attention."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, rows: int, capacity: int) -> None:
         super().__init__()
-        self.capacity, self.length, self.rows = capacity, 0, 0
+        self.batch_rows, self.capacity, self.length, self.rows = rows, capacity, 0, 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
-        rows, heads, _, dim = key_states.shape
-        self.key_buffer = key_states.new_empty(rows, heads, self.capacity, dim)
-        self.value_buffer = value_states.new_empty(rows, heads, self.capacity, value_states.shape[-1])
+        _, heads, _, dim = key_states.shape
+        self.key_buffer = key_states.new_empty(self.batch_rows, heads, self.capacity, dim)
+        self.value_buffer = value_states.new_empty(
+            self.batch_rows, heads, self.capacity, value_states.shape[-1]
+        )
         self.is_initialized = True
+
+    def write_rows(self, first: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Writes one prefill piece, the prompts of rows first.., at positions 0..: every piece of a
+        (left-padded) prefill has the same length."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end, self.length = first + key_states.shape[0], key_states.shape[-2]
+        self.key_buffer[first:end, :, : self.length] = key_states
+        self.value_buffer[first:end, :, : self.length] = value_states
+        self.rows = max(self.rows, end)
+        self.keys = self.key_buffer[: self.rows, :, : self.length]
+        self.values = self.value_buffer[: self.rows, :, : self.length]
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
