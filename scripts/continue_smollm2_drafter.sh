@@ -5,14 +5,17 @@
 # SmolLM2 in bf16 and merged into one sequence, plus 16,000 requests SmolLM2 writes itself, answered the
 # same way; features under bf16 autocast; one epoch from run 8 with the 12,288-token vocabulary rechosen.
 #
-# It spans sessions, and machine caches do not outlive a machine, so the answers travel in the repository:
-# the work folder is first seeded from drafters/data/smollm2-run11 (committed with scripts/work_data.py
-# pack as the answers are written; files the folder already has are kept), then the run resumes from
-# whatever is done. Two torch threads (these runs had the machine to themselves), shared by two processes
-# while answers are written.
+# It spans sessions, and machine caches do not outlive a machine, so the answers and the training travel in
+# the repository: the work folder is first seeded from drafters/data/smollm2-run11 (committed with
+# scripts/work_data.py pack as the answers are written, and with --checkpoints as the drafter trains; files
+# the folder already has are kept), then the run resumes from whatever is done. Features are computed for
+# each batch as it trains (--live-features): cached, they would fill ~43 GB that no session keeps for the
+# next, and the epoch's ~6 hours of features and training take more than one session. Two torch threads
+# (these runs had the machine to themselves), shared by two processes while answers are written.
 #
 #   bash scripts/continue_smollm2_drafter.sh        # -> ~/.cache/eaglex/train/smollm2-run11/run11-drafter
 #   python scripts/work_data.py pack ~/.cache/eaglex/train/smollm2-run11 drafters/data/smollm2-run11
+#   python scripts/work_data.py pack --checkpoints ~/.cache/eaglex/train/smollm2-run11 drafters/data/smollm2-run11
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-$HOME/.cache/eaglex/train/smollm2-run11}
@@ -21,6 +24,6 @@ if [ -d "$PACK" ]; then python scripts/work_data.py unpack "$PACK" "$WORK"; fi
 exec eaglex train-drafter --model smollm2 --data sharegpt --max-new-tokens 160 --max-length 1024 \
   --val-samples 32 --draft-vocab-size 12288 --ttt-steps 5 --seed 0 --threads 2 --regenerate-workers 2 \
   --work-dir "$WORK" --samples 0 --regenerate 17346 --regenerate-turns 2 --merge-turns --self-prompts 16000 \
-  --regenerate-dtype bfloat16 --features-dtype bfloat16 --out "${OUT:-$WORK/run11-drafter}" --dtype float16 \
+  --regenerate-dtype bfloat16 --features-dtype bfloat16 --live-features --out "${OUT:-$WORK/run11-drafter}" --dtype float16 \
   --init-from drafters/smollm2-135m-instruct --rechoose-vocab --bf16 --epochs 1 --batch-tokens 1024 \
   --lr 3e-4 --warmup-steps 20 "$@"

@@ -24,10 +24,11 @@ from click.testing import CliRunner
 from eaglex.cli import main
 from eaglex.errors import EaglexError
 from eaglex.exporter.checkpoints import load_drafter, load_target, read_target_config
-from eaglex.exporter.train import loop, pipeline
-from eaglex.exporter.train.data import EvalFilter
+from eaglex.exporter.target import default_feature_layers
+from eaglex.exporter.train import datapack, loop, pipeline
+from eaglex.exporter.train.data import EvalFilter, Sample
 from eaglex.exporter.train.evalsets import EVAL_SETS
-from eaglex.exporter.train.features import FeatureStore, TargetFeatures, extract
+from eaglex.exporter.train.features import FeatureStore, LiveFeatures, TargetFeatures, extract
 from eaglex.exporter.train.loop import TrainConfig
 from eaglex.exporter.train.pipeline import DataConfig, train_drafter
 
@@ -82,6 +83,7 @@ def run(
     data_overrides: dict | None = None,
     turns: int = 1,
     device: str = "cpu",
+    live_features: bool = False,
     **train_overrides,
 ) -> Path:
     data_file = write_conversations(tmp_path / "conversations.json", turns=turns)
@@ -98,6 +100,7 @@ def run(
         EvalFilter([EVAL_PROMPT]),
         report=lambda _: None,
         device=device,
+        live_features=live_features,
     )
 
 
@@ -185,6 +188,89 @@ def test_resume_after_interruption_is_exact(trained, sharp_model, tmp_path, monk
     want = safetensors.torch.load_file(trained / "model.safetensors")
     for key, value in want.items():
         assert torch.equal(got[key], value), key
+
+
+def test_live_features_are_the_cached_ones_and_train_as_well(trained, sharp_model, tmp_path):
+    """--live-features: each batch holds what the cached store gives for it (the target's own padding
+    rounding aside), no train features reach the disk, and the run learns as the cached one did."""
+    out = run(sharp_model, tmp_path, "live", live_features=True)
+    work = tmp_path / "work-live"
+    assert not (work / "features" / "train").exists() and (work / "features" / "val").is_dir()
+    record = json.loads((out / "training.json").read_text())
+    assert record["train_features"] == "live"
+    cached = FeatureStore(trained.parent / f"work-{trained.name}" / "features" / "train", 64)
+    samples = [Sample(list(map(int, ids)), list(map(bool, mask))) for ids, mask in stored_sequences(cached)]
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(sharp_model, dtype=torch.float32)
+    layers = default_feature_layers(read_target_config(sharp_model).num_layers)
+    live = LiveFeatures(TargetFeatures(hf, layers), samples)
+    assert live.lengths == cached.lengths and live.num_tokens == cached.num_tokens
+    assert np.array_equal(live.column("ids"), cached.column("ids"))
+    for indices in ([0, 3, 7], [len(samples) - 1]):
+        got, want = live.batch(indices), cached.batch(indices)
+        for name in ("ids", "loss_mask", "lengths", "argmax"):
+            assert torch.equal(getattr(got, name), getattr(want, name)), name
+        for name in ("features", "final_hidden"):
+            assert torch.allclose(getattr(got, name), getattr(want, name), rtol=2e-3, atol=2e-3), name
+    fp32, live_losses = ([r["val_loss"] for r in log(o) if "val_loss" in r] for o in (trained, out))
+    assert live_losses[-1] == pytest.approx(fp32[-1], rel=0.02)
+
+
+def stored_sequences(store: FeatureStore) -> list[tuple[np.ndarray, np.ndarray]]:
+    ids, mask = store.column("ids"), store.column("loss_mask")
+    return [(ids[a:b], mask[a:b]) for a, b in itertools.pairwise(store.offsets)]
+
+
+def test_a_packed_checkpoint_resumes_a_live_run_on_a_new_machine(sharp_model, tmp_path, monkeypatch):
+    """A live-features run stopped part way, packed with its checkpoint (fp32 weights, AdamW moments in bf16)
+    and unpacked into an empty work folder, goes on from that step with the packed answers and ends where
+    the uninterrupted run did, to the moments' rounding."""
+    whole = run(sharp_model, tmp_path, "whole", live_features=True, save_minutes=0.0)
+    saves = {"count": 0}
+    original = loop.Trainer.save
+
+    def save_then_die(self):
+        original(self)
+        saves["count"] += 1
+        if saves["count"] == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.Trainer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(sharp_model, tmp_path, "moved", work="old-machine", live_features=True, save_minutes=0.0)
+    monkeypatch.setattr(loop.Trainer, "save", original)
+    packed = tmp_path / "pack"
+    datapack.pack(tmp_path / "work-old-machine", packed, report=lambda _: None, checkpoints=True)
+    run_name = TRAIN.run_name()
+    state = torch.load(packed / run_name / "checkpoint" / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 5
+    assert {m["exp_avg_sq"].dtype for m in state["optimizer"]["state"].values()} == {torch.bfloat16}
+    checkpoint = tmp_path / "work-old-machine" / run_name / "checkpoint"
+    assert (packed / run_name / "checkpoint" / "model.safetensors").read_bytes() == (
+        checkpoint / "model.safetensors"
+    ).read_bytes()
+    datapack.unpack(packed, tmp_path / "work-moved", report=lambda _: None)
+    lines = []
+    moved = train_drafter(
+        sharp_model,
+        tmp_path / "moved",
+        tmp_path / "work-moved",
+        DataConfig(**{**DATA.__dict__, "sources": (str(tmp_path / "conversations.json"),)}),
+        TrainConfig(**{**TRAIN.__dict__, "save_minutes": 0.0}),
+        EvalFilter([EVAL_PROMPT]),
+        report=lines.append,
+        live_features=True,
+    )
+    assert any(line.startswith("resumed at epoch 1, optimizer step 5/") for line in lines)
+    assert not any(line.startswith("regenerate answers") for line in lines)  # the answers came packed
+    budgets = [json.loads((o / "training.json").read_text())["budget"] for o in (whole, moved)]
+    assert budgets[0]["optimizer_steps"] == budgets[1]["optimizer_steps"]
+    assert budgets[0]["trained_tokens"] == budgets[1]["trained_tokens"]
+    losses = [[r["val_loss"] for r in log(o) if "val_loss" in r][-1] for o in (whole, moved)]
+    assert losses[1] == pytest.approx(losses[0], rel=0.01)
+    weights = [safetensors.torch.load_file(o / "model.safetensors") for o in (whole, moved)]
+    assert torch.allclose(weights[1]["fc.weight"], weights[0]["fc.weight"], atol=1e-2)
 
 
 def test_phase_hours_count_a_run_stopped_part_way(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from torch import Tensor
 from eaglex.exporter.drafter import Eagle3Drafter
 
 from .checkpoint import read_trainer_state, write_drafter
-from .features import Batch, FeatureStore, length_batches
+from .features import Batch, FeatureStore, LiveFeatures, length_batches
 from .kernels import planless_attention
 from .progress import Progress
 from .ttt import TTTOutput, ttt_forward
@@ -159,7 +159,7 @@ class Trainer:
             )
 
     @torch.no_grad()
-    def evaluate(self, store: FeatureStore) -> StepStats:
+    def evaluate(self, store: FeatureStore | LiveFeatures) -> StepStats:
         stats = StepStats()
         for batch in length_batches(store.lengths, self.config.batch_tokens):
             stats.add(self.forward(store.batch(batch)))
@@ -202,7 +202,7 @@ class Trainer:
         hours = round(self.seconds / 3600, 3)
         return {"optimizer_steps": self.step, "trained_tokens": self.tokens, "train_hours": hours}
 
-    def train(self, store: FeatureStore, val: FeatureStore | None = None) -> StepStats | None:
+    def train(self, store: FeatureStore | LiveFeatures, val: FeatureStore | None = None) -> StepStats | None:
         """Runs (or finishes) the configured epochs; returns the final validation stats, if any."""
         config = self.config
         batches = length_batches(store.lengths, config.batch_tokens)

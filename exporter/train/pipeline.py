@@ -30,7 +30,7 @@ from eaglex.exporter.tokens import special_tokens
 
 from .checkpoint import new_drafter_config, write_drafter
 from .data import EvalFilter, Message, Sample, load_records, to_messages, tokenize_conversation
-from .features import FeatureStore, TargetFeatures, extract
+from .features import FeatureStore, LiveFeatures, TargetFeatures, extract
 from .loop import TrainConfig, Trainer
 from .regenerate import regenerate
 from .selfprompts import write_requests
@@ -232,13 +232,16 @@ def train_drafter(
     out_dtype: torch.dtype = torch.float16,
     device: str = "cpu",
     regenerate_workers: int = 1,
+    live_features: bool = False,
 ) -> Path:
     """Trains an EAGLE-3 drafter for the Hugging Face model in model_dir and writes it to out_dir.
 
     device: where the target writes answers and features and the drafter trains ("cpu", "cuda", "cuda:1");
     the caches and checkpoints do not depend on it, so a run may resume on another device.
     regenerate_workers: CPU processes that write the answers (`regenerate`); the answers do not depend on
-    it beyond bf16 rounding, so it is no data setting."""
+    it beyond bf16 rounding, so it is no data setting.
+    live_features: the training sequences' features are computed for each batch (LiveFeatures) instead of
+    cached first; the held-out ones are still cached (they are few and validated on repeatedly)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target_config = read_target_config(model_dir)
@@ -265,9 +268,12 @@ def train_drafter(
         )
     layers = new_drafter_config(target_config, train.draft_vocab_size).feature_layers
     target = TargetFeatures(model, layers, data.features_dtype)
-    stores = {}
+    stores: dict[str, FeatureStore | LiveFeatures] = {}
     features_hours = PhaseHours(work_dir, "features", report)
     for split, part in (("val", samples[: data.val_samples]), ("train", samples[data.val_samples :])):
+        if split == "train" and live_features:
+            stores[split] = LiveFeatures(target, part)
+            continue
         stores[split] = FeatureStore(work_dir / "features" / split, target_config.hidden_size)
         what = f"target features ({split})"
         extract(target, part, stores[split], extract_batch_tokens, features_hours, what=what)
@@ -299,7 +305,8 @@ def train_drafter(
         drafter.load_state_dict(state)
     embed = model.get_input_embeddings().weight.detach().cpu().clone()
     teacher_head = full_head[vocab.target_ids].clone()
-    del model, target  # only the embedding table and the draft rows of lm_head are needed from here on
+    if not live_features:
+        del model, target  # only the embedding table and the draft rows of lm_head are needed from here on
 
     train_hours = PhaseHours(work_dir, "train", report)
     trainer = Trainer(
@@ -323,6 +330,7 @@ def train_drafter(
         "train_sequences": len(train_store),
         "train_tokens_per_epoch": train_store.num_tokens,
         "train_sequences_by_features_dtype": dict(Counter(train_store.dtypes)),
+        "train_features": "live" if live_features else "cached",
         "draft_vocab_coverage": round(vocab.coverage, 4),
     }
     if train.init_from:
