@@ -84,6 +84,7 @@ def run(
     turns: int = 1,
     device: str = "cpu",
     live_features: bool = False,
+    report=lambda _: None,
     **train_overrides,
 ) -> Path:
     data_file = write_conversations(tmp_path / "conversations.json", turns=turns)
@@ -98,7 +99,7 @@ def run(
         data,
         train,
         EvalFilter([EVAL_PROMPT]),
-        report=lambda _: None,
+        report=report,
         device=device,
         live_features=live_features,
     )
@@ -168,21 +169,26 @@ def test_eval_prompts_are_excluded_and_answers_regenerated(trained):
     assert not any(ids[i : i + len(eval_ids)] == eval_ids for i in range(len(ids)))
 
 
-def test_resume_after_interruption_is_exact(trained, sharp_model, tmp_path, monkeypatch):
-    """A run killed mid-epoch and rerun ends with the same weights as the uninterrupted run (same seed)."""
-    saves = {"count": 0}
+def run_stopped_after_saves(monkeypatch, saves: int, *args, **kwargs) -> None:
+    """run(*args, **kwargs), killed right after its `saves`-th checkpoint, as a session's end kills it."""
+    count = {"saves": 0}
     original = loop.Trainer.save
 
     def save_then_die(self):
         original(self)
-        saves["count"] += 1
-        if saves["count"] == 4:
+        count["saves"] += 1
+        if count["saves"] == saves:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop.Trainer, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run(sharp_model, tmp_path, "drafter", save_minutes=0.0)  # checkpoint after every step
-    monkeypatch.setattr(loop.Trainer, "save", original)
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(loop.Trainer, "save", save_then_die)
+        run(*args, **kwargs)
+
+
+def test_resume_after_interruption_is_exact(trained, sharp_model, tmp_path, monkeypatch):
+    """A run killed mid-epoch and rerun ends with the same weights as the uninterrupted run (same seed)."""
+    # save_minutes 0: a checkpoint after every step
+    run_stopped_after_saves(monkeypatch, 4, sharp_model, tmp_path, "drafter", save_minutes=0.0)
     resumed = run(sharp_model, tmp_path, "drafter", save_minutes=0.0)
     got = safetensors.torch.load_file(resumed / "model.safetensors")
     want = safetensors.torch.load_file(trained / "model.safetensors")
@@ -193,6 +199,8 @@ def test_resume_after_interruption_is_exact(trained, sharp_model, tmp_path, monk
 def test_live_features_are_the_cached_ones_and_train_as_well(trained, sharp_model, tmp_path):
     """--live-features: each batch holds what the cached store gives for it (the target's own padding
     rounding aside), no train features reach the disk, and the run learns as the cached one did."""
+    from transformers import AutoModelForCausalLM
+
     out = run(sharp_model, tmp_path, "live", live_features=True)
     work = tmp_path / "work-live"
     assert not (work / "features" / "train").exists() and (work / "features" / "val").is_dir()
@@ -200,8 +208,6 @@ def test_live_features_are_the_cached_ones_and_train_as_well(trained, sharp_mode
     assert record["train_features"] == "live"
     cached = FeatureStore(trained.parent / f"work-{trained.name}" / "features" / "train", 64)
     samples = [Sample(list(map(int, ids)), list(map(bool, mask))) for ids, mask in stored_sequences(cached)]
-    from transformers import AutoModelForCausalLM
-
     hf = AutoModelForCausalLM.from_pretrained(sharp_model, dtype=torch.float32)
     layers = default_feature_layers(read_target_config(sharp_model).num_layers)
     live = LiveFeatures(TargetFeatures(hf, layers), samples)
@@ -226,20 +232,9 @@ def test_a_packed_checkpoint_resumes_a_live_run_on_a_new_machine(sharp_model, tm
     """A live-features run stopped part way, packed with its checkpoint (fp32 weights, AdamW moments in bf16)
     and unpacked into an empty work folder, goes on from that step with the packed answers and ends where
     the uninterrupted run did, to the moments' rounding."""
-    whole = run(sharp_model, tmp_path, "whole", live_features=True, save_minutes=0.0)
-    saves = {"count": 0}
-    original = loop.Trainer.save
-
-    def save_then_die(self):
-        original(self)
-        saves["count"] += 1
-        if saves["count"] == 5:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop.Trainer, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run(sharp_model, tmp_path, "moved", work="old-machine", live_features=True, save_minutes=0.0)
-    monkeypatch.setattr(loop.Trainer, "save", original)
+    settings = {"live_features": True, "save_minutes": 0.0}
+    whole = run(sharp_model, tmp_path, "whole", **settings)
+    run_stopped_after_saves(monkeypatch, 5, sharp_model, tmp_path, "moved", work="old-machine", **settings)
     packed = tmp_path / "pack"
     datapack.pack(tmp_path / "work-old-machine", packed, report=lambda _: None, checkpoints=True)
     run_name = TRAIN.run_name()
@@ -252,16 +247,7 @@ def test_a_packed_checkpoint_resumes_a_live_run_on_a_new_machine(sharp_model, tm
     ).read_bytes()
     datapack.unpack(packed, tmp_path / "work-moved", report=lambda _: None)
     lines = []
-    moved = train_drafter(
-        sharp_model,
-        tmp_path / "moved",
-        tmp_path / "work-moved",
-        DataConfig(**{**DATA.__dict__, "sources": (str(tmp_path / "conversations.json"),)}),
-        TrainConfig(**{**TRAIN.__dict__, "save_minutes": 0.0}),
-        EvalFilter([EVAL_PROMPT]),
-        report=lines.append,
-        live_features=True,
-    )
+    moved = run(sharp_model, tmp_path, "moved", report=lines.append, **settings)
     assert any(line.startswith("resumed at epoch 1, optimizer step 5/") for line in lines)
     assert not any(line.startswith("regenerate answers") for line in lines)  # the answers came packed
     budgets = [json.loads((o / "training.json").read_text())["budget"] for o in (whole, moved)]

@@ -227,14 +227,14 @@ class LiveFeatures:
         ids = nn.utils.rnn.pad_sequence([torch.tensor(s.ids) for s in chosen], batch_first=True)
         masks = [torch.tensor(s.loss_mask, dtype=torch.bool) for s in chosen]
         features, final, argmax = self.target(ids)
-        lengths = torch.tensor([len(s.ids) for s in chosen])
+        lengths = torch.tensor([self.lengths[i] for i in indices])
         padding = torch.arange(ids.shape[1]) >= lengths[:, None]
         return Batch(
             ids=ids,  # padded with 0, as in the store
             loss_mask=nn.utils.rnn.pad_sequence(masks, batch_first=True),
             lengths=lengths,
-            features=_fp16_round(features).masked_fill(padding[..., None], 0.0),
-            final_hidden=_fp16_round(final).masked_fill(padding[..., None], 0.0),
+            features=_fp16(features).float().masked_fill(padding[..., None], 0.0),
+            final_hidden=_fp16(final).float().masked_fill(padding[..., None], 0.0),
             argmax=argmax.masked_fill(padding, 0),
         )
 
@@ -245,13 +245,9 @@ def sequence_hash(ids: Sequence[int] | np.ndarray, loss_mask: Sequence[bool] | n
     return hashlib.sha256(data).hexdigest()[:24]
 
 
-def _fp16(x: Tensor) -> np.ndarray:
-    return x.clamp(-FP16_MAX, FP16_MAX).to(torch.float16).numpy()
-
-
-def _fp16_round(x: Tensor) -> Tensor:
-    """x as the store would give it back: clipped and rounded to fp16, in fp32."""
-    return x.clamp(-FP16_MAX, FP16_MAX).to(torch.float16).float()
+def _fp16(x: Tensor) -> Tensor:
+    """x as the store keeps it: clipped and rounded to fp16."""
+    return x.clamp(-FP16_MAX, FP16_MAX).to(torch.float16)
 
 
 def extract(
@@ -290,8 +286,8 @@ def extract(
                     "ids": np.asarray(samples[i].ids),
                     "loss_mask": np.asarray(samples[i].loss_mask),
                     "argmax": argmax[b, :n].numpy(),
-                    "features": _fp16(features[b, :n]),
-                    "final_hidden": _fp16(final[b, :n]),
+                    "features": _fp16(features[b, :n]).numpy(),
+                    "final_hidden": _fp16(final[b, :n]).numpy(),
                 }
             )
         store.append(arrays, target.dtype)

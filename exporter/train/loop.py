@@ -159,7 +159,7 @@ class Trainer:
             )
 
     @torch.no_grad()
-    def evaluate(self, store: FeatureStore | LiveFeatures) -> StepStats:
+    def evaluate(self, store: FeatureStore) -> StepStats:
         stats = StepStats()
         for batch in length_batches(store.lengths, self.config.batch_tokens):
             stats.add(self.forward(store.batch(batch)))
