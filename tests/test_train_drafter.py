@@ -560,6 +560,30 @@ def test_bf16_features_grow_an_fp32_store_and_stay_close(tiny_model, tmp_path):
     assert np.array_equal(grown.column("features")[: len(before)], before)  # the fp32 sequences are kept
 
 
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_bf16_features_are_autocast_over_the_fp32_model_bit_for_bit(tiny_model, architecture):
+    """TargetFeatures casts the linear weights to bf16 once, in a copy: what it returns must be exactly
+    what bf16 autocast over the caller's fp32 model gives (tied embeddings in llama, untied in qwen2), and
+    the caller's model must keep its fp32 weights and its tie."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tiny_model(architecture)
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    layers = load_target(model_dir).feature_layers
+    ids = torch.randint(3, hf.config.vocab_size, (3, 23), generator=torch.Generator().manual_seed(0))
+    features, final, argmax = TargetFeatures(hf, layers, "bfloat16")(ids)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = hf(input_ids=ids, output_hidden_states=True)
+    # hidden_states[i] is the residual stream entering layer i; the last one is the final normed hidden.
+    expected = torch.cat([out.hidden_states[i].float() for i in layers], dim=-1)
+    assert torch.equal(features, expected)
+    assert torch.equal(final, out.hidden_states[-1].float())
+    assert torch.equal(argmax, out.logits.argmax(-1))
+    assert all(p.dtype == torch.float32 for p in hf.parameters())
+    tied = hf.get_output_embeddings().weight is hf.get_input_embeddings().weight
+    assert tied == (architecture == "llama")
+
+
 def fake_eval_wheels(cache: Path) -> None:
     """The benchmark wheels, each holding one record, so the CLI runs offline and fast."""
     wheels = cache / "wheels"

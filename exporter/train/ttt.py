@@ -133,6 +133,12 @@ def ttt_forward(
         first_row = min(first_row, rows - 1)
     g = drafter.fc(features[:, :rows])
     out = TTTOutput(torch.zeros((), device=ids.device), [], [], [], [], first_row)
+    # The teacher's softmax and argmax, once per position: each position is read by up to `steps` steps,
+    # and both are row-wise, so a step's rows come out exactly as if computed for that step alone. max's
+    # indices are argmax's (the first maximum), several times faster on CPUs.
+    length = ids.shape[1]
+    teacher_probs = torch.softmax(teacher_logits, dim=-1).flatten(0, 1)
+    teacher_argmax = teacher_logits.max(-1).indices.flatten()
     for j in range(steps):
         start = 0 if j == 0 else first_row
         attend.first_row = start
@@ -146,14 +152,15 @@ def ttt_forward(
         b, r = _shift(weight, start + 2 + j, span).nonzero(as_tuple=True)
         logits = drafter.draft_logits(h[b, r])
         logprobs = torch.log_softmax(logits, dim=-1, dtype=at_least_fp32(logits.dtype))
-        teacher = teacher_logits[b, r + start + 1 + j]
-        # Cross-entropy against the teacher's softmax.
-        ce = -(torch.softmax(teacher, dim=-1) * logprobs).sum(-1)
+        teacher_rows = b * length + r + start + 1 + j  # rows of the flattened [B * N] teacher
+        # Cross-entropy against the teacher's softmax (index_select: a plain row copy, unlike [b, r]).
+        ce = -(teacher_probs.index_select(0, teacher_rows) * logprobs).sum(-1)
         n = len(ce)
         loss_j = ce.sum() / max(n, 1)
         out.loss = out.loss + decay**j * loss_j
         out.step_losses.append(loss_j.detach())
-        out.step_correct.append(int((logprobs.argmax(-1) == teacher.argmax(-1)).sum()))
+        drafted = logprobs.detach().max(-1).indices
+        out.step_correct.append(int((drafted == teacher_argmax[teacher_rows]).sum()))
         out.step_counted.append(n)
         out.hidden.append(h)
         g = h if j > 0 else h[:, first_row:]  # the drafter's own hidden feeds the next step
