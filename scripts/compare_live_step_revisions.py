@@ -14,18 +14,14 @@ anything on a shared machine.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import lzma
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from compare_train_precision import load_start
-from compare_ttt_revisions import ttt_at
+from compare_ttt_revisions import train_module_at
 
 from eaglex.cli import resolve_model
 from eaglex.exporter.train import features, loop
@@ -33,22 +29,6 @@ from eaglex.exporter.train.checkpoint import new_drafter_config
 from eaglex.exporter.train.data import Sample
 from eaglex.exporter.train.features import length_batches
 from eaglex.exporter.train.loop import TrainConfig, iter_epoch
-
-
-def features_at(revision: str):
-    """exporter/train/features.py as it is at `revision`, imported inside the package (it imports
-    relatively)."""
-    source = subprocess.run(
-        ["git", "show", f"{revision}:exporter/train/features.py"], capture_output=True, text=True, check=True
-    ).stdout
-    path = Path(tempfile.mkdtemp()) / "features_old.py"
-    path.write_text(source)
-    name = "eaglex.exporter.train.features_old"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[name] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 def packed_samples(folder: Path, count: int) -> list[Sample]:
@@ -83,13 +63,13 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(resolve_model(args.model), dtype=torch.float32)
     layers = new_drafter_config(start.config, len(start.drafter.d2t)).feature_layers
     samples = packed_samples(args.data, args.samples)
-    old_features = features_at(args.old)
+    old_features = train_module_at(args.old, "features")
     # The working tree's first: a bf16 target copies the model, hooks included, and must not copy the old's.
     live = {
         "working tree": features.LiveFeatures(features.TargetFeatures(model, layers, "bfloat16"), samples),
         args.old: old_features.LiveFeatures(old_features.TargetFeatures(model, layers, "bfloat16"), samples),
     }
-    forwards = {"working tree": loop.ttt_forward, args.old: ttt_at(args.old)}
+    forwards = {"working tree": loop.ttt_forward, args.old: train_module_at(args.old, "ttt").ttt_forward}
     vocab = len(start.drafter.d2t)
     settings = TrainConfig(vocab, ttt_steps=args.ttt_steps, batch_tokens=args.batch_tokens, bf16=True)
     trainers = {name: start.trainer(settings) for name in live}
@@ -105,11 +85,7 @@ def main() -> None:
             started = time.perf_counter()
             batch = live[name].batch(indices)
             computed = time.perf_counter()
-            out = trainer.forward(batch)
-            trainer.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainer.drafter.parameters(), trainer.config.grad_clip)
-            trainer.optimizer.step()
+            out = trainer.optimize(batch)
             if step > 0:
                 seconds[name][0] += computed - started
                 seconds[name][1] += time.perf_counter() - computed

@@ -7,7 +7,8 @@ Both start from the same drafter and train on the same batches of WORK's cached 
 work folder); prints each precision's training tokens/s and the validation loss and top-1 per TTT step
 after the steps. Only the ratio in one run means anything on a shared machine.
 
-`load_start` and `train_interleaved` also serve scripts/compare_ttt_revisions.py.
+`load_start` and `train_interleaved` also serve scripts/compare_ttt_revisions.py (and `load_start`
+scripts/compare_live_step_revisions.py).
 """
 
 from __future__ import annotations
@@ -82,11 +83,7 @@ def train_interleaved(
         for name, trainer in trainers.items():
             before(name)
             started = time.perf_counter()
-            out = trainer.forward(batch)
-            trainer.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainer.drafter.parameters(), trainer.config.grad_clip)
-            trainer.optimizer.step()
+            out = trainer.optimize(batch)
             seconds[name] += time.perf_counter() - started
             losses[name].append(float(out.loss.detach()))
         if (step + 1) % 10 == 0:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from compare_train_precision import load_start, train_interleaved
@@ -27,18 +28,20 @@ from eaglex.exporter.train.features import FeatureStore
 from eaglex.exporter.train.loop import TrainConfig
 
 
-def ttt_at(revision: str):
-    """`ttt_forward` as exporter/train/ttt.py defines it at `revision`."""
+def train_module_at(revision: str, name: str) -> ModuleType:
+    """exporter/train/NAME.py as it is at `revision`, imported inside the package (as NAME_old), so that its
+    relative imports find the working tree's modules."""
     source = subprocess.run(
-        ["git", "show", f"{revision}:exporter/train/ttt.py"], capture_output=True, text=True, check=True
+        ["git", "show", f"{revision}:exporter/train/{name}.py"], capture_output=True, text=True, check=True
     ).stdout
-    path = Path(tempfile.mkdtemp()) / "ttt_old.py"
+    path = Path(tempfile.mkdtemp()) / f"{name}_old.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("ttt_old", path)
+    qualified = f"eaglex.exporter.train.{name}_old"
+    spec = importlib.util.spec_from_file_location(qualified, path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["ttt_old"] = module
+    sys.modules[qualified] = module
     spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.ttt_forward
+    return module
 
 
 def main() -> None:
@@ -55,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = load_start(args.model, args.drafter)
     store = FeatureStore(args.work_dir / "features" / "train", start.config.hidden_size)
-    forwards = {args.old: ttt_at(args.old), "working tree": loop.ttt_forward}
+    forwards = {args.old: train_module_at(args.old, "ttt").ttt_forward, "working tree": loop.ttt_forward}
     settings = TrainConfig(
         draft_vocab_size=len(start.drafter.d2t),
         ttt_steps=args.ttt_steps,

@@ -10,8 +10,10 @@
 # scripts/work_data.py pack as the answers are written, and with --checkpoints as the drafter trains; files
 # the folder already has are kept), then the run resumes from whatever is done. Features are computed for
 # each batch as it trains (--live-features): cached, they would fill ~43 GB that no session keeps for the
-# next, and the epoch's ~6 hours of features and training take more than one session. Two torch threads
-# (these runs had the machine to themselves), shared by two processes while answers are written.
+# next, and the epoch's ~5 hours of features and training take more than one session. Pack the checkpoint
+# once a session, at its end: each pack rewrites ~98 MB of binary files, and a session whose commits add up
+# to more than 256 MiB of diffs is refused whole (run 11's fifth session was). Two torch threads (these
+# runs had the machine to themselves), shared by two processes while answers are written.
 #
 #   bash scripts/continue_smollm2_drafter.sh        # -> ~/.cache/eaglex/train/smollm2-run11/run11-drafter
 #   python scripts/work_data.py pack ~/.cache/eaglex/train/smollm2-run11 drafters/data/smollm2-run11

@@ -158,6 +158,16 @@ class Trainer:
                 self.config.decay,
             )
 
+    def optimize(self, batch: Batch) -> TTTOutput:
+        """One optimizer step on `batch`, at the learning rate the optimizer holds: loss, gradients clipped
+        to `grad_clip`, AdamW."""
+        out = self.forward(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.drafter.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        return out
+
     @torch.no_grad()
     def evaluate(self, store: FeatureStore) -> StepStats:
         stats = StepStats()
@@ -224,11 +234,7 @@ class Trainer:
                 batch = store.batch(batch_indices)
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.lr_at(self.step, total_steps)
-                out = self.forward(batch)
-                self.optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.drafter.parameters(), config.grad_clip)
-                self.optimizer.step()
+                out = self.optimize(batch)
                 stats.add(out)
                 self.step += 1
                 self.batch_in_epoch = k + 1
