@@ -6,7 +6,7 @@ batch by batch on the same batches and starting weights:
         [--data drafters/data/smollm2-run11] [--steps 12] [--batch-tokens 1024] [--threads 2]
 
 The sequences are SmolLM2's own packed answers with their prompts (scripts/work_data.py pack), batched as
-the trainer batches them. Prints each revision's tokens/s, the features' and the targets' phase apart,
+the trainer batches them. Prints each revision's tokens/s, its features' and its drafter steps' seconds apart,
 and whether both computed the same batches and losses bit for bit. Only the ratio in one run means
 anything on a shared machine.
 """
@@ -92,9 +92,9 @@ def main() -> None:
             made[name], losses[name] = batch, float(out.loss.detach())
         if step > 0:
             tokens += int(batch.lengths.sum())
-        old, new = made.values()
+        first, second = made.values()  # in the order they ran this batch
         fields = ("features", "final_hidden", "argmax")
-        same_batches += all(torch.equal(getattr(old, f), getattr(new, f)) for f in fields)
+        same_batches += all(torch.equal(getattr(first, f), getattr(second, f)) for f in fields)
         same_losses += len(set(losses.values())) == 1
     for name, (target, drafter) in seconds.items():
         print(
