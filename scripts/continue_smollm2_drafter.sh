@@ -15,6 +15,12 @@
 # to more than 256 MiB of diffs is refused whole (run 11's fifth session was). Two torch threads (these
 # runs had the machine to themselves), shared by two processes while answers are written.
 #
+# It starts from run 8's drafter: $INIT, or else the one shipped until run 11 replaced it, taken from git
+# history (commit c86d5ac). Run 11 finished on 2026-12-05 and ships in drafters/smollm2-135m-instruct. Its
+# packed checkpoint (step 8,077) sits in a run folder named after the settings it was trained with, its
+# --init-from path among them (/work/main/drafters/smollm2-135m-instruct); with another path the packed
+# answers are still used, but the epoch starts again from step 0.
+#
 #   bash scripts/continue_smollm2_drafter.sh        # -> ~/.cache/eaglex/train/smollm2-run11/run11-drafter
 #   python scripts/work_data.py pack ~/.cache/eaglex/train/smollm2-run11 drafters/data/smollm2-run11
 #   python scripts/work_data.py pack --checkpoints ~/.cache/eaglex/train/smollm2-run11 drafters/data/smollm2-run11
@@ -23,9 +29,17 @@ cd "$(dirname "$0")/.."
 WORK=${WORK:-$HOME/.cache/eaglex/train/smollm2-run11}
 PACK=drafters/data/smollm2-run11
 if [ -d "$PACK" ]; then python scripts/work_data.py unpack "$PACK" "$WORK"; fi
+INIT=${INIT:-$WORK/run8-drafter}
+if [ ! -f "$INIT/model.safetensors" ]; then
+  mkdir -p "$INIT.tmp"
+  for f in config.json model.safetensors training.json; do
+    git show "c86d5ac:drafters/smollm2-135m-instruct/$f" > "$INIT.tmp/$f"
+  done
+  mv "$INIT.tmp" "$INIT"
+fi
 exec eaglex train-drafter --model smollm2 --data sharegpt --max-new-tokens 160 --max-length 1024 \
   --val-samples 32 --draft-vocab-size 12288 --ttt-steps 5 --seed 0 --threads 2 --regenerate-workers 2 \
   --work-dir "$WORK" --samples 0 --regenerate 17346 --regenerate-turns 2 --merge-turns --self-prompts 16000 \
   --regenerate-dtype bfloat16 --features-dtype bfloat16 --live-features --out "${OUT:-$WORK/run11-drafter}" --dtype float16 \
-  --init-from drafters/smollm2-135m-instruct --rechoose-vocab --bf16 --epochs 1 --batch-tokens 1024 \
+  --init-from "$INIT" --rechoose-vocab --bf16 --epochs 1 --batch-tokens 1024 \
   --lr 3e-4 --warmup-steps 20 "$@"

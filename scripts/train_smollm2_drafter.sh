@@ -2,7 +2,7 @@
 # Trains the EAGLE-3 drafter for SmolLM2-135M-Instruct (issue 3) on a 2-core CPU, from data on PyPI only:
 # ShareGPT conversations (none containing an MT-bench/HumanEval/GSM8K/XSum prompt), their first user turns
 # (from run 8 the second ones too) answered again by SmolLM2 itself (greedy, up to 160 tokens), then
-# training-time test with 5 steps (the default tree is 5 deep) in eight runs:
+# training-time test with 5 steps (the default tree is 5 deep) in nine runs:
 #   1. the first 1600 conversations: 3 epochs from random weights, 2048-token batches, peak lr 5e-4;
 #   2. the same data: 3 more epochs from run 1, 1024-token batches (twice the optimizer steps per epoch),
 #      a fresh warmup and cosine decay from 3e-4 (run 1 was still learning when its lr had decayed);
@@ -25,13 +25,17 @@
 #      answer and computes every feature (--features-dtype bfloat16: 1.84x faster here, and run 6's
 #      drafter keeps its top-1 on such features), with a larger draft vocabulary rechosen on it: 12,288
 #      tokens (~24.5 MB), since the 8,192 missed 8.1% of the target's MT-bench answer tokens.
+#  11. run 8's data made again in a fresh work folder, plus 16,000 requests SmolLM2 writes itself answered
+#      the same way, 1 epoch from run 8 with the vocabulary rechosen, features computed as each batch
+#      trains (scripts/continue_smollm2_drafter.sh, which also resumes it from the data packed in
+#      drafters/data/smollm2-run11). Runs 9 and 10 were trials that did not ship (docs/TRAINING.md).
 # One torch thread: on a busy shared 2-core machine two threads wait on each other (measured 85 vs 136
-# training tokens/s). On an otherwise idle machine append `--threads 2`: extra arguments go to runs 3 to 8,
+# training tokens/s). On an otherwise idle machine append `--threads 2`: extra arguments go to runs 3 to 11,
 # which were made so.
 #
 # Resumable: rerun the same command after an interruption. Answers, target features (fp16) and each
 # run's checkpoints stay in $WORK, $WORK-4k, $WORK-6k, $WORK-8k, $WORK-12k, $WORK-17k (runs 4-7 each
-# take over the earlier folder's features) and $WORK-17k-turns2; the drafter
+# take over the earlier folder's features), $WORK-17k-turns2 and $WORK-run11; the drafter
 # (official EAGLE-3 format, fp16, ~24.5 MB) is written to $OUT at the end, with training.json recording the
 # settings and the budget of every run.
 #
@@ -96,7 +100,11 @@ if [ ! -f "$WORK-17k/run7-drafter/model.safetensors" ]; then
     --init-from "$WORK-12k/run6-drafter" --rechoose-vocab --bf16 --epochs 1 --batch-tokens 1024 --lr 3e-4 \
     --warmup-steps 20 "$@"
 fi
-exec eaglex train-drafter "${common[@]}" --work-dir "$WORK-17k-turns2" --samples 0 --regenerate 17346 \
-  --regenerate-turns 2 --merge-turns --regenerate-dtype bfloat16 --features-dtype bfloat16 --out "$OUT" \
-  --dtype float16 --init-from "$WORK-17k/run7-drafter" --rechoose-vocab --draft-vocab-size 12288 --bf16 \
-  --epochs 1 --batch-tokens 1024 --lr 3e-4 --warmup-steps 20 "$@"
+if [ ! -f "$WORK-17k-turns2/run8-drafter/model.safetensors" ]; then
+  eaglex train-drafter "${common[@]}" --work-dir "$WORK-17k-turns2" --samples 0 --regenerate 17346 \
+    --regenerate-turns 2 --merge-turns --regenerate-dtype bfloat16 --features-dtype bfloat16 \
+    --out "$WORK-17k-turns2/run8-drafter" --dtype float16 --init-from "$WORK-17k/run7-drafter" \
+    --rechoose-vocab --draft-vocab-size 12288 --bf16 --epochs 1 --batch-tokens 1024 --lr 3e-4 \
+    --warmup-steps 20 "$@"
+fi
+INIT=$WORK-17k-turns2/run8-drafter WORK=$WORK-run11 OUT=$OUT exec bash scripts/continue_smollm2_drafter.sh "$@"
