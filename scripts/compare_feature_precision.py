@@ -27,9 +27,9 @@ import torch
 
 from eaglex.cli import resolve_model
 from eaglex.exporter.checkpoints import load_drafter, read_target_config
-from eaglex.exporter.train.data import Sample
-from eaglex.exporter.train.features import FeatureStore, TargetFeatures, extract, length_batches
-from eaglex.exporter.train.loop import StepStats, TrainConfig, Trainer
+from eaglex.train.data import Sample
+from eaglex.train.features import FeatureStore, TargetFeatures, extract, length_batches
+from eaglex.train.loop import StepStats, TrainConfig, Trainer
 
 PRECISIONS = ("fp32", "bf16 autocast", "bf16 weights")
 

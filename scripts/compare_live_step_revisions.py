@@ -1,5 +1,5 @@
 """A `train-drafter --live-features --bf16` step (the target's features, then the drafter's training step)
-with exporter/train/features.py and ttt.py at another git revision against the working tree's, interleaved
+with trainer/features.py and ttt.py at another git revision against the working tree's, interleaved
 batch by batch on the same batches and starting weights:
 
     python scripts/compare_live_step_revisions.py --old REV [--drafter drafters/smollm2-135m-instruct]
@@ -24,11 +24,11 @@ from compare_train_precision import load_start
 from compare_ttt_revisions import train_module_at
 
 from eaglex.cli import resolve_model
-from eaglex.exporter.train import features, loop
-from eaglex.exporter.train.checkpoint import new_drafter_config
-from eaglex.exporter.train.data import Sample
-from eaglex.exporter.train.features import length_batches
-from eaglex.exporter.train.loop import TrainConfig, iter_epoch
+from eaglex.train import features, loop
+from eaglex.train.checkpoint import new_drafter_config
+from eaglex.train.data import Sample
+from eaglex.train.features import length_batches
+from eaglex.train.loop import TrainConfig, iter_epoch
 
 
 def packed_samples(folder: Path, count: int) -> list[Sample]:

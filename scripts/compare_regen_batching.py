@@ -21,8 +21,8 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 
 from eaglex.exporter.fetch import fetch_smollm2
 from eaglex.exporter.tokens import special_tokens
-from eaglex.exporter.train.jsonl import peek_records
-from eaglex.exporter.train.regenerate import greedy_answers
+from eaglex.train.jsonl import peek_records
+from eaglex.train.regenerate import greedy_answers
 
 
 def generate_whole_batch(model, prompts: list[list[int]], stop_ids: list[int], max_new_tokens: int):

@@ -22,8 +22,8 @@ from transformers.cache_utils import DynamicLayer
 
 from eaglex.exporter.fetch import fetch_smollm2
 from eaglex.exporter.tokens import special_tokens
-from eaglex.exporter.train import regenerate
-from eaglex.exporter.train.jsonl import peek_records
+from eaglex.train import regenerate
+from eaglex.train.jsonl import peek_records
 
 
 class ConcatenatedLayer(DynamicLayer):

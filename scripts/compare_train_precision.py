@@ -27,8 +27,8 @@ from eaglex.cli import resolve_model
 from eaglex.exporter.checkpoints import load_drafter, read_target_config
 from eaglex.exporter.drafter import Eagle3Drafter
 from eaglex.exporter.target import TargetConfig
-from eaglex.exporter.train.features import FeatureStore, length_batches
-from eaglex.exporter.train.loop import TrainConfig, Trainer, iter_epoch
+from eaglex.train.features import FeatureStore, length_batches
+from eaglex.train.loop import TrainConfig, Trainer, iter_epoch
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Drafter training speed with exporter/train/ttt.py at another git revision against the working tree's,
+"""Drafter training speed with trainer/ttt.py at another git revision against the working tree's,
 interleaved batch by batch on the same batches and weights:
 
     python scripts/compare_ttt_revisions.py --old REV --drafter DRAFTER --work-dir WORK
@@ -23,20 +23,20 @@ from types import ModuleType
 import torch
 from compare_train_precision import load_start, train_interleaved
 
-from eaglex.exporter.train import loop
-from eaglex.exporter.train.features import FeatureStore
-from eaglex.exporter.train.loop import TrainConfig
+from eaglex.train import loop
+from eaglex.train.features import FeatureStore
+from eaglex.train.loop import TrainConfig
 
 
 def train_module_at(revision: str, name: str) -> ModuleType:
-    """exporter/train/NAME.py as it is at `revision`, imported inside the package (as NAME_old), so that its
+    """trainer/NAME.py as it is at `revision`, imported inside the package (as NAME_old), so that its
     relative imports find the working tree's modules."""
     source = subprocess.run(
-        ["git", "show", f"{revision}:exporter/train/{name}.py"], capture_output=True, text=True, check=True
+        ["git", "show", f"{revision}:trainer/{name}.py"], capture_output=True, text=True, check=True
     ).stdout
     path = Path(tempfile.mkdtemp()) / f"{name}_old.py"
     path.write_text(source)
-    qualified = f"eaglex.exporter.train.{name}_old"
+    qualified = f"eaglex.train.{name}_old"
     spec = importlib.util.spec_from_file_location(qualified, path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules[qualified] = module

@@ -19,8 +19,8 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from eaglex.bench.datasets import load_prompts
-from eaglex.exporter.train.jsonl import peek_records
 from eaglex.runtime.engine import Engine
+from eaglex.train.jsonl import peek_records
 
 
 def main() -> None:

@@ -25,11 +25,11 @@ from pathlib import Path
 from eaglex.bench.datasets import Prompt, load_prompts
 from eaglex.bench.tune import acceptance
 from eaglex.cli import resolve_model
-from eaglex.exporter.train.data import EvalFilter
-from eaglex.exporter.train.evalsets import all_eval_prompts
-from eaglex.exporter.train.pipeline import select_conversations
-from eaglex.exporter.train.selfprompts import write_requests
 from eaglex.runtime.engine import Engine
+from eaglex.train.data import EvalFilter
+from eaglex.train.evalsets import all_eval_prompts
+from eaglex.train.pipeline import select_conversations
+from eaglex.train.selfprompts import write_requests
 
 # (top_k, depth, total_tokens): a chain, two CPU-sized trees, the default, and the GPU-sized tree of EAGLE-3.
 SHAPES = ((1, 5, 6), (4, 3, 8), (4, 4, 12), (8, 5, 24), (8, 6, 60))

@@ -27,8 +27,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from eaglex.cli import main as eaglex_cli
-from eaglex.exporter.train.features import FeatureStore
-from eaglex.exporter.train.jsonl import peek_records
+from eaglex.train.features import FeatureStore
+from eaglex.train.jsonl import peek_records
 
 DEVICE_INPUTS = Path(".device")
 WORK = Path("/tmp/gpu-train")

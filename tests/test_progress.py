@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from eaglex.exporter.train import progress as progress_module
-from eaglex.exporter.train.progress import RATE_WINDOW_SECONDS, Progress, format_seconds
+from eaglex.train import progress as progress_module
+from eaglex.train.progress import RATE_WINDOW_SECONDS, Progress, format_seconds
 
 
 class FakeClock:

@@ -14,7 +14,7 @@ import safetensors.torch
 import torch
 from test_train_drafter import log, run
 
-from eaglex.exporter.train.features import FeatureStore
+from eaglex.train.features import FeatureStore
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),

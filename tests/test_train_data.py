@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from eaglex.errors import EaglexError
-from eaglex.exporter.train import selfprompts
-from eaglex.exporter.train.data import (
+from eaglex.train import selfprompts
+from eaglex.train.data import (
     EvalFilter,
     encode_prompt,
     first_turn,
@@ -21,9 +21,9 @@ from eaglex.exporter.train.data import (
     to_messages,
     tokenize_conversation,
 )
-from eaglex.exporter.train.datapack import pack, unpack
-from eaglex.exporter.train.jsonl import peek_records, read_records
-from eaglex.exporter.train.regenerate import (
+from eaglex.train.datapack import pack, unpack
+from eaglex.train.jsonl import peek_records, read_records
+from eaglex.train.regenerate import (
     BATCH_TOKENS,
     greedy_answers,
     next_prompt,
@@ -31,8 +31,8 @@ from eaglex.exporter.train.regenerate import (
     regenerate,
     sampled_answers,
 )
-from eaglex.exporter.train.selfprompts import RequestKeeper, user_turn_prefix, write_requests
-from eaglex.exporter.train.vocab import build_draft_vocab, carry_over_head
+from eaglex.train.selfprompts import RequestKeeper, user_turn_prefix, write_requests
+from eaglex.train.vocab import build_draft_vocab, carry_over_head
 
 
 def record(i: int, *turns: tuple[str, str]) -> dict:

@@ -25,12 +25,12 @@ from eaglex.cli import main
 from eaglex.errors import EaglexError
 from eaglex.exporter.checkpoints import load_drafter, load_target, read_target_config
 from eaglex.exporter.target import default_feature_layers
-from eaglex.exporter.train import datapack, loop, pipeline
-from eaglex.exporter.train.data import EvalFilter, Sample
-from eaglex.exporter.train.evalsets import EVAL_SETS
-from eaglex.exporter.train.features import FeatureStore, LiveFeatures, TargetFeatures, extract
-from eaglex.exporter.train.loop import TrainConfig
-from eaglex.exporter.train.pipeline import DataConfig, train_drafter
+from eaglex.train import datapack, loop, pipeline
+from eaglex.train.data import EvalFilter, Sample
+from eaglex.train.evalsets import EVAL_SETS
+from eaglex.train.features import FeatureStore, LiveFeatures, TargetFeatures, extract
+from eaglex.train.loop import TrainConfig
+from eaglex.train.pipeline import DataConfig, train_drafter
 
 EVAL_PROMPT = "w30 w31 w32 w33 w34 w35 w36 w37 w38 w39 w40 w41 w42 w43"
 
@@ -450,8 +450,8 @@ def test_self_written_prompts_are_answered_and_trained_on(tiny_model, tmp_path, 
     ones, each answered by the target and trained on; a rerun reuses the requests and answers."""
     from transformers import AutoTokenizer
 
-    from eaglex.exporter.train import selfprompts
-    from eaglex.exporter.train.data import encode_prompt
+    from eaglex.train import selfprompts
+    from eaglex.train.data import encode_prompt
 
     # The tiny random model (near-uniform, unlike the sharp one) ends a few requests in 24 tokens; a chat
     # model ends nearly all of them.
@@ -488,7 +488,7 @@ def test_cached_features_are_the_runtime_targets(tiny_model, tmp_path):
     """The features and logits training learns from are those of the exported target's torch module."""
     from transformers import AutoModelForCausalLM
 
-    from eaglex.exporter.train.data import Sample
+    from eaglex.train.data import Sample
 
     model_dir = tiny_model("llama")
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -532,7 +532,7 @@ def test_bf16_features_grow_an_fp32_store_and_stay_close(tiny_model, tmp_path):
     to the fp32 ones; their features are near fp32's (yet not equal: autocast did run)."""
     from transformers import AutoModelForCausalLM
 
-    from eaglex.exporter.train.data import Sample
+    from eaglex.train.data import Sample
 
     model_dir = tiny_model("llama")
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from eaglex.exporter.drafter import DrafterConfig, Eagle3Drafter
-from eaglex.exporter.train.ttt import ttt_allowed, ttt_forward
+from eaglex.train.ttt import ttt_allowed, ttt_forward
 
 CONFIG = DrafterConfig(
     hidden_size=32,

@@ -1,0 +1,5 @@
+"""`python -m eaglex.cli`."""
+
+from eaglex.cli import main
+
+main()

@@ -1,0 +1,161 @@
+"""`eaglex bench`, `eaglex tune` and `eaglex eval`: speed, tree size and agreement of an artifact."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from eaglex.cli.common import progress, user_errors
+from eaglex.errors import EaglexError
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option(
+    "--sets",
+    default="mt-bench,humaneval,gsm8k,xsum",
+    show_default=True,
+    help="Comma-separated benchmark sets (first turns of MT-bench; HumanEval; GSM8K; XSum).",
+)
+@click.option("--limit", default=20, show_default=True, help="Prompts per set (MT-bench has 80).")
+@click.option("--max-new-tokens", default=128, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="eaglex methods only; peers are greedy.")
+@click.option("--threads", default=2, show_default=True)
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Also run peers on the same weights and prompts: transformers generate, its prompt lookup, "
+    "and llama.cpp when llama-cpp-python is installed (extra eaglex[peers]).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for results.json, results.md and results.png [default: bench-results/DATE].",
+)
+@user_errors
+def bench(
+    artifact: Path,
+    sets: str,
+    limit: int,
+    max_new_tokens: int,
+    temperature: float,
+    threads: int,
+    compare: bool,
+    out: Path | None,
+) -> None:
+    """Acceptance length, tokens/s and speedup per benchmark set, methods interleaved prompt by prompt."""
+    import json
+
+    from eaglex.bench.datasets import load_prompts
+    from eaglex.bench.methods import EaglexMethod
+    from eaglex.bench.peers import peer_methods
+    from eaglex.bench.report import markdown_table, plot
+    from eaglex.bench.suite import run_suite
+    from eaglex.runtime.engine import Engine
+
+    engine = Engine.load(artifact, threads=threads)
+    if engine.drafter is None:
+        raise EaglexError(f"{artifact} has no drafter: export it with --drafter to benchmark EAGLE-3")
+    prompts = {name: load_prompts(name, limit) for name in sets.split(",")}
+    methods = [EaglexMethod(engine, False, temperature), EaglexMethod(engine, True, temperature)]
+    if compare:
+        methods += peer_methods(engine, threads)
+    for method in methods:
+        progress(f"{method.name}: {method.setup}")
+    results = run_suite(engine, methods, prompts, max_new_tokens)
+    out = out or Path("bench-results") / time.strftime("%Y-%m-%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "artifact": str(artifact),
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "threads": threads,
+        "methods": {m.name: m.setup for m in methods},
+        "results": results,
+    }
+    tuned = artifact / "tune.json"
+    sweep = json.loads(tuned.read_text())["sweep"] if tuned.exists() else None
+    (out / "results.json").write_text(json.dumps(record, indent=1))
+    (out / "results.md").write_text(markdown_table(results) + "\n")
+    plot(results, out / "results.png", sweep)
+    click.echo(markdown_table(results))
+    progress(f"wrote {out}/results.json, results.md, results.png")
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--threads", default=2, show_default=True)
+@click.option(
+    "--prompts-per-set",
+    default=4,
+    show_default=True,
+    help="Calibration prompts from the end of GSM8K, HumanEval and XSum (never benchmark prompts).",
+)
+@click.option("--new-tokens", default=64, show_default=True, help="Greedy continuation length per prompt.")
+@click.option("--reps", default=5, show_default=True, help="Timing repetitions per cost measurement.")
+@click.option("--check", default=3, show_default=True, help="Best predicted shapes to confirm by decoding.")
+@user_errors
+def tune(artifact: Path, threads: int, prompts_per_set: int, new_tokens: int, reps: int, check: int) -> None:
+    """Pick the draft tree (top_k, depth, total_tokens) that decodes fastest on this machine; store it in
+    the artifact's manifest so run and bench use it by default."""
+    from eaglex.bench.tune import tune as tune_tree
+    from eaglex.bench.tune import write_tree
+
+    result = tune_tree(artifact, threads, prompts_per_set, new_tokens, reps, check, progress)
+    write_tree(artifact, result)
+    for row in result["measured"]:
+        ms = {k: 1000 * v for k, v in row["round_seconds"].items()}
+        parts = ", ".join(
+            f"{part} {ms[f'predicted_{part}_seconds']:.1f}/{ms[f'measured_{part}_seconds']:.1f}"
+            for part in ("verify", "draft", "other")
+        )
+        click.echo(
+            f"top_k {row['top_k']:2d} depth {row['depth']} total_tokens {row['total_tokens']:3d}: "
+            f"predicted {row['predicted_tokens_per_second']:.1f} tok/s, measured "
+            f"{row['measured_tokens_per_second']:.1f} tok/s; ms per round (predicted/measured): {parts}"
+        )
+    click.echo(f"plain decoding: {result['plain_tokens_per_second']:.1f} tok/s; chosen: {result['best']}")
+    best = max(row["measured_tokens_per_second"] for row in result["measured"])
+    if best < result["plain_tokens_per_second"]:
+        click.echo(
+            "plain decoding is faster than every draft tree on this machine with this drafter: "
+            "pass --no-spec to eaglex run",
+            err=True,
+        )
+
+
+@click.command("eval")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option(
+    "--reference",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The float32 artifact of the same model (exported without --quantize).",
+)
+@click.option(
+    "--prompts",
+    "prompt_file",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="JSON list of prompt strings (chat) or {text, chat} records [default: MT-bench first turns].",
+)
+@click.option("--limit", default=20, show_default=True, help="How many prompts.")
+@click.option("--new-tokens", default=64, show_default=True, help="Reference greedy continuation length.")
+@click.option("--threads", default=2, show_default=True)
+@user_errors
+def evaluate(
+    artifact: Path, reference: Path, prompt_file: Path | None, limit: int, new_tokens: int, threads: int
+) -> None:
+    """Agreement of a (quantized) artifact with its float32 reference: greedy token match rate and mean
+    KL(reference || artifact), teacher-forced on the reference's greedy continuations."""
+    from eaglex.bench.agreement import artifact_scorer, default_prompts, load_prompt_file, measure_agreement
+    from eaglex.runtime.engine import Engine
+
+    prompts = load_prompt_file(prompt_file)[:limit] if prompt_file else default_prompts(limit, progress)
+    candidate, ref = Engine.load(artifact, threads=threads), Engine.load(reference, threads=threads)
+    scheme = (candidate.manifest.raw["target"].get("quantization") or {}).get("weights", "float32")
+    result = measure_agreement({scheme: artifact_scorer(candidate)}, ref, prompts, new_tokens)[scheme]
+    click.echo(f"{scheme} vs float32: {result.line()}")
