@@ -5,30 +5,27 @@
 # SmolLM2 in bf16 and merged into one sequence, plus 16,000 requests SmolLM2 writes itself, answered the
 # same way; features under bf16 autocast; one epoch from run 8 with the 12,288-token vocabulary rechosen.
 #
-# It spans sessions, and machine caches do not outlive a machine, so the answers and the training travel in
-# the repository: the work folder is first seeded from drafters/data/smollm2-run11 (committed with
-# scripts/work_data.py pack as the answers are written, and with --checkpoints as the drafter trains; files
-# the folder already has are kept), then the run resumes from whatever is done. Features are computed for
-# each batch as it trains (--live-features): cached, they would fill ~43 GB that no session keeps for the
-# next, and the epoch's ~5 hours of features and training take more than one session. Pack the checkpoint
-# once a session, at its end: each pack rewrites ~98 MB of binary files, and a session whose commits add up
-# to more than 256 MiB of diffs is refused whole (run 11's fifth session was). Two torch threads (these
-# runs had the machine to themselves), shared by two processes while answers are written.
+# It spans sessions, and machine caches do not outlive a machine, so the answers and the training can
+# travel as a pack (scripts/work_data.py pack, with --checkpoints once training has begun; trainer/datapack.py)
+# kept OUTSIDE the repository: set PACK=DIR to seed the work folder from one (files the folder already has
+# are kept), then the run resumes from whatever is done. Without a pack everything is regenerated, which is
+# what a fresh clone does: the repository holds source only, and the packs of run 11 that were once
+# committed under drafters/data/ were removed from the tree (still in git history before that removal).
+# Features are computed for each batch as it trains (--live-features): cached, they would fill ~43 GB that
+# no session keeps for the next, and the epoch's ~5 hours of features and training take more than one
+# session. Two torch threads (these runs had the machine to themselves), shared by two processes while
+# answers are written.
 #
 # It starts from run 8's drafter: $INIT, or else the one shipped until run 11 replaced it, taken from git
-# history (commit c86d5ac). Run 11 finished on 2026-12-05 and ships in drafters/smollm2-135m-instruct. Its
-# packed checkpoint (step 8,077) sits in a run folder named after the settings it was trained with, its
-# --init-from path among them (/work/main/drafters/smollm2-135m-instruct); with another path the packed
-# answers are still used, but the epoch starts again from step 0.
+# history (commit c86d5ac). Run 11 finished on 2026-12-05 and ships in drafters/smollm2-135m-instruct.
 #
 #   bash scripts/continue_smollm2_drafter.sh        # -> ~/.cache/eaglex/train/smollm2-run11/run11-drafter
-#   python scripts/work_data.py pack ~/.cache/eaglex/train/smollm2-run11 drafters/data/smollm2-run11
-#   python scripts/work_data.py pack --checkpoints ~/.cache/eaglex/train/smollm2-run11 drafters/data/smollm2-run11
+#   python scripts/work_data.py pack --checkpoints ~/.cache/eaglex/train/smollm2-run11 /somewhere/run11-pack
+#   PACK=/somewhere/run11-pack bash scripts/continue_smollm2_drafter.sh   # on the next machine
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-$HOME/.cache/eaglex/train/smollm2-run11}
-PACK=drafters/data/smollm2-run11
-if [ -d "$PACK" ]; then python scripts/work_data.py unpack "$PACK" "$WORK"; fi
+if [ -n "${PACK:-}" ]; then python scripts/work_data.py unpack "$PACK" "$WORK"; fi
 INIT=${INIT:-$WORK/run8-drafter}
 if [ ! -f "$INIT/model.safetensors" ]; then
   mkdir -p "$INIT.tmp"

@@ -27,8 +27,8 @@
 #      tokens (~24.5 MB), since the 8,192 missed 8.1% of the target's MT-bench answer tokens.
 #  11. run 8's data made again in a fresh work folder, plus 16,000 requests SmolLM2 writes itself answered
 #      the same way, 1 epoch from run 8 with the vocabulary rechosen, features computed as each batch
-#      trains (scripts/continue_smollm2_drafter.sh, which also resumes it from the data packed in
-#      drafters/data/smollm2-run11). Runs 9 and 10 were trials that did not ship (docs/TRAINING.md).
+#      trains (scripts/continue_smollm2_drafter.sh, which can resume it from a pack of its work folder kept
+#      outside the repository: PACK=DIR). Runs 9 and 10 were trials that did not ship (docs/TRAINING.md).
 # One torch thread: on a busy shared 2-core machine two threads wait on each other (measured 85 vs 136
 # training tokens/s). On an otherwise idle machine append `--threads 2`: extra arguments go to runs 3 to 11,
 # which were made so.

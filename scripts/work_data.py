@@ -1,5 +1,6 @@
-"""Packs a train-drafter work folder's answers and self-written requests to commit, or seeds a work folder
-with a pack (trainer/datapack.py):
+"""Packs a train-drafter work folder's answers and self-written requests to carry to another machine, or
+seeds a work folder with a pack (trainer/datapack.py). Packs live outside the repository (for example next
+to the work folders under ~/.cache/eaglex/train): the repository holds source only.
 
     python scripts/work_data.py pack WORK_DIR PACK_DIR      # safe while the run is still writing
     python scripts/work_data.py pack --checkpoints WORK_DIR PACK_DIR   # and each run's latest checkpoint
