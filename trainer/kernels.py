@@ -4,7 +4,7 @@ cuDNN's attention, torch's first choice on Hopper GPUs, builds an execution plan
 nearly every shape the trainer makes is new: each regeneration step has a longer KV cache, each batch of
 feature extraction or training its own length. On an H200 that made a regeneration step of 256 rows take
 120 ms where flash or memory-efficient attention, which need no plan, took 32 ms (docs/BENCHMARKS.md,
-scripts/profile_gpu_regen.py). On CPUs cuDNN plays no part, so leaving it out changes nothing there.
+experiments/profile_gpu_regen.py). On CPUs cuDNN plays no part, so leaving it out changes nothing there.
 """
 
 from __future__ import annotations

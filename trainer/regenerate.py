@@ -39,12 +39,12 @@ from .kernels import planless_attention
 from .progress import Progress
 
 # Tokens of KV cache per regeneration batch, in each worker process: 3 GB in bf16 for SmolLM2 (30 layers x 2 x
-# 192 values); a batch of its longest prompts peaks at 4.6 GB a process (scripts/measure_regen_memory.py).
+# 192 values); a batch of its longest prompts peaks at 4.6 GB a process (experiments/measure_regen_memory.py).
 BATCH_TOKENS = 131_072
 # Prompts a CPU prefills at once. A whole batch's activations (rows x prompt length x 1,536 in SmolLM2's MLP)
 # outgrow the CPU's caches: two batches of 256 prompts (~40 and ~110 tokens) prefilled in 17.1 s whole and
-# 10.1 s in pieces of 16 (bf16, two threads, an Intel Xeon with AMX; scripts/compare_regen_prefill.py). A GPU
-# takes the batch whole.
+# 10.1 s in pieces of 16 (bf16, two threads, an Intel Xeon with AMX; experiments/compare_regen_prefill.py).
+# A GPU takes the batch whole.
 PREFILL_ROWS = 16
 Record = dict[str, Any]  # {"index", "turn", "prompt": ids, "answer": ids, "dtype"}
 
@@ -183,7 +183,7 @@ def _prefill(
     The prompts run `rows_per_call` at a time (PREFILL_ROWS on a CPU), each piece with a cache of its own
     that goes into the batch's as soon as the piece is done: holding every piece until the end kept a second
     copy of the batch's cache (~3 GB at BATCH_TOKENS in bf16) and left a worker at twice the memory it
-    needs (scripts/measure_regen_memory.py)."""
+    needs (experiments/measure_regen_memory.py)."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     logits, cache = [], None
     for start in range(0, len(ids), rows_per_call):
@@ -224,7 +224,8 @@ class ReservedLayer(DynamicLayer):
     once a layer's cache passes glibc's 32 MB mmap limit. Here each step writes only its new token, and
     removing stopped rows moves only the rows that fill their places (`keep_rows`). On 64 second-turn
     prompts of SmolLM2 in bf16 on these CPUs: 159 against 141 generated tokens/s, the same answers
-    (scripts/compare_regen_cache.py); the decode step is then bound by reading the cache in attention."""
+    (docs/BENCHMARKS.md, training history); the decode step is then bound by reading the cache in
+    attention."""
 
     def __init__(self, rows: int, capacity: int) -> None:
         super().__init__()

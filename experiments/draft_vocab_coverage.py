@@ -1,6 +1,6 @@
 """How much of the target's answers a frequency draft vocabulary of each size covers, per benchmark set.
 
-    python scripts/draft_vocab_coverage.py ARTIFACT --work-dir WORK [--sizes 8192,12288,16384]
+    python experiments/draft_vocab_coverage.py ARTIFACT --work-dir WORK [--sizes 8192,12288,16384]
         [--sets mt-bench=80,humaneval=20,gsm8k=20] [--drafter DRAFTER]
 Ranks tokens by how often they occur in the answers of a training work folder (regenerated.jsonl: the
 target's own answers, which `--draft-vocab-size` counts), decodes each set's prompts greedily with the

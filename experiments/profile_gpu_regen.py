@@ -3,7 +3,7 @@ architecture with random bf16 weights, 256 rows of ragged prompts, each run twic
 same shapes again), with torch's default attention backends and with cuDNN's attention left out; a bare
 decode loop (equal prompts, no mask) for scale. Run on a GPU machine after prepare_gpu_train_check.py.
 
-    python scripts/profile_gpu_regen.py [--profile]   # --profile: torch.profiler's top operators too
+    python experiments/profile_gpu_regen.py [--profile]   # --profile: torch.profiler's top operators too
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 what eaglex computes.
 
     git clone https://github.com/SafeAILab/EAGLE /tmp/EAGLE
-    python scripts/check_eagle_reference.py /tmp/EAGLE DRAFTER_DIR TARGET_DIR
+    python experiments/check_eagle_reference.py /tmp/EAGLE DRAFTER_DIR TARGET_DIR
 
 Loads DRAFTER_DIR with the reference's own config class and `Model` (eagle/model/cnets.py), runs one pass
 over random target features and tokens there and in eaglex's `Eagle3Drafter`, and prints the largest

@@ -1,6 +1,6 @@
 """How the second turns of a work folder's conversations would be prompted by `--regenerate-turns`:
 
-    python scripts/check_turn_prompts.py --work-dir WORK [--model smollm2] [--conversations 400]
+    python experiments/check_turn_prompts.py --work-dir WORK [--model smollm2] [--conversations 400]
         [--max-prompt-tokens 864]
 
 For the multi-turn conversations among the first N answered in WORK's regenerated.jsonl (ShareGPT, in the

@@ -1,6 +1,6 @@
 """Answer regeneration with the prompts prefilled in pieces of a few rows against the whole batch at once:
 
-    python scripts/compare_regen_prefill.py [--batches 3] [--batch 256] [--rows 256,16]
+    python experiments/compare_regen_prefill.py [--batches 3] [--batch 256] [--rows 256,16]
         [--max-new-tokens 160] [--threads 2]
 
 Encodes every ShareGPT first-turn prompt (the trainer's prompt ids, up to the 864 tokens a 1024-token

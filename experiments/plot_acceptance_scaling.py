@@ -1,7 +1,7 @@
 """Acceptance against regenerated training answers (a first-turn conversation is one answer, a merged
 two-turn one two), from the drafter_acceptance.py results of successive drafters, with a least-squares fit
 of acceptance = a + b * log2(answers) extrapolated to a target:
-    python scripts/plot_acceptance_scaling.py 1446=docs/bench/acceptance-2026-11-27.json \
+    python experiments/plot_acceptance_scaling.py 1446=docs/bench/acceptance-2026-11-27.json \
         3670=docs/bench/acceptance-run3-2026-11-27.json ... --out docs/bench/acceptance-scaling.png
 Prints the fit and the answers it predicts for the target, so the figure's claim can be checked.
 """

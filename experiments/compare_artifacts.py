@@ -1,6 +1,6 @@
 """Decoding speed of several artifacts of one model, interleaved prompt by prompt in one process:
 
-    python scripts/compare_artifacts.py ARTIFACT... [--prompts 4] [--rounds 2] [--tokens 64]
+    python experiments/compare_artifacts.py ARTIFACT... [--prompts 4] [--rounds 2] [--tokens 64]
         [--tree 8,1,6] [--threads 2]
 
 For each artifact: plain and EAGLE-3 (tree top_k,depth,total_tokens) tokens/s, weight bandwidth and new
@@ -11,33 +11,32 @@ in one run means anything.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
+
+import harness
 
 from eaglex.runtime.engine import Engine
 from eaglex.runtime.generate import GenerationStats
 
-PROMPTS = Path(__file__).parents[1] / "tests" / "data" / "prompts.json"
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("artifacts", type=Path, nargs="+")
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--tree", default="8,1,6", help="top_k,depth,total_tokens of the EAGLE-3 runs")
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     top_k, depth, total_tokens = map(int, args.tree.split(","))
     engines = {path: Engine.load(path, threads=args.threads, device="cpu") for path in args.artifacts}
-    prompts = [p["text"] for p in json.loads(PROMPTS.read_text()) if p["chat"]][: args.prompts]
+    prompts = harness.chat_prompts(args.prompts)
     totals = {(path, mode): [0, 0.0, 0, 0, 0] for path in engines for mode in ("plain", "EAGLE-3")}
     outputs: dict[tuple[int, str], set[tuple[int, ...]]] = {}
+    orders = iter(harness.rotations(list(engines), args.rounds * len(prompts)))  # none always runs first
     for _ in range(args.rounds):
         for i, text in enumerate(prompts):
-            for path, engine in engines.items():
+            for path in next(orders):
+                engine = engines[path]
                 for mode in ("plain", "EAGLE-3"):
                     config = engine.default_config(
                         max_new_tokens=args.tokens,

@@ -1,6 +1,6 @@
 """Speculative vs plain greedy output of an artifact, prompt by prompt:
 
-    python scripts/check_lossless.py ARTIFACT [--prompts 8] [--new-tokens 64] [--threads 2]
+    python experiments/check_lossless.py ARTIFACT [--prompts 8] [--new-tokens 64] [--threads 2]
 
 Decodes the chat prompts of tests/data/prompts.json both ways with the artifact's default tree and prints
 whether the outputs match (and where they first differ) and each one's tokens/s.
@@ -8,21 +8,18 @@ whether the outputs match (and where they first differ) and each one's tokens/s.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
+
+import harness
 
 from eaglex.runtime.engine import Engine
-
-PROMPTS = Path(__file__).parents[1] / "tests" / "data" / "prompts.json"
 
 
 def compare(engine: Engine, prompts: int, new_tokens: int) -> int:
     """Prints one line per prompt; returns how many gave identical output."""
     same = 0
-    for prompt in [p for p in json.loads(PROMPTS.read_text()) if p["chat"]][:prompts]:
-        ids = engine.encode(prompt["text"], chat=True)
+    for text in harness.chat_prompts(prompts):
+        ids = engine.encode(text, chat=True)
         outputs, rates = [], []
         for speculative in (True, False):
             config = engine.default_config(max_new_tokens=new_tokens, speculative=speculative)
@@ -41,11 +38,9 @@ def compare(engine: Engine, prompts: int, new_tokens: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("artifact", type=Path)
+    parser = harness.parser(__doc__, artifact=True)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     engine = Engine.load(args.artifact, threads=args.threads)
     print(f"{args.artifact}: {engine.manifest.raw['target'].get('dtype', 'float32')} on {engine.device}")

@@ -1,6 +1,6 @@
 """Answer regeneration in fp32 against bf16 weights, interleaved batch by batch:
 
-    python scripts/compare_regen_precision.py --work-dir WORK [--model smollm2] [--prompts 128]
+    python experiments/compare_regen_precision.py --work-dir WORK [--model smollm2] [--prompts 128]
         [--batch-size 64] [--max-new-tokens 160] [--threads 2] [--seed 0]
 
 Takes prompts at random from WORK's regenerated.jsonl (a train-drafter work folder), answers each batch

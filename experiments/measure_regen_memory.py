@@ -1,6 +1,6 @@
 """Peak memory of one answer-regeneration batch of the longest prompts the trainer writes:
 
-    python scripts/measure_regen_memory.py [--prompt-tokens 864] [--max-new-tokens 160] [--threads 2]
+    python experiments/measure_regen_memory.py [--prompt-tokens 864] [--max-new-tokens 160] [--threads 2]
 
 Builds the batch the trainer would for prompts of `--prompt-tokens` (as many rows as BATCH_TOKENS of KV
 cache holds: 128 at 864 + 160), of random token ids, and answers it greedily with a bf16 copy of SmolLM2

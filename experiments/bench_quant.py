@@ -1,7 +1,7 @@
 """Quantized eaglex (fp32, int8, int4; plain and EAGLE-3) against llama.cpp (f32, f16, Q4_1) on
 SmolLM2-135M-Instruct, all in one interleaved run, for docs/BENCHMARKS.md:
 
-    python scripts/bench_quant.py [--fp32 artifacts/smollm2] [--prompts 10] [--new-tokens 128]
+    python experiments/bench_quant.py [--fp32 artifacts/smollm2] [--prompts 10] [--new-tokens 128]
                                   [--threads 2] [--agreement-prompts 20] [--json bench-results/quant.json]
 
 1. Makes the int8 and int4 copies of the float32 artifact when missing (quantize_artifact: target and

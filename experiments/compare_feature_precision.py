@@ -1,6 +1,6 @@
 """Target features in fp32 against bfloat16 (autocast, and bf16 weights), for the drafter-training cache:
 
-    python scripts/compare_feature_precision.py --model smollm2 --drafter DRAFTER --work-dir WORK
+    python experiments/compare_feature_precision.py --model smollm2 --drafter DRAFTER --work-dir WORK
         [--sequences 200] [--batch-tokens 4096] [--threads 2]
 
 Feature extraction (the frozen target's forward over every training token) is the slowest phase per token

@@ -1,6 +1,6 @@
 """Where `tune`'s verify prediction misses: target passes timed inside decoding against timed alone.
 
-    python scripts/verify_time_in_rounds.py ARTIFACT [--top-k 4 --depth 2 --total-tokens 8] [--threads 2]
+    python experiments/verify_time_in_rounds.py ARTIFACT [--top-k 4 --depth 2 --total-tokens 8] [--threads 2]
 Decodes `tune`'s calibration prompts with one tree shape and records every full-size verify pass (its time
 and cache length), then times the same pass as `tune` does (back to back, at the prompts' mean cache
 length), after a drafter call each (whose threads still spin, as in a round), and after a drafter call at

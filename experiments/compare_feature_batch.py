@@ -1,6 +1,6 @@
 """Target-feature extraction at several batch sizes (padded tokens per target call), on one set of sequences:
 
-    python scripts/compare_feature_batch.py [--batch-tokens 4096,1024] [--sequences 48] [--threads 2]
+    python experiments/compare_feature_batch.py [--batch-tokens 4096,1024] [--sequences 48] [--threads 2]
         [--dtype bfloat16]
 
 Runs SmolLM2 as `train-drafter` does for its feature cache (`TargetFeatures`, `extract` into a temporary

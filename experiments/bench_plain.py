@@ -1,23 +1,21 @@
 """Plain decoding on onnxruntime vs transformers' generate, and per-token cost at short and long context.
 
 Everything is measured in one process, interleaved, so the ratios hold even on a noisy machine:
-    python scripts/bench_plain.py ARTIFACT [--tokens 128] [--threads 2] [--rounds 3]
+    python experiments/bench_plain.py ARTIFACT [--tokens 128] [--threads 2] [--reps 3]
 Prints markdown rows for docs/BENCHMARKS.md. Needs the export extra (torch, transformers) for the
 transformers baseline; the eaglex side uses only the runtime.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import harness
 import numpy as np
 
 from eaglex.runtime.engine import Engine
@@ -87,11 +85,8 @@ def peak_rss_mb(artifact: Path, tokens: int, threads: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("artifact", type=Path)
+    parser = harness.parser(__doc__, artifact=True, reps=3)
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     rss = peak_rss_mb(args.artifact, args.tokens, args.threads)
@@ -105,21 +100,19 @@ def main() -> None:
     prompt = engine.encode(PROMPT, chat=True)
     weights = engine.weight_bytes_read(GenerationStats(target_passes=1))
 
-    ours, theirs = [], []
-    for round_ in range(args.rounds):  # interleaved: both see the same machine state
-        stats = eaglex_plain(engine, prompt, args.tokens)
-        ours.append(stats.tokens_per_second)
-        theirs.append(transformers_generate(model, prompt, args.tokens))
-        print(
-            f"round {round_ + 1}/{args.rounds}: eaglex {ours[-1]:.1f} tok/s, "
-            f"transformers {theirs[-1]:.1f} tok/s",
-            file=sys.stderr,
-        )
+    rates = harness.interleaved(  # both see the same machine state
+        {
+            "eaglex": lambda: eaglex_plain(engine, prompt, args.tokens).tokens_per_second,
+            "transformers": lambda: transformers_generate(model, prompt, args.tokens),
+        },
+        reps=args.reps,
+    )
+    print(harness.table(rates, baseline="transformers", unit="tok/s"), file=sys.stderr)
     short, long = per_token_ms(engine, 64), per_token_ms(engine, 1024)
 
-    ours_m, theirs_m = statistics.median(ours), statistics.median(theirs)
+    ours_m, theirs_m = harness.medians(rates).values()
     result = {
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, threads {args.threads}",
+        "machine": harness.machine(args.threads),
         "eaglex_plain_tok_s": round(ours_m, 2),
         "eaglex_plain_GB_s": round(ours_m * weights / 1e9, 2),
         "transformers_tok_s": round(theirs_m, 2),

@@ -1,11 +1,12 @@
 """Where a drafter loses acceptance: per MT-bench category and per set, next to the training distribution.
 
-    python scripts/acceptance_breakdown.py ARTIFACT --drafter DRAFTER [--sets mt-bench=80,sharegpt-heldout=32]
-        [--categories writing,roleplay]
+    python experiments/acceptance_breakdown.py ARTIFACT --drafter DRAFTER
+        [--sets mt-bench=80,sharegpt-heldout=32] [--categories writing,roleplay]
 For each group of prompts: mean prompt length, mean acceptance length (tokens per target pass, bonus
 included) with a chain and with the default tree, how often the first draft is right, and the share of
 the target's greedy answer tokens that the draft vocabulary lacks (a drafter can never propose those).
-Same measurement as scripts/drafter_acceptance.py (one greedy continuation per prompt, a tree per position).
+Same measurement as scripts/drafter_acceptance.py, whose prompt sets it reuses (one greedy continuation
+per prompt, a tree per position).
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import harness
 import numpy as np
-from drafter_acceptance import HELDOUT, TRACES, heldout_prompts
 from safetensors.numpy import load_file
 
 from eaglex.bench.datasets import Prompt, load_prompts, set_records
 from eaglex.bench.tune import acceptance
 from eaglex.runtime.engine import Engine
 
+drafter_acceptance = harness.from_scripts("drafter_acceptance")
+HELDOUT, TRACES = drafter_acceptance.HELDOUT, drafter_acceptance.TRACES
 CHAIN, DEFAULT, FIRST = (1, 5, 6), (8, 5, 24), (1, 1, 2)
 
 
@@ -32,7 +35,7 @@ def groups(engine: Engine, sets: str, categories: set[str] | None) -> dict[str, 
     for spec in sets.split(","):
         name, limit = spec.split("=")
         if name == HELDOUT:
-            grouped[name] = heldout_prompts(engine, int(limit))
+            grouped[name] = drafter_acceptance.heldout_prompts(engine, int(limit))
         elif name == "mt-bench":
             category = {str(r["question_id"]): r["category"] for r in set_records(name)}
             for prompt in load_prompts(name, int(limit)):

@@ -1,14 +1,11 @@
 """Drafter training in fp32 against bf16 autocast (`train-drafter --bf16`), interleaved batch by batch:
 
-    python scripts/compare_train_precision.py --model smollm2 --drafter DRAFTER --work-dir WORK
+    python experiments/compare_train_precision.py --model smollm2 --drafter DRAFTER --work-dir WORK
         [--steps 40] [--batch-tokens 1024] [--lr 1e-4] [--threads 2]
 
 Both start from the same drafter and train on the same batches of WORK's cached features (a train-drafter
 work folder); prints each precision's training tokens/s and the validation loss and top-1 per TTT step
 after the steps. Only the ratio in one run means anything on a shared machine.
-
-`load_start` and `train_interleaved` also serve scripts/compare_ttt_revisions.py (and `load_start`
-scripts/compare_live_step_revisions.py).
 """
 
 from __future__ import annotations
