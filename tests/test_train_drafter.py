@@ -21,13 +21,13 @@ import safetensors.torch
 import torch
 from click.testing import CliRunner
 
+from eaglex.bench.datasets import SOURCES
 from eaglex.cli import main
 from eaglex.errors import EaglexError
 from eaglex.exporter.checkpoints import load_drafter, load_target, read_target_config
 from eaglex.exporter.target import default_feature_layers
 from eaglex.train import datapack, loop, pipeline
 from eaglex.train.data import EvalFilter, Sample
-from eaglex.train.evalsets import EVAL_SETS
 from eaglex.train.features import FeatureStore, LiveFeatures, TargetFeatures, extract
 from eaglex.train.loop import TrainConfig
 from eaglex.train.pipeline import DataConfig, train_drafter
@@ -588,7 +588,7 @@ def fake_eval_wheels(cache: Path) -> None:
     """The benchmark wheels, each holding one record, so the CLI runs offline and fast."""
     wheels = cache / "wheels"
     wheels.mkdir(parents=True)
-    for spec in EVAL_SETS.values():
+    for spec in SOURCES.values():
         name, version = spec.package.split("==")
         record = {field: [EVAL_PROMPT] if field == "turns" else EVAL_PROMPT for field in spec.fields}
         raw = (json.dumps(record) + "\n").encode()

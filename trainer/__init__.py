@@ -1,9 +1,9 @@
-"""EAGLE-3 drafter training with training-time test (docs: REFERENCE section 4).
+"""EAGLE-3 drafter training with training-time test (docs/TRAINING.md).
 
 The pipeline, one idea per file, in the order it runs (`pipeline.train_drafter` ties them together):
 
-  data        conversations (ShareGPT or any ShareGPT-format JSON/JSONL) -> token ids + assistant mask
-  evalsets    the benchmark prompts that must never enter training data
+  data        conversations (ShareGPT or any ShareGPT-format JSON/JSONL) -> token ids + assistant mask,
+              minus any that contains a benchmark prompt (the sets: eaglex.bench.datasets)
   selfprompts optionally more conversations whose request the target writes itself (Magpie)
   regenerate  optionally replace first-turn answers with the target's own greedy output
   jsonl       the append-only caches of both, safe against an interrupted write

@@ -238,9 +238,9 @@ def train_drafter(
     """
     import torch
 
+    from eaglex.bench.datasets import evaluation_texts
     from eaglex.exporter.fetch import cache_dir
     from eaglex.train.data import EvalFilter
-    from eaglex.train.evalsets import all_eval_prompts
     from eaglex.train.loop import TrainConfig
     from eaglex.train.pipeline import DataConfig
     from eaglex.train.pipeline import train_drafter as run_training
@@ -299,7 +299,7 @@ def train_drafter(
         rechoose_vocab=rechoose_vocab,
         bf16=bf16,
     )
-    exclude = EvalFilter(all_eval_prompts(progress))
+    exclude = EvalFilter(evaluation_texts(progress))
     run_training(
         model_dir,
         out,
