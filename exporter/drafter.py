@@ -1,4 +1,4 @@
-"""The EAGLE-3 drafter (docs: REFERENCE section 1), with the official checkpoint's parameter names.
+"""The EAGLE-3 drafter (arXiv 2503.01840; docs/ARTIFACT.md), with the official checkpoint's parameter names.
 
 `step` is the layer's math with attention left to the caller, so a trainer can run it with plain SDPA
 and its training-time-test mask; `forward` is the `drafter.onnx` graph, attention through the KV-cache op.

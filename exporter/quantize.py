@@ -32,7 +32,7 @@ from eaglex.errors import EaglexError
 from eaglex.runtime.manifest import load_manifest, sha256
 
 SCHEMES = {"int8": 8, "int4": 4}
-DEFAULT_BLOCK_SIZE = 32  # as llama.cpp's Q4_1 / Q8_0; REFERENCE section 7 measured MatMulNBits at 32
+DEFAULT_BLOCK_SIZE = 32  # as llama.cpp's Q4_1 / Q8_0, and the block MatMulNBits was measured fastest at
 ACTIVATIONS = {"fp32": 1, "int8": 4}  # -> MatMulNBits accuracy_level
 # Lossless by default. onnxruntime 1.32 has a fast float32-activation kernel for 4-bit weights only (8-bit
 # ones take ~10x longer), so int8 weights are fast only with `activations="int8"`, which is not lossless.

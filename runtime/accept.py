@@ -1,5 +1,6 @@
-"""Verification: which draft-tree nodes the target accepts, and the bonus token it emits after them
-(REFERENCE section 3). Both rules emit exactly what plain decoding with the target would."""
+"""Verification: which draft-tree nodes the target accepts, and the bonus token it emits after them, from
+one target pass over the whole tree (EAGLE-2/3). Both rules emit exactly what plain decoding with the
+target would: the proofs are in the docstrings."""
 
 import numpy as np
 

@@ -1,6 +1,6 @@
 """The EAGLE-3 drafter at run time: keeps the committed context in its KV cache and grows a draft tree.
 
-Row t of the drafter pairs the target's feature at position t with token t+1 (REFERENCE section 2), so
+Row t of the drafter pairs the target's feature at position t with token t+1 (as EAGLE-3 trains it), so
 after every verify pass the accepted rows are fed in one call (`extend`), whose last row already gives
 the first tree level. Deeper levels feed the drafter its own hidden output and live in scratch slots
 after the committed ones, overwritten next round.

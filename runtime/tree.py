@@ -1,5 +1,5 @@
 """The EAGLE-2/3 dynamic draft tree: grown level by level from the drafter's top-k, then pruned to the
-nodes most likely to be accepted (REFERENCE section 2)."""
+nodes most likely to be accepted (EAGLE-2, arXiv 2406.16858; EAGLE-3, arXiv 2503.01840)."""
 
 from dataclasses import dataclass
 
@@ -67,7 +67,7 @@ def chain_tree(tokens: np.ndarray | list[int]) -> DraftTree:
 
 
 class DraftTreeBuilder:
-    """Grows the EAGLE-2/3 dynamic tree level by level (REFERENCE section 2).
+    """Grows the EAGLE-2/3 dynamic tree level by level.
 
     Every candidate the drafter proposes enters a pool with its cumulative log-probability (score);
     only the best `top_k` of each level (the frontier) are expanded by the next drafter call. `build`

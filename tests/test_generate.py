@@ -2,7 +2,7 @@
 rules and the context limit, checked against plain decoding and transformers.
 
 A random drafter accepts almost nothing, so deep accepted paths are exercised with an oracle drafter whose
-trees contain the target's own greedy continuation at random depths and sibling positions (REFERENCE 8).
+trees contain the target's own greedy continuation at random depths and sibling positions.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Row t of step 0 pairs the target's feature at position t with token t+1 and pred
 committed rows of the runtime's drafter. Step j > 0 feeds row t the drafter's own step j-1 hidden with
 token t+1+j, at RoPE position t+j, and predicts token t+2+j: a depth-(j+1) tree node whose ancestors are the
 true tokens. Its query sees the step-0 keys of positions <= t (the committed context) and its own row's
-keys from steps 1..j (its ancestors and itself), exactly the runtime's tree mask (REFERENCE section 4).
+keys from steps 1..j (its ancestors and itself), exactly the runtime's tree mask (runtime/tree.py).
 
 Attention for steps j > 0 is computed without materialising the [jS, jS] mask: scores against the step-0
 keys (causal) are concatenated with the j same-row scores and softmaxed together.
