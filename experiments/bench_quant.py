@@ -18,7 +18,6 @@ Needs eaglex[export,peers]. Prints JSON (also written to --json) and the markdow
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -28,6 +27,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import harness
 
 from eaglex.bench.agreement import artifact_scorer, default_prompts, measure_agreement
 from eaglex.bench.llamacpp import GGUF_KINDS, LlamaCppModel, gguf_path
@@ -78,7 +79,9 @@ class Totals:
         }
 
 
-def peak_rss_mb(artifact: Path, prompt: str, tokens: int, threads: int, speculative: bool) -> float:
+def peak_rss_mb(
+    artifact: Path, prompt: str, threads: int, speculative: bool, tokens: int = RSS_TOKENS
+) -> float:
     run = [
         sys.executable,
         "-m",
@@ -99,7 +102,40 @@ def peak_rss_mb(artifact: Path, prompt: str, tokens: int, threads: int, speculat
         capture_output=True,
         text=True,
     ).stdout
-    return int(out.split()[-1]) / 1024
+    return round(int(out.split()[-1]) / 1024, 1)
+
+
+def decode_llama(
+    model: LlamaCppModel, prompt: list[int], tokens: int, stop: set[int], total: Totals
+) -> list[int]:
+    run = model.decode(prompt, tokens, stop)
+    passes = len(run.tokens) - 1
+    total.add(passes, run.decode_seconds)
+    total.passes += passes
+    total.verify_seconds += run.decode_seconds
+    total.weight_bytes += passes * model.weight_bytes
+    return run.tokens
+
+
+def decode_eaglex(
+    engine: Engine,
+    streamed: tuple[int, int],
+    speculative: bool,
+    prompt: list[int],
+    tokens: int,
+    total: Totals,
+) -> list[int]:
+    stats = GenerationStats()
+    config = engine.default_config(max_new_tokens=tokens, speculative=speculative)
+    out = [t for chunk in engine.generate(prompt, config, stats) for t in chunk]
+    target_bytes, drafter_bytes = streamed
+    total.add(stats.verified_tokens, stats.decode_seconds)
+    total.passes += stats.target_passes
+    total.drafter_calls += stats.drafter_calls
+    total.draft_seconds += stats.draft_seconds
+    total.verify_seconds += stats.verify_seconds
+    total.weight_bytes += stats.target_passes * target_bytes + stats.drafter_calls * drafter_bytes
+    return out
 
 
 def artifact_mb(artifact: Path) -> float:
@@ -112,26 +148,61 @@ def graph_mb(artifact: Path, graph: str) -> float:
     return sum(info["bytes"] for name, info in files.items() if name.startswith(graph)) / 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fp32", type=Path, default=Path("artifacts/smollm2"))
-    parser.add_argument("--prompts", type=int, default=10, help="MT-bench first turns to decode")
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--agreement-prompts", type=int, default=20)
-    parser.add_argument("--json", type=Path, default=Path("bench-results/quant.json"))
-    args = parser.parse_args()
-    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-
-    artifacts = {"fp32": args.fp32}
+def quantized_copies(fp32: Path, log) -> dict[str, Path]:
+    """The float32 artifact and its int8, int4 and int4a8 copies, made next to it when missing."""
+    artifacts = {"fp32": fp32}
     for scheme, weights, activations in (
         ("int8", "int8", None),
         ("int4", "int4", None),
         ("int4a8", "int4", "int8"),
     ):
-        artifacts[scheme] = args.fp32.with_name(f"{args.fp32.name}-{scheme}")
+        artifacts[scheme] = fp32.with_name(f"{fp32.name}-{scheme}")
         if not (artifacts[scheme] / "manifest.json").exists():
-            quantize_artifact(args.fp32, artifacts[scheme], weights, activations=activations, progress=log)
+            quantize_artifact(fp32, artifacts[scheme], weights, activations=activations, progress=log)
+    return artifacts
+
+
+def sizes_mb(artifacts: dict, streamed: dict, ggufs: dict, llamas: dict) -> dict[str, dict[str, float]]:
+    eaglex = {
+        f"eaglex {s}": {
+            "artifact": round(artifact_mb(p), 1),
+            "target": round(graph_mb(p, "target.onnx"), 1),
+            "drafter": round(graph_mb(p, "drafter.onnx"), 1),
+            "target_streamed_per_pass": round(streamed[s][0] / 1e6, 1),
+            "drafter_streamed_per_call": round(streamed[s][1] / 1e6, 1),
+        }
+        for s, p in artifacts.items()
+    }
+    peers = {
+        f"llama.cpp {k}": {
+            "gguf": round(p.stat().st_size / 1e6, 1),
+            "streamed_per_pass": round(llamas[k].weight_bytes / 1e6, 1),
+        }
+        for k, p in ggufs.items()
+    }
+    return eaglex | peers
+
+
+def agreement(engines: dict, ggufs: dict, prompts: list, threads: int) -> dict[str, dict]:
+    """Greedy match and KL of each quantized method against float32, teacher-forced."""
+    scorers = {f"eaglex {s}": artifact_scorer(engines[s]) for s in ("int8", "int4", "int4a8")}
+    scorer_models = {k: LlamaCppModel(ggufs[k], threads, n_ctx=1024, logits_all=True) for k in GGUF_KINDS}
+    scorers |= {f"llama.cpp {k}": model.teacher_forced_logits for k, model in scorer_models.items()}
+    results = measure_agreement(scorers, engines["fp32"], prompts, new_tokens=64)
+    return {name: asdict(result) for name, result in results.items()}
+
+
+def main() -> None:
+    parser = harness.parser(__doc__)
+    parser.add_argument("--fp32", type=Path, default=Path("artifacts/smollm2"))
+    parser.add_argument("--prompts", type=int, default=10, help="MT-bench first turns to decode")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--agreement-prompts", type=int, default=20)
+    parser.add_argument("--json", type=Path, default=Path("bench-results/quant.json"))
+    args = parser.parse_args()
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+
+    artifacts = quantized_copies(args.fp32, log)
     ggufs = {kind: gguf_path(kind, progress=log) for kind in GGUF_KINDS}
     mt_bench = default_prompts(args.prompts + args.agreement_prompts, log)
     speed_prompts, agreement_prompts = mt_bench[: args.prompts], mt_bench[args.prompts :]
@@ -145,9 +216,8 @@ def main() -> None:
 
     log("peak RSS of fresh eaglex run processes")
     record["peak_rss_MB"] = {
-        f"{scheme} {mode}": round(
-            peak_rss_mb(artifacts[scheme], speed_prompts[0][0], RSS_TOKENS, args.threads, mode == "EAGLE-3"),
-            1,
+        f"{scheme} {mode}": peak_rss_mb(
+            artifacts[scheme], speed_prompts[0][0], args.threads, mode == "EAGLE-3"
         )
         for scheme in ("int4", "int8", "fp32")
         for mode in ("EAGLE-3", "plain")
@@ -168,43 +238,24 @@ def main() -> None:
     outputs: dict[str, list[list[int]]] = {name: [] for name, _, _ in methods}
 
     def decode(name: str, key: str, speculative: bool, prompt: list[int], tokens: int) -> None:
-        total = totals[name]
         if name.startswith("llama.cpp"):
-            run = llamas[key].decode(prompt, tokens, stop)
-            outputs[name].append(run.tokens)
-            passes = len(run.tokens) - 1
-            total.add(passes, run.decode_seconds)
-            total.passes += passes
-            total.verify_seconds += run.decode_seconds
-            total.weight_bytes += passes * llamas[key].weight_bytes
-            return
-        engine, stats = engines[key], GenerationStats()
-        config = engine.default_config(max_new_tokens=tokens, speculative=speculative)
-        outputs[name].append([t for chunk in engine.generate(prompt, config, stats) for t in chunk])
-        target_bytes, drafter_bytes = streamed[key]
-        total.add(stats.verified_tokens, stats.decode_seconds)
-        total.passes += stats.target_passes
-        total.drafter_calls += stats.drafter_calls
-        total.draft_seconds += stats.draft_seconds
-        total.verify_seconds += stats.verify_seconds
-        total.weight_bytes += stats.target_passes * target_bytes + stats.drafter_calls * drafter_bytes
+            out = decode_llama(llamas[key], prompt, tokens, stop, totals[name])
+        else:
+            out = decode_eaglex(engines[key], streamed[key], speculative, prompt, tokens, totals[name])
+        outputs[name].append(out)
 
     warm = engines["fp32"].encode("Hello!", chat=True)
     for name, key, speculative in methods:  # first calls allocate and fault pages in: not timed
         decode(name, key, speculative, warm, 8)
     for name in totals:
         totals[name], outputs[name] = Totals(), []
-    for index, (text, chat) in enumerate(speed_prompts):
+    orders = harness.rotations(methods, len(speed_prompts))  # none always runs first
+    for index, ((text, chat), order) in enumerate(zip(speed_prompts, orders, strict=True)):
         prompt = engines["fp32"].encode(text, chat)
-        order = methods[index % len(methods) :] + methods[: index % len(methods)]
         for name, key, speculative in order:
             decode(name, key, speculative, prompt, args.new_tokens)
-        log(
-            f"prompt {index + 1}/{len(speed_prompts)}: "
-            + ", ".join(
-                f"{name} {totals[name].summary()['median_tokens_per_second']}" for name, _, _ in methods
-            )
-        )
+        medians = ", ".join(f"{n} {totals[n].summary()['median_tokens_per_second']}" for n, _, _ in methods)
+        log(f"prompt {index + 1}/{len(speed_prompts)}: {medians}")
     record["load_average_end"] = os.getloadavg()
     record["speed"] = {name: total.summary() for name, total in totals.items()}
     record["lossless"] = {
@@ -214,34 +265,9 @@ def main() -> None:
         name: sum(a == b for a, b in zip(outputs[name], outputs["eaglex fp32 plain"], strict=True))
         for name in outputs
     }
-    record["sizes_MB"] = {
-        **{
-            f"eaglex {s}": {
-                "artifact": round(artifact_mb(p), 1),
-                "target": round(graph_mb(p, "target.onnx"), 1),
-                "drafter": round(graph_mb(p, "drafter.onnx"), 1),
-                "target_streamed_per_pass": round(streamed[s][0] / 1e6, 1),
-                "drafter_streamed_per_call": round(streamed[s][1] / 1e6, 1),
-            }
-            for s, p in artifacts.items()
-        },
-        **{
-            f"llama.cpp {k}": {
-                "gguf": round(p.stat().st_size / 1e6, 1),
-                "streamed_per_pass": round(llamas[k].weight_bytes / 1e6, 1),
-            }
-            for k, p in ggufs.items()
-        },
-    }
-
+    record["sizes_MB"] = sizes_mb(artifacts, streamed, ggufs, llamas)
     log("agreement with float32")
-    scorers = {f"eaglex {s}": artifact_scorer(engines[s]) for s in ("int8", "int4", "int4a8")}
-    scorer_models = {
-        k: LlamaCppModel(ggufs[k], args.threads, n_ctx=1024, logits_all=True) for k in GGUF_KINDS
-    }
-    scorers |= {f"llama.cpp {k}": model.teacher_forced_logits for k, model in scorer_models.items()}
-    agreement = measure_agreement(scorers, engines["fp32"], agreement_prompts, new_tokens=64)
-    record["agreement_with_fp32"] = {name: asdict(result) for name, result in agreement.items()}
+    record["agreement_with_fp32"] = agreement(engines, ggufs, agreement_prompts, args.threads)
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(record, indent=1) + "\n")

@@ -23,8 +23,8 @@ import torch
 
 from eaglex.cli import resolve_model
 from eaglex.exporter.tokens import special_tokens
+from eaglex.train.decode import greedy_answers
 from eaglex.train.jsonl import peek_records
-from eaglex.train.regenerate import greedy_answers
 
 
 def teacher_agreement(model, prompts: list[list[int]], answers: list[list[int]]) -> tuple[int, int]:

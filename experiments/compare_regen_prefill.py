@@ -25,7 +25,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from eaglex.exporter.fetch import fetch_smollm2
 from eaglex.exporter.tokens import special_tokens
 from eaglex.train.data import encode_prompt, first_turn, load_records, to_messages
-from eaglex.train.regenerate import greedy_answers, prompt_batches
+from eaglex.train.decode import greedy_answers
+from eaglex.train.regenerate import prompt_batches
 
 
 def main() -> None:

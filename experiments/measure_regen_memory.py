@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM
 
 from eaglex.exporter.fetch import fetch_smollm2
 from eaglex.exporter.tokens import special_tokens
-from eaglex.train.regenerate import BATCH_TOKENS, greedy_answers
+from eaglex.train.decode import greedy_answers
+from eaglex.train.regenerate import BATCH_TOKENS
 
 
 def peak_gb() -> float:

@@ -16,7 +16,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
-from eaglex.train.regenerate import greedy_answers
+from eaglex.train.decode import greedy_answers
 
 ROWS, PROMPT, STEPS = 256, 200, 64
 

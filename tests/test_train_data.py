@@ -22,15 +22,9 @@ from eaglex.train.data import (
     tokenize_conversation,
 )
 from eaglex.train.datapack import pack, unpack
+from eaglex.train.decode import greedy_answers, sampled_answers
 from eaglex.train.jsonl import peek_records, read_records
-from eaglex.train.regenerate import (
-    BATCH_TOKENS,
-    greedy_answers,
-    next_prompt,
-    prompt_batches,
-    regenerate,
-    sampled_answers,
-)
+from eaglex.train.regenerate import BATCH_TOKENS, next_prompt, prompt_batches, regenerate
 from eaglex.train.selfprompts import RequestKeeper, user_turn_prefix, write_requests
 from eaglex.train.vocab import build_draft_vocab, carry_over_head
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -268,41 +269,23 @@ def train_drafter(
         )
     layers = new_drafter_config(target_config, train.draft_vocab_size).feature_layers
     target = TargetFeatures(model, layers, data.features_dtype)
-    stores: dict[str, FeatureStore | LiveFeatures] = {}
     features_hours = PhaseHours(work_dir, "features", report)
-    for split, part in (("val", samples[: data.val_samples]), ("train", samples[data.val_samples :])):
-        if split == "train" and live_features:
-            stores[split] = LiveFeatures(target, part)
-            continue
-        stores[split] = FeatureStore(work_dir / "features" / split, target_config.hidden_size)
-        what = f"target features ({split})"
-        extract(target, part, stores[split], extract_batch_tokens, features_hours, what=what)
+    stores = _feature_stores(
+        target,
+        samples,
+        data.val_samples,
+        work_dir / "features",
+        target_config.hidden_size,
+        live_features,
+        extract_batch_tokens,
+        features_hours,
+    )
     features_hours.save()
 
     train_store = stores["train"]
     answers = train_store.column("ids")[train_store.column("loss_mask").astype(bool)]
-    start = _start_from(Path(train.init_from), target_config, train) if train.init_from else None
-    start_ids = None if start is None else start.target_ids()
-    if start_ids is not None and not train.rechoose_vocab:
-        vocab = fixed_draft_vocab(start_ids.numpy(), answers, target_config.vocab_size)
-    else:
-        vocab = build_draft_vocab(answers, target_config.vocab_size, train.draft_vocab_size)
-    coverage = f"{100 * vocab.coverage:.1f}%"
-    report(f"draft vocabulary: {train.draft_vocab_size} tokens cover {coverage} of answer tokens")
-
-    drafter = Eagle3Drafter(new_drafter_config(target_config, train.draft_vocab_size))
     full_head = model.get_output_embeddings().weight.detach().cpu()
-    if start is None:
-        _init_drafter(drafter, vocab, train.seed)
-    else:
-        state = start.state_dict()
-        if train.rechoose_vocab:
-            kept = int(torch.isin(vocab.target_ids, start_ids).sum())
-            report(f"lm_head: {kept} rows kept, {len(vocab.d2t) - kept} mapped from the target's")
-            head = state["lm_head.weight"]
-            state["lm_head.weight"] = carry_over_head(head, start_ids, vocab.target_ids, full_head)
-            state["d2t"], state["t2d"] = vocab.d2t, vocab.t2d
-        drafter.load_state_dict(state)
+    drafter, vocab = _first_drafter(target_config, train, answers, full_head, report)
     embed = model.get_input_embeddings().weight.detach().cpu().clone()
     teacher_head = full_head[vocab.target_ids].clone()
     if not live_features:
@@ -320,7 +303,83 @@ def train_drafter(
         device,
     )
     val = trainer.train(train_store, stores["val"])
-    hours = train_hours.save()
+    record = _training_record(model_dir, data, train, trainer, train_hours.save(), train_store, live_features)
+    record["draft_vocab_coverage"] = round(vocab.coverage, 4)
+    if val is not None:
+        record["validation"] = {
+            "accuracy_per_step": val.accuracy,
+            "chain_acceptance_estimate": val.chain_acceptance(),
+        }
+        report(f"validation: {val.summary()}")
+    write_drafter(drafter, out_dir, target_config.max_position_embeddings, out_dtype, extra=record)
+    report(f"drafter written to {out_dir}")
+    return out_dir
+
+
+def _feature_stores(
+    target: TargetFeatures,
+    samples: list[Sample],
+    val_samples: int,
+    folder: Path,
+    hidden_size: int,
+    live_features: bool,
+    extract_batch_tokens: int,
+    report: Callable[[str], None],
+) -> dict[str, FeatureStore | LiveFeatures]:
+    """The held-out sequences' features, cached; the training ones cached too, or computed per batch."""
+    stores: dict[str, FeatureStore | LiveFeatures] = {}
+    for split, part in (("val", samples[:val_samples]), ("train", samples[val_samples:])):
+        if split == "train" and live_features:
+            stores[split] = LiveFeatures(target, part)
+            continue
+        stores[split] = FeatureStore(folder / split, hidden_size)
+        extract(target, part, stores[split], extract_batch_tokens, report, what=f"target features ({split})")
+    return stores
+
+
+def _first_drafter(
+    target_config: TargetConfig,
+    train: TrainConfig,
+    answers: np.ndarray,
+    full_head: torch.Tensor,
+    report: Callable[[str], None],
+) -> tuple[Eagle3Drafter, DraftVocab]:
+    """The drafter training starts from, with its draft vocabulary: fresh, or --init-from's (its vocabulary
+    kept, or rechosen on these answers with lm_head rows carried over or taken from the target's)."""
+    start = _start_from(Path(train.init_from), target_config, train) if train.init_from else None
+    start_ids = None if start is None else start.target_ids()
+    if start_ids is not None and not train.rechoose_vocab:
+        vocab = fixed_draft_vocab(start_ids.numpy(), answers, target_config.vocab_size)
+    else:
+        vocab = build_draft_vocab(answers, target_config.vocab_size, train.draft_vocab_size)
+    coverage = f"{100 * vocab.coverage:.1f}%"
+    report(f"draft vocabulary: {train.draft_vocab_size} tokens cover {coverage} of answer tokens")
+
+    drafter = Eagle3Drafter(new_drafter_config(target_config, train.draft_vocab_size))
+    if start is None:
+        _init_drafter(drafter, vocab, train.seed)
+    else:
+        state = start.state_dict()
+        if train.rechoose_vocab:
+            kept = int(torch.isin(vocab.target_ids, start_ids).sum())
+            report(f"lm_head: {kept} rows kept, {len(vocab.d2t) - kept} mapped from the target's")
+            head = state["lm_head.weight"]
+            state["lm_head.weight"] = carry_over_head(head, start_ids, vocab.target_ids, full_head)
+            state["d2t"], state["t2d"] = vocab.d2t, vocab.t2d
+        drafter.load_state_dict(state)
+    return drafter, vocab
+
+
+def _training_record(
+    model_dir: Path,
+    data: DataConfig,
+    train: TrainConfig,
+    trainer: Trainer,
+    hours: dict,
+    train_store: FeatureStore | LiveFeatures,
+    live_features: bool,
+) -> dict[str, Any]:
+    """training.json's settings, budget and data, written next to the drafter."""
     record = {
         "target": str(model_dir),
         "data": asdict(data),
@@ -331,17 +390,8 @@ def train_drafter(
         "train_tokens_per_epoch": train_store.num_tokens,
         "train_sequences_by_features_dtype": dict(Counter(train_store.dtypes)),
         "train_features": "live" if live_features else "cached",
-        "draft_vocab_coverage": round(vocab.coverage, 4),
     }
     if train.init_from:
         earlier = Path(train.init_from) / "training.json"  # what the starting drafter cost
         record["init_from_training"] = json.loads(earlier.read_text()) if earlier.is_file() else None
-    if val is not None:
-        record["validation"] = {
-            "accuracy_per_step": val.accuracy,
-            "chain_acceptance_estimate": val.chain_acceptance(),
-        }
-        report(f"validation: {val.summary()}")
-    write_drafter(drafter, out_dir, target_config.max_position_embeddings, out_dtype, extra=record)
-    report(f"drafter written to {out_dir}")
-    return out_dir
+    return record

@@ -28,9 +28,9 @@ from torch import nn
 from eaglex.errors import EaglexError
 
 from .data import EvalFilter, Message, prompt_words, render
+from .decode import sampled_answers
 from .jsonl import read_records
 from .progress import Progress
-from .regenerate import sampled_answers
 
 MAX_PROMPT_TOKENS = 128  # a request still open after this many tokens is dropped
 MIN_WORDS = 3  # shorter ones ("Hi!") have nothing to answer
