@@ -162,7 +162,7 @@ class ReservedLayer(DynamicLayer):
     once a layer's cache passes glibc's 32 MB mmap limit. Here each step writes only its new token, and
     removing stopped rows moves only the rows that fill their places (`keep_rows`). On 64 second-turn
     prompts of SmolLM2 in bf16 on these CPUs: 159 against 141 generated tokens/s, the same answers
-    (docs/BENCHMARKS.md, training history); the decode step is then bound by reading the cache in
+    (docs/BENCHMARKS.md, History, bfloat16 in training); the decode step is then bound by reading the cache in
     attention."""
 
     def __init__(self, rows: int, capacity: int) -> None:

@@ -158,8 +158,8 @@ class TargetFeatures:
     With dtype bfloat16 the target's matrix products run under bf16 autocast (norms and the residual sum
     stay fp32): ~1.8x faster on CPUs with AVX512-BF16 or AMX. The products' weights are cast to bf16 once,
     in a copy of the model, instead of by autocast at every call: the same products, bit for bit, in ~0.8x
-    the time on an AMX Xeon (docs/BENCHMARKS.md, training history). The target runs on the device its
-    weights are on; results come back to the CPU for the store.
+    the time on an AMX Xeon (docs/BENCHMARKS.md, History, bfloat16 in training). The target runs on the
+    device its weights are on; results come back to the CPU for the store.
     """
 
     def __init__(self, model: nn.Module, feature_layers: Sequence[int], dtype: str = "float32") -> None:
