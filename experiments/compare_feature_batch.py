@@ -13,10 +13,10 @@ within one run mean anything on a shared machine.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 
+import harness
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
@@ -29,10 +29,9 @@ from eaglex.train.features import FeatureStore, TargetFeatures, extract
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--batch-tokens", default="4096,1024", help="comma-separated")
     parser.add_argument("--sequences", type=int, default=48)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

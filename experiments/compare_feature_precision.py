@@ -16,13 +16,13 @@ after it) in each precision, interleaved batch by batch, and prints:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import tempfile
 import time
 from pathlib import Path
 
+import harness
 import torch
 
 from eaglex.cli import resolve_model
@@ -46,14 +46,13 @@ def stored_samples(store: FeatureStore, indices: list[int]) -> list[Sample]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--drafter", type=Path, required=True)
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--sequences", type=int, default=200)
     parser.add_argument("--batch-tokens", type=int, default=4096)
     parser.add_argument("--ttt-steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM

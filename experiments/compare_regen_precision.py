@@ -12,13 +12,13 @@ far, would have chosen itself). Only the ratio in one run means anything on a sh
 
 from __future__ import annotations
 
-import argparse
 import copy
 import random
 import time
 from pathlib import Path
 from statistics import mean
 
+import harness
 import torch
 
 from eaglex.cli import resolve_model
@@ -50,13 +50,12 @@ def agreed_share(reference: list[int], other: list[int]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--prompts", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=160)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

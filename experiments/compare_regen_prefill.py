@@ -15,10 +15,10 @@ mean anything on a shared machine.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
+import harness
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -30,12 +30,11 @@ from eaglex.train.regenerate import prompt_batches
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rows", default="256,16", help="prefill rows per model call, comma-separated")
     parser.add_argument("--max-new-tokens", type=int, default=160)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = [int(r) for r in args.rows.split(",")]

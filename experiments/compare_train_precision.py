@@ -10,7 +10,6 @@ after the steps. Only the ratio in one run means anything on a shared machine.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import tempfile
 import time
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import harness
 import torch
 
 from eaglex.cli import resolve_model
@@ -90,7 +90,7 @@ def train_interleaved(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--drafter", type=Path, required=True)
     parser.add_argument("--work-dir", type=Path, required=True)
@@ -98,7 +98,6 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--ttt-steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = load_start(args.model, args.drafter)

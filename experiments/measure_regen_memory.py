@@ -11,11 +11,11 @@ for scale. Run it in a process of its own: the peak only grows.
 
 from __future__ import annotations
 
-import argparse
 import resource
 import time
 from pathlib import Path
 
+import harness
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -30,10 +30,9 @@ def peak_gb() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--prompt-tokens", type=int, default=864)
     parser.add_argument("--max-new-tokens", type=int, default=160)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model_dir = fetch_smollm2(progress=lambda _: None)

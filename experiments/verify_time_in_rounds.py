@@ -9,12 +9,12 @@ the cache lengths decoding met. Prints mean, median, p10 and p90 of each, in ms.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import harness
 import numpy as np
 
 from eaglex.bench import tune
@@ -40,13 +40,12 @@ def timed(call: Callable[[], None], before: Callable[[], None] | None = None) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--total-tokens", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     engine = Engine.load(args.artifact, threads=args.threads)
     drafter, size = engine.drafter, args.total_tokens
