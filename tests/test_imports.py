@@ -4,7 +4,8 @@
 - bench imports nothing from the trainer (the benchmark sets live in bench; the trainer reads them there);
 - no import cycle between packages, lazy imports inside functions included;
 - no module over 400 lines and no function body over 80 lines (its signature, decorators and docstring not
-  counted: click options make a command's signature long) outside tests/.
+  counted: click options make a command's signature long) in the packages and scripts/ (tests/ and the
+  one-off measurements of experiments/ are exempt; experiments/harness.py is kept to it all the same).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ PACKAGES = {
     "trainer": "eaglex.train",
     "eaglex": "eaglex",
 }
-SOURCE_FOLDERS = [*PACKAGES, "scripts", "experiments"]
+SIZED_FOLDERS = [*PACKAGES, "scripts"]
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 80
 
 
@@ -126,11 +127,12 @@ def test_no_import_cycles_between_packages():
     assert cycles == []
 
 
-def source_files() -> list[Path]:
-    return [p for folder in SOURCE_FOLDERS for p in sorted((ROOT / folder).rglob("*.py"))]
+def sized_files() -> list[Path]:
+    files = [p for folder in SIZED_FOLDERS for p in sorted((ROOT / folder).rglob("*.py"))]
+    return [*files, ROOT / "experiments" / "harness.py"]
 
 
-@pytest.mark.parametrize("path", source_files(), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", sized_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_module_and_function_sizes(path):
     text = path.read_text()
     assert len(text.splitlines()) <= MAX_MODULE_LINES, f"{path.name}: split it along its ideas"
