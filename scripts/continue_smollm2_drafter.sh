@@ -10,7 +10,8 @@
 # kept OUTSIDE the repository: set PACK=DIR to seed the work folder from one (files the folder already has
 # are kept), then the run resumes from whatever is done. Without a pack everything is regenerated, which is
 # what a fresh clone does: the repository holds source only, and the packs of run 11 that were once
-# committed under drafters/data/ were removed from the tree (still in git history before that removal).
+# committed under drafters/data/ were removed from the tree (still in git history: `git archive e172900
+# drafters/data/smollm2-run11 | tar -x -C /tmp` gives PACK=/tmp/drafters/data/smollm2-run11).
 # Features are computed for each batch as it trains (--live-features): cached, they would fill ~43 GB that
 # no session keeps for the next, and the epoch's ~5 hours of features and training take more than one
 # session. Two torch threads (these runs had the machine to themselves), shared by two processes while
