@@ -1,14 +1,15 @@
 """Target-feature extraction at several batch sizes (padded tokens per target call), on one set of sequences:
 
     python experiments/compare_feature_batch.py [--batch-tokens 4096,1024] [--sequences 48] [--threads 2]
-        [--dtype bfloat16]
+        [--reps 2] [--dtype bfloat16]
 
 Runs SmolLM2 as `train-drafter` does for its feature cache (`TargetFeatures`, `extract` into a temporary
 `FeatureStore`, fsyncs included) over `--sequences` random-token sequences whose lengths are spread evenly
-over 64-1024 tokens, like a length-sorted training set; each setting is timed twice, interleaved, and the
-faster time is kept. Prints tokens/s per setting and the largest feature difference from the first
-setting's, relative to its largest feature (bf16 rounding depends on the matrix shapes). Only ratios
-within one run mean anything on a shared machine.
+over 64-1024 tokens, like a length-sorted training set; each setting is timed --reps times (2),
+interleaved in rotating order (experiments/harness.py), and the fastest time is kept. Prints tokens/s per
+setting and the largest feature difference from the first setting's, relative to its largest feature
+(bf16 rounding depends on the matrix shapes). Only ratios within one run mean anything on a shared
+machine.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from eaglex.train.features import FeatureStore, TargetFeatures, extract
 
 
 def main() -> None:
-    parser = harness.parser(__doc__)
+    parser = harness.parser(__doc__, reps=2)
     parser.add_argument("--batch-tokens", default="4096,1024", help="comma-separated")
     parser.add_argument("--sequences", type=int, default=48)
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
@@ -47,16 +48,22 @@ def main() -> None:
     tokens = int(lengths.sum())
     print(f"{len(samples)} sequences of {lengths[0]}-{lengths[-1]} tokens, {tokens} in all; {args.dtype}")
 
-    best = {b: float("inf") for b in settings}
     features = {}
-    for _ in range(2):
-        for batch_tokens in settings:
+
+    def timed(batch_tokens: int):
+        def once() -> float:
             with tempfile.TemporaryDirectory() as tmp:
                 store = FeatureStore(tmp, config.hidden_size)
                 started = time.perf_counter()
                 extract(target, samples, store, batch_tokens, lambda _: None)
-                best[batch_tokens] = min(best[batch_tokens], time.perf_counter() - started)
+                seconds = time.perf_counter() - started
                 features[batch_tokens] = np.array(store.column("features"), dtype=np.float32)
+            return seconds
+
+        return once
+
+    times = harness.interleaved({b: timed(b) for b in settings}, reps=args.reps)
+    best = {b: min(seconds) for b, seconds in times.items()}
     reference = features[settings[0]]
     scale = np.abs(reference).max()  # the residual stream's few huge activations set the fp16 scale
     for batch_tokens in settings:

@@ -21,7 +21,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from types import ModuleType
 
@@ -56,21 +56,21 @@ def chat_prompts(count: int | None = None) -> list[str]:
     return texts if count is None else texts[:count]
 
 
-def rotations(names: list[str], reps: int) -> list[list[str]]:
+def rotations(names: list, reps: int) -> list[list]:
     """The order candidates run in, per repetition: each starts once every len(names) repetitions."""
     return [names[r % len(names) :] + names[: r % len(names)] for r in range(reps)]
 
 
 def interleaved(
-    candidates: Mapping[str, Callable[[], float | None]],
+    candidates: Mapping[Hashable, Callable[[], float | None]],
     reps: int,
     clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, list[float]]:
+) -> dict[Hashable, list[float]]:
     """Runs every candidate `reps` times, interleaved and in rotating order; returns each one's values.
 
     A candidate that returns a number reports its own measure (tokens/s, say: only its decoding counted);
     one that returns None is timed whole, in seconds."""
-    values: dict[str, list[float]] = {name: [] for name in candidates}
+    values: dict[Hashable, list[float]] = {name: [] for name in candidates}
     for order in rotations(list(candidates), reps):
         for name in order:
             started = clock()
@@ -79,17 +79,17 @@ def interleaved(
     return values
 
 
-def medians(values: Mapping[str, list[float]]) -> dict[str, float]:
+def medians(values: Mapping[Hashable, list[float]]) -> dict[Hashable, float]:
     return {name: statistics.median(v) for name, v in values.items()}
 
 
-def ratios(values: Mapping[str, list[float]], baseline: str) -> dict[str, float]:
+def ratios(values: Mapping[Hashable, list[float]], baseline: Hashable) -> dict[Hashable, float]:
     """Each candidate's median over the baseline's: above 1 is faster for a rate, slower for seconds."""
     middle = medians(values)
     return {name: m / middle[baseline] for name, m in middle.items()}
 
 
-def table(values: Mapping[str, list[float]], baseline: str, unit: str) -> str:
+def table(values: Mapping[Hashable, list[float]], baseline: Hashable, unit: str) -> str:
     """A markdown table: candidate, median, min and max over the repetitions, ratio to the baseline."""
     middle, ratio = medians(values), ratios(values, baseline)
     rows = [f"| candidate | median {unit} | min | max | / {baseline} |", "|---|---|---|---|---|"]
