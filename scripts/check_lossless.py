@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     engine = Engine.load(args.artifact, threads=args.threads)
-    print(f"{args.artifact}: {engine.manifest.raw['target'].get('dtype', 'float32')} on {engine.device}")
+    print(f"{args.artifact}: {engine.manifest.target.dtype} on {engine.device}")
     compare(engine, args.prompts, args.new_tokens)
 
 

@@ -156,6 +156,7 @@ def evaluate(
 
     prompts = load_prompt_file(prompt_file)[:limit] if prompt_file else default_prompts(limit, progress)
     candidate, ref = Engine.load(artifact, threads=threads), Engine.load(reference, threads=threads)
-    scheme = (candidate.manifest.raw["target"].get("quantization") or {}).get("weights", "float32")
+    quantization = candidate.manifest.target.quantization
+    scheme = quantization.weights if quantization else "float32"
     result = measure_agreement({scheme: artifact_scorer(candidate)}, ref, prompts, new_tokens)[scheme]
     click.echo(f"{scheme} vs float32: {result.line()}")
