@@ -40,6 +40,7 @@ class ManifestError(EaglexError):
     """A manifest that breaks the contract: `where` is the field's path (target.num_layers)."""
 
     def __init__(self, where: str, problem: str):
+        where = where.encode("utf-8", "backslashreplace").decode("utf-8")  # keys may hold lone surrogates
         super().__init__(f"field {where} {problem}")
         self.where, self.problem = where, problem
 
@@ -323,6 +324,8 @@ def read_json(path: Path, what: str = "the artifact") -> Any:
         return json.loads(read_text(path, what))
     except json.JSONDecodeError as e:
         raise EaglexError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); {REEXPORT}") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise EaglexError(f"{path} is not valid JSON ({e}); {REEXPORT}") from None
     except RecursionError:
         raise EaglexError(f"{path} is nested too deeply to be a manifest; {REEXPORT}") from None
 

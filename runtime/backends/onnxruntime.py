@@ -147,6 +147,13 @@ class OrtGraphSession:
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
         check_graph(path, {**inputs, **outputs}, layers, kv_heads, head_dim, widths or {})
+        mask_input = "tree_mask" if plugin_op else "attention_bias"
+        if mask_input not in inputs:
+            flavour = "tensorrt" if plugin_op else "onnxruntime"
+            raise EaglexError(
+                f"{path} has no {mask_input} input, which {flavour}-flavoured graphs take: the manifest's "
+                "backend does not match the graphs; re-export the artifact"
+            )
         self.input_types = {name: NUMPY_TYPES.get(i.type) for name, i in inputs.items()}
         self.capacity = int(inputs["past_key.0"].shape[2])
         dtype = self.input_types["past_key.0"]
