@@ -74,8 +74,8 @@ def export_artifact(
         raise EaglexError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     quantize_drafter = _check_quantization(quantize, quantize_drafter, backend, drafter_dir)
     _check_precision(precision, backend, quantize)
+    check_out_dir(Path(out_dir), overwrite)
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
-    check_out_dir(out_dir, overwrite)
     stage = _stage_printer(progress)
     clear_stale(out_dir, progress)
 

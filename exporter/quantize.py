@@ -126,12 +126,12 @@ def quantize_artifact(
     keeps it float32. activations: the target's (see quantize_graph). The copy is built next to `out` and
     renamed into place when complete."""
     manifest = contract.load(source)
+    check_out_dir(Path(out), overwrite)
     source, out = Path(source).resolve(), Path(out).resolve()
     if manifest.backend != "onnxruntime":
         raise EaglexError(f"{source} is a {manifest.backend} artifact: quantized graphs are for onnxruntime")
     if manifest.target.quantization:
         raise EaglexError(f"{source} is already quantized: start from the float32 artifact")
-    check_out_dir(out, overwrite)
     drafter_scheme = scheme if drafter_scheme is None else drafter_scheme
     if scheme not in SCHEMES or drafter_scheme not in (*SCHEMES, "none"):
         raise EaglexError(f"unknown quantization {scheme!r} / {drafter_scheme!r}: use {', '.join(SCHEMES)}")

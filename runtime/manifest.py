@@ -297,7 +297,7 @@ def from_json(data: Any, root: Path) -> Manifest:
     """The manifest in `data` (parsed JSON); ManifestError names the first field that breaks the contract."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ManifestError("format", f"must be {FORMAT!r}: this is not an eaglex manifest")
-    if data.get("version") != VERSION:
+    if type(data.get("version")) is not int or data["version"] != VERSION:  # true == 1 in Python
         raise ManifestError(
             "version", f"is {_kind(data.get('version'))}, this eaglex reads version {VERSION}"
         )
