@@ -158,7 +158,9 @@ class Engine:
         names = {f.name for f in dataclasses.fields(GenerationConfig)}
         if unknown := sorted(set(overrides) - names):
             raise EaglexError(f"unknown generation setting {unknown[0]!r}: use {', '.join(sorted(names))}")
-        config = GenerationConfig(top_k=tree.top_k, depth=tree.depth, total_tokens=tree.total_tokens)
+        config = GenerationConfig(
+            top_k=tree.top_k, depth=tree.depth, total_tokens=tree.total_tokens, speculative=tree.speculative
+        )
         return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
     def weight_bytes_read(self, stats: GenerationStats) -> int:
