@@ -350,9 +350,6 @@ def load(artifact_dir: str | Path, checksums: bool = True) -> Manifest:
     return manifest
 
 
-load_manifest = load
-
-
 def save(manifest: Manifest, folder: Path | None = None) -> Path:
     """Writes manifest.json into `folder` (default: manifest.root) atomically: readers see the old file or
     the new one, never half of one. The object goes through `from_json` first, so nothing writes a manifest
