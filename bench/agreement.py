@@ -41,11 +41,22 @@ class Agreement:
 
 def load_prompt_file(path: Path) -> list[tuple[str, bool]]:
     """A JSON list of strings (used with the chat template) or of {"text", "chat"} records."""
+    shape = 'give a JSON list of strings or of {"text": ..., "chat": true|false} records'
     try:
-        records = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise EaglexError(f"cannot read prompts from {path} ({e}): give a JSON list of strings") from None
-    return [(r, True) if isinstance(r, str) else (r["text"], bool(r.get("chat", True))) for r in records]
+        records = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise EaglexError(f"cannot read prompts from {path} ({e}): {shape}") from None
+    if not isinstance(records, list) or not records:
+        raise EaglexError(f"{path} holds {type(records).__name__ if records else 'no prompts'}: {shape}")
+    prompts = []
+    for i, r in enumerate(records):
+        if isinstance(r, dict) and isinstance(r.get("text"), str) and isinstance(r.get("chat", True), bool):
+            prompts.append((r["text"], r.get("chat", True)))
+        elif isinstance(r, str):
+            prompts.append((r, True))
+        else:
+            raise EaglexError(f"prompt {i} in {path} is {json.dumps(r)[:40]}: {shape}")
+    return prompts
 
 
 def default_prompts(limit: int, progress: Callable[[str], None] = print) -> list[tuple[str, bool]]:

@@ -168,7 +168,7 @@ class LlamaCppMethod:
 def llamacpp_methods(engine: Engine, threads: int, kinds: Sequence[str] = GGUF_KINDS) -> list[LlamaCppMethod]:
     """llama.cpp f32, f16 and Q4_1 plain decoding of the artifact's model, when it is one whose GGUF eaglex
     can fetch (SmolLM2); otherwise none, with a note on stderr."""
-    source = Path(engine.manifest.raw["target"]["source"])
+    source = Path(engine.manifest.target.source)
     model = next((name for name, spec in MODELS.items() if source.name == spec.folder), None)
     if model is None:
         print(f"llama.cpp peer skipped: no GGUF of {source.name} (eaglex fetches SmolLM2's)", file=sys.stderr)

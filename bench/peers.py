@@ -11,7 +11,7 @@ from eaglex.runtime.engine import Engine
 
 
 def peer_methods(engine: Engine, threads: int) -> list[Method]:
-    source = Path(engine.manifest.raw["target"]["source"])
+    source = Path(engine.manifest.target.source)
     if not (source / "config.json").is_file():
         raise EaglexError(
             f"--compare needs the target's Hugging Face folder {source} (named in the manifest)"

@@ -13,6 +13,7 @@ and picks the shape with the most predicted tokens per second, then checks the b
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -27,6 +28,7 @@ import numpy as np
 
 from eaglex.bench.datasets import Prompt, load_prompts
 from eaglex.errors import EaglexError
+from eaglex.runtime import manifest as contract
 from eaglex.runtime.engine import Engine
 from eaglex.runtime.generate import GenerationStats
 from eaglex.runtime.tree import DraftTree
@@ -167,9 +169,8 @@ def greedy_trace(engine: Engine, prompt: Prompt, new_tokens: int, cache: Path | 
 def _trace_key(engine: Engine, ids: list[int], new_tokens: int) -> str | None:
     """What a trace depends on: the target graph's files, the prompt's ids and the number of new tokens
     (None where the manifest lists no checksums for the target's files: nothing to key a cache by)."""
-    target_file = engine.manifest.raw["target"]["file"]
-    listed = engine.manifest.raw.get("files", {})
-    files = {name: f["sha256"] for name, f in listed.items() if name.startswith(target_file)}
+    target_file = engine.manifest.target.file
+    files = {name: f.sha256 for name, f in engine.manifest.files.items() if name.startswith(target_file)}
     if not files:
         return None
     key = json.dumps({"target": files, "ids": ids, "new_tokens": new_tokens}, sort_keys=True)
@@ -235,7 +236,8 @@ def predict(
     shapes = [
         Shape(k, d, t, (accepted[k, d, t] + 1) / (verify[t] + draft[k, d] + commit[k] + host))
         for (k, d, t) in accepted
-        if t <= 1 + k + (d - 1) * k * k  # a larger tree than the pool holds is the same tree
+        # A larger tree than the pool holds is the same tree; one deeper than its nodes reach, a wasteful one.
+        if t <= 1 + k + (d - 1) * k * k and d < t
     ]
     return sorted(shapes, key=lambda s: -s.predicted_tokens_per_second)
 
@@ -338,10 +340,8 @@ def tune(
 def write_tree(artifact: Path, result: dict) -> None:
     """Stores the tuned tree in the manifest (`run` and `bench` use it by default) and the details in
     tune.json; each file is replaced atomically."""
-    manifest_path = artifact / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["tree"].update(result["best"])
-    for path, data in ((artifact / "tune.json", result), (manifest_path, manifest)):
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(data, indent=2))
-        partial.replace(path)
+    manifest = contract.load(artifact, checksums=False)  # tune has just loaded and checked it
+    partial = artifact / "tune.json.partial"
+    partial.write_text(json.dumps(result, indent=2))
+    partial.replace(artifact / "tune.json")
+    contract.save(dataclasses.replace(manifest, tree=dataclasses.replace(manifest.tree, **result["best"])))

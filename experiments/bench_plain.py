@@ -95,7 +95,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     engine = Engine.load(args.artifact, threads=args.threads)
-    source = engine.manifest.raw["target"]["source"]
+    source = engine.manifest.target.source
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     prompt = engine.encode(PROMPT, chat=True)
     weights = engine.weight_bytes_read(GenerationStats(target_passes=1))

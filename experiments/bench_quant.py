@@ -33,6 +33,7 @@ import harness
 from eaglex.bench.agreement import artifact_scorer, default_prompts, measure_agreement
 from eaglex.bench.llamacpp import GGUF_KINDS, LlamaCppModel, gguf_path
 from eaglex.exporter.quantize import quantize_artifact, streamed_weight_bytes
+from eaglex.runtime import manifest as contract
 from eaglex.runtime.engine import Engine
 from eaglex.runtime.generate import GenerationStats
 
@@ -139,13 +140,11 @@ def decode_eaglex(
 
 
 def artifact_mb(artifact: Path) -> float:
-    files = json.loads((artifact / "manifest.json").read_text())["files"]
-    return sum(info["bytes"] for info in files.values()) / 1e6
+    return sum(info.bytes for info in contract.load(artifact, checksums=False).files.values()) / 1e6
 
 
 def graph_mb(artifact: Path, graph: str) -> float:
-    files = json.loads((artifact / "manifest.json").read_text())["files"]
-    return sum(info["bytes"] for name, info in files.items() if name.startswith(graph)) / 1e6
+    return contract.load(artifact, checksums=False).graph_bytes(graph) / 1e6
 
 
 def quantized_copies(fp32: Path, log) -> dict[str, Path]:

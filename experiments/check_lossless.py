@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     args = parser.parse_args()
     engine = Engine.load(args.artifact, threads=args.threads)
-    print(f"{args.artifact}: {engine.manifest.raw['target'].get('dtype', 'float32')} on {engine.device}")
+    print(f"{args.artifact}: {engine.manifest.target.dtype} on {engine.device}")
     compare(engine, args.prompts, args.new_tokens)
 
 

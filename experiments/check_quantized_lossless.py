@@ -29,7 +29,7 @@ def main() -> None:
     if not args.out.exists():
         quantize_artifact(args.artifact, args.out, args.scheme, activations=args.activations, progress=print)
     engine = Engine.load(args.out, threads=args.threads)
-    print("activations:", engine.manifest.raw["target"]["quantization"]["activations"])
+    print("activations:", engine.manifest.target.quantization.activations)
     compare(engine, args.prompts, args.new_tokens)
 
 

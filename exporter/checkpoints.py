@@ -33,9 +33,57 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise EaglexError(f"no config.json in {path.parent}: pass the folder of a {what}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise EaglexError(f"{path} is not valid JSON ({exc}): re-download the {what}") from exc
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EaglexError(f"{path} is not valid JSON ({exc}): re-download the {what}") from None
+    if not isinstance(data, dict):
+        raise EaglexError(f"{path} must hold a JSON object: re-download the {what}")
+    return data
+
+
+def _safetensors_size(path: Path) -> int | None:
+    """The size a safetensors file must have by its header (8-byte length, JSON, data); None if unreadable."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return None
+        length = int.from_bytes(head, "little")
+        if length > path.stat().st_size:
+            return None
+        try:
+            header = json.loads(f.read(length))
+            ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return None
+    return 8 + length + max(ends, default=0)
+
+
+def check_weights(folder: Path, what: str) -> None:
+    """A model or drafter folder has weights, and no safetensors file among them is truncated: found in
+    a second, before loading the rest for a minute. what: "model" or "drafter"."""
+    index = [folder / f"{name}.index.json" for name in ("model.safetensors", "pytorch_model.bin")]
+    files = [
+        folder / name for name in ("model.safetensors", "pytorch_model.bin") if (folder / name).is_file()
+    ]
+    for path in (p for p in index if p.is_file()):
+        shards = _read_json(path, f"Hugging Face {what}").get("weight_map")
+        if not isinstance(shards, dict) or not all(isinstance(s, str) for s in shards.values()):
+            raise EaglexError(f"{path} has no weight_map of file names: download the {what} again")
+        files += [folder / shard for shard in sorted(set(shards.values()))]
+    if not files:
+        raise EaglexError(
+            f"no weights (model.safetensors or pytorch_model.bin) in {folder}: pass a complete {what} folder"
+        )
+    for path in files:
+        if not path.is_file():
+            raise EaglexError(f"{path}, listed in the weight index, is missing: download the {what} again")
+        if path.suffix == ".safetensors":
+            size, need = path.stat().st_size, _safetensors_size(path)
+            if need is None or size < need:
+                raise EaglexError(
+                    f"{path} is truncated or damaged ({size} bytes; its header "
+                    f"{'needs ' + str(need) if need else 'cannot be read'}): download the {what} again"
+                )
 
 
 def read_target_config(model_dir: str | Path) -> TargetConfig:

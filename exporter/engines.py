@@ -9,7 +9,7 @@ says what to install.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from eaglex.errors import EaglexError
+from eaglex.runtime import manifest as contract
 from eaglex.runtime.backends.tensorrt import load_plugin_library
-from eaglex.runtime.manifest import sha256
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 ENGINE_DIR = "engines"
@@ -47,24 +47,23 @@ def build_engines(
 ) -> Path:
     """Builds engines for the artifact's graphs and records them in its manifest; returns the artifact."""
     root = Path(artifact_dir)
-    manifest_path = root / "manifest.json"
-    if not manifest_path.is_file():
+    if not (root / contract.NAME).is_file():
         raise EaglexError(
             f"{root} has no manifest.json: create the artifact with eaglex export --backend tensorrt"
         )
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("backend") != "tensorrt":
+    manifest = contract.load(root)
+    if manifest.backend != "tensorrt":
         raise EaglexError(
-            f"{root} was exported for {manifest.get('backend')}: TensorRT engines need the plugin "
+            f"{root} was exported for {manifest.backend}: TensorRT engines need the plugin "
             "graphs, re-export with eaglex export --backend tensorrt"
         )
     if precision not in PRECISIONS:
         raise EaglexError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     trt = import_tensorrt()
     _check_gpu()
-    max_context = manifest["target"]["max_context"]
+    max_context = manifest.target.max_context
     max_prompt = min(max_prompt or max_context, max_context)
-    max_nodes = manifest["tree"]["max_total_tokens"]
+    max_nodes = manifest.tree.max_total_tokens
 
     engines = root / ENGINE_DIR
     engines.mkdir(exist_ok=True)
@@ -75,33 +74,30 @@ def build_engines(
     load_plugin_library(trt, engines / PLUGIN_LIBRARY)
 
     cache_path = Path(timing_cache) if timing_cache else engines / "timing.cache"
-    entries: dict[str, Any] = {}
-    graphs = [("target", manifest["target"])]
-    if manifest.get("drafter"):
-        graphs.append(("drafter", manifest["drafter"]))
-    for name, spec in graphs:
+    entries: dict[str, contract.EngineFile] = {}
+    graphs = [("target", manifest.target.file)]
+    if manifest.drafter is not None:
+        graphs.append(("drafter", manifest.drafter.file))
+    for name, file in graphs:
         progress(f"building the {name} engine ({precision}); this takes minutes")
         profiles = optimization_profiles(name, manifest, max_prompt, max_nodes)
-        with _graph_at_precision(root / spec["file"], precision) as onnx_path:
+        with _graph_at_precision(root / file, precision) as onnx_path:
             plan = _build(trt, logger, onnx_path, profiles, cache_path)
         engine_file = f"{ENGINE_DIR}/{name}.{precision}.engine"
         (root / engine_file).write_bytes(plan)
-        entries[name] = {"file": engine_file, "profiles": [p["name"] for p in profiles]}
+        entries[name] = contract.EngineFile(file=engine_file, profiles=tuple(p["name"] for p in profiles))
 
-    manifest["engines"] = {
-        "tensorrt_version": trt.__version__,
-        "precision": precision,
-        "plugin_library": f"{ENGINE_DIR}/{PLUGIN_LIBRARY}",
-        "max_prompt": max_prompt,
-        **entries,
-    }
-    files = {k: v for k, v in manifest["files"].items() if not k.startswith(f"{ENGINE_DIR}/")}
-    for path in sorted(engines.iterdir()):
-        files[f"{ENGINE_DIR}/{path.name}"] = {"bytes": path.stat().st_size, "sha256": sha256(path)}
-    manifest["files"] = files
-    partial = manifest_path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(partial, manifest_path)  # a reader never sees a half-written manifest
+    files = {k: v for k, v in manifest.files.items() if not k.startswith(f"{ENGINE_DIR}/")}
+    built = contract.file_table(root, (f"{ENGINE_DIR}/{path.name}" for path in engines.iterdir()))
+    engine_spec = contract.EngineSpec(
+        tensorrt_version=trt.__version__,
+        precision=precision,
+        plugin_library=f"{ENGINE_DIR}/{PLUGIN_LIBRARY}",
+        max_prompt=max_prompt,
+        target=entries["target"],
+        drafter=entries.get("drafter"),
+    )
+    contract.save(dataclasses.replace(manifest, engines=engine_spec, files={**files, **built}))
     progress(f"engines in {engines}")
     return root
 
@@ -145,11 +141,11 @@ def _plugin_library() -> Path:
 
 
 def optimization_profiles(
-    graph: str, manifest: dict, max_prompt: int, max_nodes: int
+    graph: str, manifest: contract.Manifest, max_prompt: int, max_nodes: int
 ) -> list[dict[str, Any]]:
     """Shapes (min, opt, max) of each dynamic input, per profile. W, the tree mask's words, spans the
     whole cache so that any mask_start fits."""
-    words = -(-manifest["target"]["max_context"] // 32)
+    words = -(-manifest.target.max_context // 32)
 
     def mask(rows: tuple[int, int, int]) -> dict[str, tuple]:
         return {"tree_mask": tuple((1, r, w) for r, w in zip(rows, (1, 1, words), strict=True))}
@@ -176,9 +172,10 @@ def optimization_profiles(
                 },
             },
         ]
-    hidden = manifest["drafter"]["hidden_size"]
-    width = len(manifest["target"]["feature_layers"]) * manifest["target"]["hidden_size"]
-    top_k = manifest["drafter"]["max_top_k"]
+    assert manifest.drafter is not None
+    hidden = manifest.drafter.hidden_size
+    width = len(manifest.target.feature_layers) * manifest.target.hidden_size
+    top_k = manifest.drafter.max_top_k
     profiles = []
     # prefill: the prompt's features (Sh = 0); decode: accepted rows or one tree level of hidden rows.
     for name, features, hidden_rows in (

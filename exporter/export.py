@@ -6,10 +6,7 @@ when the whole export succeeded.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,9 +16,10 @@ import numpy as np
 import onnx
 
 from eaglex.errors import EaglexError
+from eaglex.runtime import manifest as contract
 
 from .attention import BACKENDS
-from .checkpoints import load_drafter, load_target, read_target_config
+from .checkpoints import check_weights, load_drafter, load_target, read_target_config
 from .drafter import Eagle3Drafter
 from .graphs import MAX_TOP_K, export_drafter_graph, export_target_graph
 from .kv_compact import write_kv_compact_graph
@@ -29,8 +27,8 @@ from .precision import lower_precision
 from .quantize import SCHEMES, quantize_graph
 from .target import Target, TargetConfig
 from .tokens import copy_tokenizer, special_tokens
+from .workdir import check_out_dir, clear_stale, make_work_dir, move_into_place
 
-FORMAT_VERSION = 1
 DEFAULT_MAX_CONTEXT = 2048
 DEFAULT_TREE = {"top_k": 8, "depth": 5, "total_tokens": 24, "max_total_tokens": 128}
 DTYPES = {"fp32": "float32", "fp16": "float16"}  # --precision -> the graphs' float type
@@ -69,9 +67,10 @@ def export_artifact(
         raise EaglexError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     quantize_drafter = _check_quantization(quantize, quantize_drafter, backend, drafter_dir)
     _check_precision(precision, backend, quantize)
+    check_out_dir(Path(out_dir), overwrite)
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
-    _check_out_dir(out_dir, overwrite)
     stage = _stage_printer(progress)
+    clear_stale(out_dir, progress)
 
     stage(f"loading {model_dir}")
     config = read_target_config(model_dir)
@@ -79,14 +78,15 @@ def export_artifact(
         max_context = min(DEFAULT_MAX_CONTEXT, config.max_position_embeddings)
     tree_params = _tree_params(tree, max_context)
     _check_context(config, max_context, model_dir)
-    tokens = special_tokens(model_dir)  # before tracing: a missing tokenizer fails in a second, not a minute
-    drafter = load_drafter(drafter_dir, config) if drafter_dir is not None else None
-    target = load_target(model_dir, drafter.config.feature_layers if drafter is not None else None)
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    work.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared like any folder
+    # Before loading: a missing tokenizer or truncated weights fail in a second, not after a minute.
+    tokens = special_tokens(model_dir)
+    check_weights(model_dir, "model")
+    if drafter_dir is not None:
+        check_weights(Path(drafter_dir), "drafter")
+    work = make_work_dir(out_dir)
     try:
+        drafter = load_drafter(drafter_dir, config) if drafter_dir is not None else None
+        target = load_target(model_dir, drafter.config.feature_layers if drafter is not None else None)
         stage("tracing target")
         export_target_graph(target, work / "target.onnx", max_context, backend)
         if drafter is not None:
@@ -112,26 +112,22 @@ def export_artifact(
         np.save(work / "embed_tokens.npy", target.embed_tokens.weight.detach().float().numpy())
         copy_tokenizer(model_dir, work)
         stage("checksums")
-        manifest = {
-            "format": "eaglex-artifact",
-            "version": FORMAT_VERSION,
-            "backend": backend,
-            "target": _target_entry(target, model_dir, max_context),
-            "drafter": _drafter_entry(drafter, Path(drafter_dir)) if drafter is not None else None,
-            "tokens": tokens,
-            "tree": tree_params,
-            "files": _file_table(work),
-        }
-        manifest["target"]["dtype"] = DTYPES[precision]
-        if manifest["drafter"] is not None:
-            manifest["drafter"]["dtype"] = DTYPES[precision]
-        if backend == "onnxruntime":
-            manifest["kv_compact"] = "kv_compact.onnx"
-        manifest["target"]["quantization"] = quantization.get("target")  # null: float32 weights
-        if manifest["drafter"] is not None:
-            manifest["drafter"]["quantization"] = quantization.get("drafter")
-        (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _move_into_place(work, out_dir)
+        dtype = DTYPES[precision]
+        contract.save(
+            contract.Manifest(
+                root=work,
+                backend=backend,
+                target=_target_entry(target, model_dir, max_context, dtype, quantization.get("target")),
+                drafter=_drafter_entry(drafter, Path(drafter_dir), dtype, quantization.get("drafter"))
+                if drafter is not None
+                else None,
+                tokens=contract.TokenSpec(**{**tokens, "eos_token_ids": tuple(tokens["eos_token_ids"])}),
+                tree=tree_params,
+                kv_compact="kv_compact.onnx" if backend == "onnxruntime" else None,
+                files=contract.file_table(work, (p.name for p in work.iterdir() if p.is_file())),
+            )
+        )
+        move_into_place(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -139,7 +135,7 @@ def export_artifact(
     return out_dir
 
 
-def _tree_params(tree: Mapping[str, int] | None, max_context: int) -> dict[str, int]:
+def _tree_params(tree: Mapping[str, int] | None, max_context: int) -> contract.TreeSpec:
     # A tree never outgrows the cache: the runtime also trims trees to the room left near the limit.
     params = {
         **DEFAULT_TREE,
@@ -158,7 +154,7 @@ def _tree_params(tree: Mapping[str, int] | None, max_context: int) -> dict[str, 
             f"tree total_tokens {params['total_tokens']} exceeds "
             f"max_total_tokens {params['max_total_tokens']}"
         )
-    return params
+    return contract.TreeSpec(**params)  # checks the rest (depth <= total_tokens - 1)
 
 
 def _check_quantization(
@@ -195,13 +191,6 @@ def _lower_precision(path: Path, precision: str) -> None:
     onnx.save(model, str(path), save_as_external_data=True, location=data.name)
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EaglexError(f"{out_dir} exists and is not a folder: choose another output path")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise EaglexError(f"{out_dir} already exists and is not empty: choose another folder or overwrite it")
-
-
 def _check_context(config: TargetConfig, max_context: int, model_dir: Path) -> None:
     if max_context > config.max_position_embeddings:
         raise EaglexError(
@@ -224,58 +213,40 @@ def _stage_printer(progress: Callable[[str], Any]) -> Callable[[str], None]:
     return stage
 
 
-def _target_entry(target: Target, model_dir: Path, max_context: int) -> dict[str, Any]:
+def _target_entry(
+    target: Target, model_dir: Path, max_context: int, dtype: str, quantization: contract.Quantization | None
+) -> contract.TargetSpec:
     c = target.config
-    return {
-        "file": "target.onnx",
-        "source": str(model_dir),
-        "architecture": c.architecture,
-        "dtype": "float32",
-        "hidden_size": c.hidden_size,
-        "num_layers": c.num_layers,
-        "num_heads": c.num_heads,
-        "num_kv_heads": c.num_kv_heads,
-        "head_dim": c.head_dim,
-        "vocab_size": c.vocab_size,
-        "max_context": max_context,
-        "feature_layers": list(target.feature_layers),
-    }
+    return contract.TargetSpec(
+        file="target.onnx",
+        source=str(model_dir),
+        architecture=c.architecture,
+        dtype=dtype,
+        hidden_size=c.hidden_size,
+        num_layers=c.num_layers,
+        num_heads=c.num_heads,
+        num_kv_heads=c.num_kv_heads,
+        head_dim=c.head_dim,
+        vocab_size=c.vocab_size,
+        max_context=max_context,
+        feature_layers=tuple(target.feature_layers),
+        quantization=quantization,  # None: float32 weights
+    )
 
 
-def _drafter_entry(drafter: Eagle3Drafter, drafter_dir: Path) -> dict[str, Any]:
+def _drafter_entry(
+    drafter: Eagle3Drafter, drafter_dir: Path, dtype: str, quantization: contract.Quantization | None
+) -> contract.DrafterSpec:
     c = drafter.config
-    return {
-        "file": "drafter.onnx",
-        "source": str(drafter_dir.resolve()),
-        "hidden_size": c.hidden_size,
-        "num_heads": c.num_heads,
-        "num_kv_heads": c.num_kv_heads,
-        "head_dim": c.head_dim,
-        "draft_vocab_size": c.draft_vocab_size,
-        "max_top_k": min(MAX_TOP_K, c.draft_vocab_size),
-    }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_table(folder: Path) -> dict[str, dict[str, Any]]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != "manifest.json")
-    return {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-
-
-def _move_into_place(work: Path, out_dir: Path) -> None:
-    """Rename the finished folder to out_dir; an old out_dir (allowed by the caller) goes only after."""
-    if not out_dir.exists():
-        work.rename(out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-    old.rmdir()
-    out_dir.rename(old)
-    work.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    return contract.DrafterSpec(
+        file="drafter.onnx",
+        source=str(drafter_dir.resolve()),
+        hidden_size=c.hidden_size,
+        num_heads=c.num_heads,
+        num_kv_heads=c.num_kv_heads,
+        head_dim=c.head_dim,
+        draft_vocab_size=c.draft_vocab_size,
+        max_top_k=min(MAX_TOP_K, c.draft_vocab_size),
+        dtype=dtype,
+        quantization=quantization,
+    )

@@ -15,21 +15,21 @@ The drafter only proposes tokens, so it always takes the faster int8 activations
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from eaglex.errors import EaglexError
-from eaglex.runtime.manifest import load_manifest, sha256
+from eaglex.runtime import manifest as contract
+
+from .workdir import check_out_dir, clear_stale, make_work_dir
 
 SCHEMES = {"int8": 8, "int4": 4}
 DEFAULT_BLOCK_SIZE = 32  # as llama.cpp's Q4_1 / Q8_0, and the block MatMulNBits was measured fastest at
@@ -46,7 +46,7 @@ def quantize_graph(
     embeddings: bool = True,
     activations: str | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
-) -> dict[str, Any]:
+) -> contract.Quantization:
     """Rewrites the graph at `path` (+ `path`.data) in place; returns its manifest `quantization` entry.
 
     logits_output: the graph output the lm_head feeds ("logits", or the drafter's "topk_logprobs"): the
@@ -73,7 +73,7 @@ def _quantize(
     embeddings: bool,
     activations: str,
     block_size: int,
-) -> dict[str, Any]:
+) -> contract.Quantization:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(path))  # weights and all: the quantizer reads them, and the .data file is rewritten
@@ -98,17 +98,17 @@ def _quantize(
     if linear == 0:
         raise EaglexError(f"{path.name} has no linear layer with constant weights to quantize")
     _save(model, path)
-    return {
-        "weights": scheme,
-        "method": "MatMulNBits",
-        "block_size": block_size,
-        "symmetric": False,
-        "activations": activations,
-        "accuracy_level": ACTIVATIONS[activations],
-        "quantized_linear_layers": linear,
-        "embeddings": gathered > 0,
-        "lm_head": embeddings,
-    }
+    return contract.Quantization(
+        weights=scheme,
+        method="MatMulNBits",
+        block_size=block_size,
+        symmetric=False,
+        activations=activations,
+        accuracy_level=ACTIVATIONS[activations],
+        quantized_linear_layers=linear,
+        embeddings=gathered > 0,
+        lm_head=embeddings,
+    )
 
 
 def quantize_artifact(
@@ -125,41 +125,41 @@ def quantize_artifact(
     --quantize` does the same in one go). drafter_scheme: None quantizes the drafter as the target, "none"
     keeps it float32. activations: the target's (see quantize_graph). The copy is built next to `out` and
     renamed into place when complete."""
-    manifest = load_manifest(source)
+    manifest = contract.load(source)
+    check_out_dir(Path(out), overwrite)
     source, out = Path(source).resolve(), Path(out).resolve()
-    raw = manifest.raw
-    if raw.get("backend") != "onnxruntime":
-        raise EaglexError(
-            f"{source} is a {raw.get('backend')} artifact: quantized graphs are for onnxruntime"
-        )
-    if raw["target"].get("quantization"):
+    if manifest.backend != "onnxruntime":
+        raise EaglexError(f"{source} is a {manifest.backend} artifact: quantized graphs are for onnxruntime")
+    if manifest.target.quantization:
         raise EaglexError(f"{source} is already quantized: start from the float32 artifact")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise EaglexError(f"{out} already exists and is not empty: choose another folder or overwrite it")
     drafter_scheme = scheme if drafter_scheme is None else drafter_scheme
     if scheme not in SCHEMES or drafter_scheme not in (*SCHEMES, "none"):
         raise EaglexError(f"unknown quantization {scheme!r} / {drafter_scheme!r}: use {', '.join(SCHEMES)}")
-    roles = [("target", scheme, "logits", activations)]
-    if raw.get("drafter") and drafter_scheme != "none":
-        roles.append(("drafter", drafter_scheme, "topk_logprobs", "int8"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    clear_stale(out, progress)
+    work = make_work_dir(out)
     try:
-        work.chmod(0o755)
-        for name in raw["files"]:
+        for name in manifest.files:
             shutil.copy2(source / name, work / name)
-        if raw.get("drafter"):
-            raw["drafter"]["quantization"] = None
-        for role, role_scheme, logits, role_activations in roles:
-            progress(f"quantizing {role} to {role_scheme}")
-            raw[role]["quantization"] = quantize_graph(
-                work / raw[role]["file"], role_scheme, logits, embeddings, role_activations
+        target, drafter = manifest.target, manifest.drafter
+        progress(f"quantizing target to {scheme}")
+        target = dataclasses.replace(
+            target, quantization=quantize_graph(work / target.file, scheme, "logits", embeddings, activations)
+        )
+        if drafter is not None and drafter_scheme != "none":
+            progress(f"quantizing drafter to {drafter_scheme}")
+            quantized = quantize_graph(
+                work / drafter.file, drafter_scheme, "topk_logprobs", embeddings, "int8"
             )
-        raw["files"] = {
-            name: {"bytes": (work / name).stat().st_size, "sha256": sha256(work / name)}
-            for name in raw["files"]
-        }
-        (work / "manifest.json").write_text(json.dumps(raw, indent=2) + "\n")
+            drafter = dataclasses.replace(drafter, quantization=quantized)
+        contract.save(
+            dataclasses.replace(
+                manifest,
+                root=work,
+                target=target,
+                drafter=drafter,
+                files=contract.file_table(work, manifest.files),
+            )
+        )
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)

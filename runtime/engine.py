@@ -12,8 +12,8 @@ from eaglex.errors import EaglexError
 from eaglex.runtime.backends.base import GraphSession
 from eaglex.runtime.draft import EagleDrafter
 from eaglex.runtime.generate import GenerationConfig, GenerationStats, generate
-from eaglex.runtime.manifest import Manifest, load_manifest
-from eaglex.runtime.sampling import validate_sampling
+from eaglex.runtime.manifest import REEXPORT, Manifest, load
+from eaglex.runtime.settings import check_integer, is_integer
 from eaglex.runtime.tokenizer import StreamDecoder, Tokenizer
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -29,11 +29,13 @@ def open_session(
     threads: int,
     spin: bool = True,
     device: str = "cpu",
+    widths: dict[str, int] | None = None,
 ) -> GraphSession:
     """One graph of the artifact on `backend`; TensorRT runs the engine `eaglex build` made from it.
 
     spin: onnxruntime's worker threads busy-wait for the next operator instead of sleeping (the drafter's
-    must not: see Engine). device: onnxruntime's "cpu" or "cuda" (resolve_device)."""
+    must not: see Engine). device: onnxruntime's "cpu" or "cuda" (resolve_device). widths: the last
+    dimension of inputs and outputs that the manifest promises (onnxruntime checks them at load)."""
     if backend == "tensorrt":
         from eaglex.runtime.backends.tensorrt import TrtGraphSession
 
@@ -41,8 +43,8 @@ def open_session(
     from eaglex.runtime.backends.onnxruntime import OrtGraphSession
 
     # A TensorRT-flavoured artifact also runs on onnxruntime, through the op's CPU reference.
-    plugin_op = manifest.raw.get("backend") == "tensorrt"
-    compact = manifest.raw.get("kv_compact")
+    plugin_op = manifest.backend == "tensorrt"
+    compact = manifest.kv_compact
     return OrtGraphSession(
         manifest.path(file),
         layers,
@@ -53,7 +55,25 @@ def open_session(
         spin=spin,
         device=device,
         compact_graph=manifest.path(compact) if compact else None,
+        widths=widths,
     )
+
+
+def load_embeddings(manifest: Manifest) -> np.ndarray:
+    """embed_tokens.npy, memory-mapped, checked against the target's [vocab, hidden]."""
+    path = manifest.path("embed_tokens.npy")
+    try:
+        table = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EaglexError(f"{path} cannot be read as a numpy array ({first}); {REEXPORT}") from None
+    want = (manifest.target.vocab_size, manifest.target.hidden_size)
+    if table.shape != want or table.dtype != np.float32:
+        raise EaglexError(
+            f"{path} holds {table.dtype} {list(table.shape)}, the manifest's target needs float32 "
+            f"{list(want)} (vocab_size, hidden_size): the artifact is inconsistent; {REEXPORT}"
+        )
+    return table
 
 
 class Engine:
@@ -69,15 +89,13 @@ class Engine:
         and the artifact is float16); the TensorRT backend always runs on the GPU."""
         if backend not in BACKENDS:
             raise EaglexError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-        if threads < 1:
-            raise EaglexError(f"--threads must be at least 1, got {threads}")
+        check_integer("threads", threads, 1, 1024)
         self.manifest, self.threads = manifest, threads
         self.device = "cuda"
         if backend == "onnxruntime":
             from eaglex.runtime.backends.onnxruntime import resolve_device
 
-            dtype = manifest.raw["target"].get("dtype", "float32")
-            self.device = resolve_device(device, dtype, "kv_compact" in manifest.raw)
+            self.device = resolve_device(device, manifest.target.dtype, manifest.kv_compact is not None)
         target = manifest.target
         self.tokenizer = Tokenizer(manifest.root)
         self.target = open_session(
@@ -89,6 +107,7 @@ class Engine:
             target.head_dim,
             threads,
             device=self.device,
+            widths={"logits": target.vocab_size, "features": 3 * target.hidden_size},
         )
         self.drafter: EagleDrafter | None = None
         if manifest.drafter is not None:
@@ -106,10 +125,19 @@ class Engine:
                 threads,
                 spin=False,
                 device=self.device,
+                widths={
+                    "input_embeds": spec.hidden_size,
+                    "hidden": spec.hidden_size,
+                    "features": 3 * target.hidden_size,
+                },
             )
-            embeddings = np.load(manifest.path("embed_tokens.npy"), mmap_mode="r")
-            self.drafter = EagleDrafter(session, embeddings, 3 * target.hidden_size)
-        self.stop_tokens = set(manifest.eos_token_ids)
+            self.drafter = EagleDrafter(session, load_embeddings(manifest), 3 * target.hidden_size)
+        if self.target.capacity != target.max_context:
+            raise EaglexError(
+                f"{manifest.path(target.file)} holds {self.target.capacity} cache rows but the manifest's "
+                f"target.max_context is {target.max_context}: the artifact is inconsistent; {REEXPORT}"
+            )
+        self.stop_tokens = set(manifest.tokens.eos_token_ids)
 
     @classmethod
     def load(
@@ -120,28 +148,38 @@ class Engine:
         checksums: bool = True,
         device: str = "auto",
     ) -> Engine:
-        return cls(load_manifest(artifact_dir, checksums), threads, backend, device)
+        if not isinstance(artifact_dir, str | Path):
+            raise EaglexError(f"the artifact must be a folder path, got {type(artifact_dir).__name__}")
+        return cls(load(artifact_dir, checksums), threads, backend, device)
 
     def default_config(self, **overrides: object) -> GenerationConfig:
         """The artifact's tree settings, with any field overridden (None means keep the default)."""
         tree = self.manifest.tree
-        config = GenerationConfig(top_k=tree.top_k, depth=tree.depth, total_tokens=tree.total_tokens)
+        names = {f.name for f in dataclasses.fields(GenerationConfig)}
+        if unknown := sorted(set(overrides) - names):
+            raise EaglexError(f"unknown generation setting {unknown[0]!r}: use {', '.join(sorted(names))}")
+        config = GenerationConfig(
+            top_k=tree.top_k, depth=tree.depth, total_tokens=tree.total_tokens, speculative=tree.speculative
+        )
         return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
     def weight_bytes_read(self, stats: GenerationStats) -> int:
         """Weight bytes streamed from memory during decoding: each target pass and drafter call reads its
         graph's weights once. On a CPU that is the cost that bounds decoding speed."""
-        files = self.manifest.raw["files"]
-
-        def graph_bytes(file: str) -> int:
-            return sum(info["bytes"] for name, info in files.items() if name.startswith(file))
-
-        total = stats.target_passes * graph_bytes(self.manifest.target.file)
+        total = stats.target_passes * self.manifest.graph_bytes(self.manifest.target.file)
         if self.manifest.drafter is not None:
-            total += stats.drafter_calls * graph_bytes(self.manifest.drafter.file)
+            total += stats.drafter_calls * self.manifest.graph_bytes(self.manifest.drafter.file)
         return total
 
     def encode(self, text: str, chat: bool = False) -> list[int]:
+        if not isinstance(text, str):
+            raise EaglexError(f"the prompt must be text (str), got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise EaglexError(
+                f"the prompt is not valid UTF-8 (character {e.start} cannot be encoded): pass UTF-8 text"
+            ) from None
         if chat:
             return self.tokenizer.apply_chat_template([{"role": "user", "content": text}])
         return self.tokenizer.encode(text)
@@ -150,7 +188,11 @@ class Engine:
         """Rejects bad settings with one-line errors before any work is done."""
         limits = self.manifest
         max_top_k = limits.drafter.max_top_k if limits.drafter else 1
-        if not prompt:
+        if not isinstance(config, GenerationConfig):
+            raise EaglexError(f"config must be a GenerationConfig, got {type(config).__name__}")
+        if not isinstance(prompt, list | tuple | np.ndarray) or not all(is_integer(t) for t in prompt):
+            raise EaglexError("the prompt must be a list of integer token ids (Engine.encode makes one)")
+        if not len(prompt):
             raise EaglexError("the prompt is empty: give at least one token of text")
         if len(prompt) >= self.target.capacity:
             raise EaglexError(
@@ -160,20 +202,22 @@ class Engine:
             )
         if bad := [t for t in prompt if not 0 <= t < limits.target.vocab_size]:
             raise EaglexError(f"token id {bad[0]} is outside the vocabulary of {limits.target.vocab_size}")
-        if config.max_new_tokens < 1:
-            raise EaglexError(f"--max-new-tokens must be at least 1, got {config.max_new_tokens}")
-        validate_sampling(config.temperature, config.top_p)
         if config.speculative and self.drafter is not None:
             if not 1 <= config.top_k <= max_top_k:
                 raise EaglexError(
                     f"--top-k must be between 1 and {max_top_k} for this artifact, got {config.top_k}"
                 )
-            if config.depth < 1:
-                raise EaglexError(f"--depth must be at least 1, got {config.depth}")
             if not 1 <= config.total_tokens <= limits.tree.max_total_tokens:
                 raise EaglexError(
                     f"--total-tokens must be between 1 and {limits.tree.max_total_tokens}, "
                     f"got {config.total_tokens}"
+                )
+            # A tree of T nodes is at most T - 1 levels deep: deeper drafting only costs drafter calls.
+            most = max(1, config.total_tokens - 1)
+            if not 1 <= config.depth <= most:
+                raise EaglexError(
+                    f"--depth must be between 1 and {most} (a tree of {config.total_tokens} nodes, "
+                    f"--total-tokens, is no deeper), got {config.depth}"
                 )
 
     def generate(

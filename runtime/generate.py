@@ -12,6 +12,7 @@ from eaglex.runtime.accept import accept_greedy, accept_sampling
 from eaglex.runtime.backends.base import GraphSession
 from eaglex.runtime.draft import EagleDrafter
 from eaglex.runtime.sampling import probabilities, sample
+from eaglex.runtime.settings import check_generation_settings
 from eaglex.runtime.tree import chain_tree
 
 
@@ -25,6 +26,9 @@ class GenerationConfig:
     depth: int = 5  # tree: levels below the root (drafter calls per round)
     total_tokens: int = 24  # tree: nodes verified per target pass, root included
     speculative: bool = True
+
+    def __post_init__(self) -> None:
+        check_generation_settings(**self.__dict__)
 
 
 @dataclass

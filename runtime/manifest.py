@@ -1,71 +1,366 @@
-"""Reads and checks `manifest.json`, the versioned contract of exporter and runtime (docs/ARTIFACT.md)."""
+"""`manifest.json`, the contract of exporter and runtime (docs/ARTIFACT.md), as typed frozen objects.
+
+This module is its one owner: `load` checks a manifest once, as a whole, against the schema below (types,
+ranges, required keys, allowed values, and the invariants between sections), and `save` is the only writer
+(atomic, through a validated round trip). Export, quantize, build and tune construct or update a
+`Manifest`; everything else reads its typed fields. The schema is the dataclasses themselves: a field's
+type hint says what JSON it takes, its `metadata` the allowed range, `__post_init__` the invariants.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+import os
+import re
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from eaglex.errors import EaglexError
 
 FORMAT = "eaglex-artifact"
 VERSION = 1
+NAME = "manifest.json"
+BACKENDS = ("onnxruntime", "tensorrt")
+DTYPES = ("float32", "float16")
+REEXPORT = "re-export the artifact with eaglex export"
+# Generous bounds that no real model reaches; beyond them a value is damage, not a model.
+MAX_DIM = 1 << 20
+MAX_CONTEXT = 1 << 22
+MAX_TREE = 4096
+# An optional field that the file leaves out while it has its default value (older files lack it).
+OMIT_DEFAULT = {"omit_default": True}
 
 
-@dataclass(frozen=True)
+class ManifestError(EaglexError):
+    """A manifest that breaks the contract: `where` is the field's path (target.num_layers)."""
+
+    def __init__(self, where: str, problem: str):
+        where = where.encode("utf-8", "backslashreplace").decode("utf-8")  # keys may hold lone surrogates
+        super().__init__(f"field {where} {problem}")
+        self.where, self.problem = where, problem
+
+
+def _range(ge: int | None = None, le: int | None = None, default: Any = dataclasses.MISSING) -> Any:
+    return field(default=default, metadata={"ge": ge, "le": le})
+
+
+def _choice(*choices: str, default: Any = dataclasses.MISSING) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+def _invariant(ok: bool, where: str, problem: str) -> None:
+    if not ok:
+        raise ManifestError(where, problem)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quantization:
+    weights: str = _choice("int8", "int4")
+    method: str = _choice("MatMulNBits")
+    block_size: int = _range(16, 4096)
+    symmetric: bool
+    activations: str = _choice("fp32", "int8")
+    accuracy_level: int = _range(0, 4)
+    quantized_linear_layers: int = _range(1)
+    embeddings: bool
+    lm_head: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class TargetSpec:
     file: str
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    max_context: int
-    feature_layers: tuple[int, ...]
+    source: str
+    architecture: str = _choice("llama", "mistral", "qwen2", "qwen3")
+    dtype: str = _choice(*DTYPES, default="float32")
+    hidden_size: int = _range(1, MAX_DIM)
+    num_layers: int = _range(1, 4096)
+    num_heads: int = _range(1, 4096)
+    num_kv_heads: int = _range(1, 4096)
+    head_dim: int = _range(1, 4096)
+    vocab_size: int = _range(1, MAX_DIM * 16)
+    max_context: int = _range(2, MAX_CONTEXT)
+    feature_layers: tuple[int, ...] = _range(0, 4096)
+    quantization: Quantization | None = None
+
+    def __post_init__(self) -> None:
+        _invariant(
+            self.num_heads % self.num_kv_heads == 0, "target.num_heads", "must be a multiple of num_kv_heads"
+        )
+        _invariant(len(self.feature_layers) == 3, "target.feature_layers", "must list three layers (EAGLE-3)")
+        _invariant(
+            max(self.feature_layers) <= self.num_layers, "target.feature_layers", "must be at most num_layers"
+        )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DrafterSpec:
     file: str
-    hidden_size: int
-    num_kv_heads: int
-    head_dim: int
-    draft_vocab_size: int
-    max_top_k: int
+    source: str
+    hidden_size: int = _range(1, MAX_DIM)
+    num_heads: int = _range(1, 4096)
+    num_kv_heads: int = _range(1, 4096)
+    head_dim: int = _range(1, 4096)
+    draft_vocab_size: int = _range(1, MAX_DIM * 16)
+    max_top_k: int = _range(1, 1024)
+    dtype: str = _choice(*DTYPES, default="float32")
+    quantization: Quantization | None = None
+
+    def __post_init__(self) -> None:
+        _invariant(self.max_top_k <= self.draft_vocab_size, "drafter.max_top_k", "exceeds draft_vocab_size")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class TokenSpec:
+    bos_token_id: int | None = _range(0, default=None)
+    eos_token_ids: tuple[int, ...] = _range(0)
+    pad_token_id: int | None = _range(0, default=None)
+    has_chat_template: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class TreeSpec:
-    top_k: int
-    depth: int
-    total_tokens: int
-    max_total_tokens: int
+    """The default draft tree. speculative: False where tuning found plain decoding faster on the machine."""
+
+    top_k: int = _range(1, 1024)
+    depth: int = _range(1, MAX_TREE)
+    total_tokens: int = _range(1, MAX_TREE)
+    max_total_tokens: int = _range(1, MAX_TREE)
+    speculative: bool = field(default=True, metadata=OMIT_DEFAULT)
+
+    def __post_init__(self) -> None:
+        _invariant(
+            self.total_tokens <= self.max_total_tokens, "tree.total_tokens", "exceeds max_total_tokens"
+        )
+        _invariant(self.depth <= max(1, self.total_tokens - 1), "tree.depth", "exceeds total_tokens - 1")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class FileEntry:
+    bytes: int = _range(0)
+    sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineFile:
+    file: str
+    profiles: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineSpec:
+    """TensorRT engines of `eaglex build`. flavour, compute_capability: which TensorRT and GPU built them."""
+
+    tensorrt_version: str
+    precision: str = _choice("fp32", "fp16", "bf16")
+    max_prompt: int = _range(1, MAX_CONTEXT)
+    plugin_library: str
+    target: EngineFile
+    drafter: EngineFile | None = None
+    flavour: str | None = field(default=None, metadata=OMIT_DEFAULT)
+    compute_capability: str | None = field(default=None, metadata=OMIT_DEFAULT)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Manifest:
-    root: Path
+    root: Path = field(metadata={"in_file": False})  # the artifact folder
+    backend: str = _choice(*BACKENDS, default="onnxruntime")
     target: TargetSpec
-    drafter: DrafterSpec | None
+    drafter: DrafterSpec | None = None
+    tokens: TokenSpec
     tree: TreeSpec
-    bos_token_id: int | None
-    eos_token_ids: tuple[int, ...]
-    raw: dict[str, Any]
+    kv_compact: str | None = field(default=None, metadata=OMIT_DEFAULT)
+    engines: EngineSpec | None = field(default=None, metadata=OMIT_DEFAULT)
+    files: Mapping[str, FileEntry]
+
+    def __post_init__(self) -> None:
+        for name, entry in self.files.items():
+            _invariant(_safe_name(name), f"files.{name}", "is not a relative path inside the artifact")
+            _invariant(
+                bool(re.fullmatch("[0-9a-f]{64}", entry.sha256)), f"files.{name}.sha256", "is not a sha256"
+            )
+        listed = [("target.file", self.target.file), ("kv_compact", self.kv_compact)]
+        if self.drafter is not None:
+            listed += [("drafter.file", self.drafter.file), ("drafter", "embed_tokens.npy")]
+            _invariant(
+                self.drafter.hidden_size == self.target.hidden_size,
+                "drafter.hidden_size",
+                "differs from target's",
+            )
+            _invariant(self.tree.top_k <= self.drafter.max_top_k, "tree.top_k", "exceeds drafter.max_top_k")
+        if self.engines is not None:
+            listed += [("engines.target.file", self.engines.target.file)]
+            listed += [("engines.plugin_library", self.engines.plugin_library)]
+            if self.engines.drafter is not None:
+                listed += [("engines.drafter.file", self.engines.drafter.file)]
+        for where, name in listed:
+            _invariant(name is None or name in self.files, where, f"names {name}, which files does not list")
+        _invariant(
+            self.tree.max_total_tokens <= self.target.max_context,
+            "tree.max_total_tokens",
+            "exceeds max_context",
+        )
 
     def path(self, name: str) -> Path:
         return self.root / name
 
+    def graph_bytes(self, file: str) -> int:
+        """Bytes of a graph and its external weights, as the file table lists them."""
+        return sum(entry.bytes for name, entry in self.files.items() if name.startswith(file))
 
-def _pick(cls: type, data: dict[str, Any], where: str) -> Any:
-    names = cls.__dataclass_fields__
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise EaglexError(f"manifest.json: {where} lacks {', '.join(missing)}; re-export the artifact")
-    values = {n: tuple(data[n]) if isinstance(data[n], list) else data[n] for n in names}
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, **_to_json(self)}
+
+
+def _safe_name(name: str) -> bool:
+    """A file name the runtime may open: relative, inside the artifact, and one the OS can spell."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    parts = name.split("/")
+    return not ({"", ".", ".."} & set(parts)) and not any(c in name for c in "\\\0")
+
+
+def _to_json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {
+            f.name: _to_json(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.metadata.get("in_file", True)
+            and not (f.metadata.get("omit_default") and getattr(value, f.name) == f.default)
+        }
+    if isinstance(value, Mapping):
+        return {k: _to_json(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _kind(value: Any) -> str:
+    text = json.dumps(value)
+    return f"{text if len(text) <= 40 else text[:37] + '...'} ({type(value).__name__})"
+
+
+def _parse(hint: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
+    """One JSON value as the type `hint` says, checked against the field's range or choices."""
+    if get_origin(hint) in (Union, types.UnionType):
+        if value is None and type(None) in get_args(hint):
+            return None
+        (hint,) = [a for a in get_args(hint) if a is not type(None)]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if get_origin(hint) is tuple:
+        if not isinstance(value, list):
+            raise ManifestError(where, f"must be a list, got {_kind(value)}")
+        return tuple(_parse(get_args(hint)[0], v, f"{where}[{i}]", meta) for i, v in enumerate(value))
+    if get_origin(hint) is Mapping:
+        if not isinstance(value, dict):
+            raise ManifestError(where, f"must be an object, got {_kind(value)}")
+        return {k: _parse(get_args(hint)[1], v, f"{where}.{k}", meta) for k, v in value.items()}
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ManifestError(
+            where, f"must be {'an integer' if hint is int else hint.__name__}, got {_kind(value)}"
+        )
+    low, high, choices = meta.get("ge"), meta.get("le"), meta.get("choices")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ManifestError(where, f"must be {bounds}, got {value}")
+    if choices and value not in choices:
+        raise ManifestError(where, f"must be one of {', '.join(choices)}, got {_kind(value)}")
+    return value
+
+
+def _build(cls: type, data: Any, where: str, **extra: Any) -> Any:
+    """A dataclass from a JSON object: every required key present, no unknown key, every value valid."""
+    if not isinstance(data, dict):
+        raise ManifestError(where or "(top level)", f"must be an object, got {_kind(data)}")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("in_file", True)}
+    prefix = f"{where}." if where else ""
+    if unknown := sorted(set(data) - set(known)):
+        raise ManifestError(f"{prefix}{unknown[0]}", f"is not part of format version {VERSION}")
+    values = dict(extra)
+    for name, f in known.items():
+        if name in data:
+            values[name] = _parse(hints[name], data[name], prefix + name, f.metadata)
+        elif f.default is dataclasses.MISSING:
+            raise ManifestError(prefix + name, "is missing")
     return cls(**values)
+
+
+def from_json(data: Any, root: Path) -> Manifest:
+    """The manifest in `data` (parsed JSON); ManifestError names the first field that breaks the contract."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ManifestError("format", f"must be {FORMAT!r}: this is not an eaglex manifest")
+    if type(data.get("version")) is not int or data["version"] != VERSION:  # true == 1 in Python
+        raise ManifestError(
+            "version", f"is {_kind(data.get('version'))}, this eaglex reads version {VERSION}"
+        )
+    rest = {k: v for k, v in data.items() if k not in ("format", "version")}
+    return _build(Manifest, rest, "", root=root)
+
+
+def read_text(path: Path, what: str = "the artifact") -> str:
+    """A text file of the artifact, or one line naming it: missing, unreadable or not UTF-8."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise EaglexError(f"{path} is missing; {REEXPORT}") from None
+    except OSError as e:
+        raise EaglexError(f"{path} cannot be read ({e.strerror}); check its permissions") from None
+    except UnicodeDecodeError as e:
+        raise EaglexError(
+            f"{path} is not UTF-8 text (byte {e.start}); {what} is damaged: {REEXPORT}"
+        ) from None
+
+
+def read_json(path: Path, what: str = "the artifact") -> Any:
+    try:
+        return json.loads(read_text(path, what))
+    except json.JSONDecodeError as e:
+        raise EaglexError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); {REEXPORT}") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise EaglexError(f"{path} is not valid JSON ({e}); {REEXPORT}") from None
+    except RecursionError:
+        raise EaglexError(f"{path} is nested too deeply to be a manifest; {REEXPORT}") from None
+
+
+def load(artifact_dir: str | Path, checksums: bool = True) -> Manifest:
+    """The artifact's manifest, validated as a whole, with its files checked against the file table."""
+    root = Path(artifact_dir)
+    path = root / NAME
+    if not root.is_dir():
+        raise EaglexError(f"artifact folder {root} does not exist; create it with eaglex export")
+    if not path.is_file():
+        raise EaglexError(
+            f"{root} has no {NAME}: it is not an eaglex artifact; create one with eaglex export"
+        )
+    try:
+        manifest = from_json(read_json(path), root)
+    except ManifestError as e:
+        raise EaglexError(
+            f"{path}: {e}; the artifact is damaged or from another eaglex: {REEXPORT}"
+        ) from None
+    verify_files(manifest, checksums)
+    return manifest
+
+
+def save(manifest: Manifest, folder: Path | None = None) -> Path:
+    """Writes manifest.json into `folder` (default: manifest.root) atomically: readers see the old file or
+    the new one, never half of one. The object goes through `from_json` first, so nothing writes a manifest
+    that `load` would refuse."""
+    data = manifest.to_json()
+    from_json(json.loads(json.dumps(data)), manifest.root)
+    path = Path(folder or manifest.root) / NAME
+    partial = path.with_name(f".{NAME}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(partial, path)
+    return path
 
 
 def sha256(path: Path) -> str:
@@ -76,54 +371,21 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_files(root: Path, files: dict[str, dict[str, Any]], checksums: bool = True) -> None:
+def file_table(root: Path, names: Iterable[str]) -> dict[str, FileEntry]:
+    """The `files` entries (size, sha256) of these files under root, sorted by name."""
+    return {n: FileEntry(bytes=(root / n).stat().st_size, sha256=sha256(root / n)) for n in sorted(names)}
+
+
+def verify_files(manifest: Manifest, checksums: bool = True) -> None:
     """Refuses an artifact with a missing, truncated or altered file: it would fail obscurely later."""
-    for name, info in files.items():
-        path = root / name
+    for name, info in manifest.files.items():
+        path = manifest.root / name
         if not path.is_file():
-            raise EaglexError(f"artifact file {path} is missing; re-run eaglex export")
-        if path.stat().st_size != info["bytes"]:
+            raise EaglexError(f"artifact file {path} is missing; {REEXPORT}")
+        if path.stat().st_size != info.bytes:
             raise EaglexError(
-                f"artifact file {path} has {path.stat().st_size} bytes, manifest says {info['bytes']}: "
-                "the file is damaged; re-run eaglex export"
+                f"artifact file {path} has {path.stat().st_size} bytes, manifest says {info.bytes}: "
+                f"the file is damaged; {REEXPORT}"
             )
-        if checksums and sha256(path) != info["sha256"]:
-            raise EaglexError(
-                f"artifact file {path} fails its sha256 checksum: it is damaged; re-run eaglex export"
-            )
-
-
-def load_manifest(artifact_dir: str | Path, checksums: bool = True) -> Manifest:
-    root = Path(artifact_dir)
-    path = root / "manifest.json"
-    if not root.is_dir():
-        raise EaglexError(f"artifact folder {root} does not exist; create it with eaglex export")
-    if not path.is_file():
-        raise EaglexError(
-            f"{root} has no manifest.json: it is not an eaglex artifact; create one with eaglex export"
-        )
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise EaglexError(
-            f"{path} is not valid JSON ({e.msg} at line {e.lineno}); re-run eaglex export"
-        ) from None
-    if raw.get("format") != FORMAT:
-        raise EaglexError(f"{path} is not an eaglex artifact manifest (format {raw.get('format')!r})")
-    if raw.get("version") != VERSION:
-        raise EaglexError(
-            f"{path} has format version {raw.get('version')}, this eaglex reads version {VERSION}: "
-            "re-export the artifact with this eaglex"
-        )
-    verify_files(root, raw.get("files", {}), checksums)
-    tokens = raw.get("tokens", {})
-    eos = tokens.get("eos_token_ids", [])
-    return Manifest(
-        root=root,
-        target=_pick(TargetSpec, raw.get("target", {}), "target"),
-        drafter=_pick(DrafterSpec, raw["drafter"], "drafter") if raw.get("drafter") else None,
-        tree=_pick(TreeSpec, raw.get("tree", {}), "tree"),
-        bos_token_id=tokens.get("bos_token_id"),
-        eos_token_ids=tuple(eos if isinstance(eos, list) else [eos]),
-        raw=raw,
-    )
+        if checksums and sha256(path) != info.sha256:
+            raise EaglexError(f"artifact file {path} fails its sha256 checksum: it is damaged; {REEXPORT}")

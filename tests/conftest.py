@@ -169,3 +169,16 @@ def smollm2_quantized(smollm2_artifact, tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2_int4_artifact(smollm2_quantized) -> Path:
     return smollm2_quantized("int4")
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_model, tmp_path_factory) -> Path:
+    """The tiny llama with a random drafter, exported with a 64-token cache: the smallest whole artifact."""
+    from eaglex.exporter.checkpoints import write_random_drafter
+    from eaglex.exporter.export import export_artifact
+
+    tmp = tmp_path_factory.mktemp("tiny-artifact")
+    drafter = write_random_drafter(tiny_model("llama"), tmp / "drafter", draft_vocab_size=64)
+    return export_artifact(
+        tiny_model("llama"), tmp / "artifact", drafter, max_context=64, progress=lambda _: None
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -12,6 +13,7 @@ from test_cli import eaglex
 from eaglex.bench.datasets import Prompt
 from eaglex.bench.tune import acceptance, accepted_drafts, greedy_trace, mean_context
 from eaglex.runtime.engine import Engine
+from eaglex.runtime.manifest import FileEntry
 from eaglex.runtime.tree import DraftTree
 
 
@@ -117,6 +119,7 @@ def test_cached_traces_skip_the_target_and_score_the_same(artifact, tmp_path, mo
     assert again.prompt_len == stored.prompt_len == len(engine.encode("w5 w6 w7", False))
     # Another target graph (its checksum in the manifest) or another length is another trace.
     greedy_trace(engine, prompts[0], 6, tmp_path)
-    monkeypatch.setitem(engine.manifest.raw["files"]["target.onnx"], "sha256", "0" * 64)
+    files = {**engine.manifest.files, "target.onnx": FileEntry(bytes=0, sha256="0" * 64)}
+    monkeypatch.setattr(engine, "manifest", dataclasses.replace(engine.manifest, files=files))
     greedy_trace(engine, prompts[0], 8, tmp_path)
     assert target_calls and len(list(tmp_path.glob("*.npz"))) == 4

@@ -20,6 +20,7 @@ from eaglex.errors import EaglexError
 from eaglex.exporter import export as export_module
 from eaglex.exporter.checkpoints import load_drafter, load_target, read_target_config, write_random_drafter
 from eaglex.exporter.export import export_artifact
+from eaglex.runtime.manifest import sha256
 
 MAX_CONTEXT = 256
 DRAFT_VOCAB = 64
@@ -309,7 +310,7 @@ def test_manifest(exported):
     assert expected <= on_disk
     for name, entry in manifest["files"].items():
         assert entry["bytes"] == (artifact / name).stat().st_size
-        assert entry["sha256"] == export_module._sha256(artifact / name)
+        assert entry["sha256"] == sha256(artifact / name)
     embed = np.load(artifact / "embed_tokens.npy")
     assert embed.shape == (config.vocab_size, config.hidden_size) and embed.dtype == np.float32
     assert [line.split("] ", 1)[1].split(" ")[0] for line in lines] == [

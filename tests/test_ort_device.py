@@ -65,7 +65,7 @@ def load(artifact, device_cache: bool = False, device: str = "cpu") -> Engine:
                 threads=1,
                 device=device,
                 device_cache=True,
-                compact_graph=manifest.path(manifest.raw["kv_compact"]),
+                compact_graph=manifest.path(manifest.kv_compact),
             )
 
         engine.target = session(spec.file, spec.num_layers, spec.num_kv_heads, spec.head_dim)

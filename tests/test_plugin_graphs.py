@@ -418,8 +418,8 @@ def test_engine_profiles_cover_every_runtime_call(artifacts):
     from eaglex.plugins.tree_attention.mask import mask_feeds
 
     plugin = artifacts[2]
-    manifest = json.loads((plugin / "manifest.json").read_text())
     engine = Engine.load(plugin, threads=2)
+    manifest = engine.manifest
     engine.stop_tokens = set()
     calls: dict[str, list[dict[str, np.ndarray]]] = {"target": [], "drafter": []}
     for graph, session in (("target", engine.target), ("drafter", engine.drafter.session)):
@@ -437,7 +437,7 @@ def test_engine_profiles_cover_every_runtime_call(artifacts):
         list(engine.generate(prompt, config))
 
     for graph in ("target", "drafter"):
-        profiles = optimization_profiles(graph, manifest, MAX_CONTEXT, manifest["tree"]["max_total_tokens"])
+        profiles = optimization_profiles(graph, manifest, MAX_CONTEXT, manifest.tree.max_total_tokens)
         model = onnx.load(str(plugin / f"{graph}.onnx"), load_external_data=False)
         dynamic = {
             i.name for i in model.graph.input if any(d.dim_param for d in i.type.tensor_type.shape.dim)

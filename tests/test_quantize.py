@@ -71,18 +71,18 @@ def test_export_quantize_flag(models, tmp_path):
     # The same graphs as quantizing the float32 export afterwards.
     assert (
         manifest["files"]["target.onnx.data"]
-        == Engine.load(models["int4"]).manifest.raw["files"]["target.onnx.data"]
+        == Engine.load(models["int4"]).manifest.to_json()["files"]["target.onnx.data"]
     )
 
 
 def test_float_embeddings_keep_table_and_lm_head(models):
     artifact = models["int8-fp32"]
-    manifest = Engine.load(artifact).manifest.raw
+    manifest = Engine.load(artifact).manifest.to_json()
     assert manifest["target"]["quantization"]["lm_head"] is False
     assert manifest["target"]["quantization"]["embeddings"] is False
     assert manifest["target"]["quantization"]["activations"] == "fp32"
     assert manifest["drafter"]["quantization"] is None
-    assert Engine.load(models["int8"]).manifest.raw["target"]["quantization"]["activations"] == "int8"
+    assert Engine.load(models["int8"]).manifest.to_json()["target"]["quantization"]["activations"] == "int8"
     target = ops(artifact / "target.onnx")
     assert target["MatMulNBits"] == 20 and target["MatMul"] == 1 and target["GatherBlockQuantized"] == 0
 
@@ -143,4 +143,4 @@ def test_refuses_what_it_cannot_quantize(models, tmp_path):
 
 def test_int8_defaults_to_lossless_float32_activations(models, tmp_path):
     artifact = quantize_artifact(models["fp32"], tmp_path / "int8", "int8", progress=lambda _: None)
-    assert Engine.load(artifact).manifest.raw["target"]["quantization"]["activations"] == "fp32"
+    assert Engine.load(artifact).manifest.to_json()["target"]["quantization"]["activations"] == "fp32"

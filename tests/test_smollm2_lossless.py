@@ -67,7 +67,7 @@ def test_greedy_output_equals_transformers(engine, hf_model, index):
 
 def test_edge_cases_on_the_real_model(engine, hf_model):
     """A one-token prompt, a single new token, and a sampled run that stays within the vocabulary."""
-    for prompt, new_tokens in (([engine.manifest.bos_token_id or 1], 24), (engine.encode("Hello"), 1)):
+    for prompt, new_tokens in (([engine.manifest.tokens.bos_token_id or 1], 24), (engine.encode("Hello"), 1)):
         config = engine.default_config(max_new_tokens=new_tokens, top_k=4, depth=3, total_tokens=16)
         ours = [t for chunk in engine.generate(prompt, config) for t in chunk]
         assert ours == hf_greedy(hf_model, prompt, engine.stop_tokens, new_tokens)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 
 from eaglex.cli import export, measure, run, train
-from eaglex.cli.common import resolve_model, user_errors
+from eaglex.cli.common import EaglexGroup, resolve_model, user_errors
 
 
-@click.group()
+@click.group(cls=EaglexGroup)
 @click.version_option(package_name="eaglex")
 def main() -> None:
     """Deployable EAGLE-3 speculative decoding: export to ONNX, run with a lean runtime."""

@@ -1,5 +1,5 @@
 """`python -m eaglex.cli`."""
 
-from eaglex.cli import main
+from eaglex.__main__ import main
 
 main()

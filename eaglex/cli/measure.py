@@ -10,6 +10,8 @@ import click
 from eaglex.cli.common import progress, user_errors
 from eaglex.errors import EaglexError
 
+POSITIVE = click.IntRange(min=1)
+
 
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
@@ -19,8 +21,14 @@ from eaglex.errors import EaglexError
     show_default=True,
     help="Comma-separated benchmark sets (first turns of MT-bench; HumanEval; GSM8K; XSum).",
 )
-@click.option("--limit", default=20, show_default=True, help="Prompts per set (MT-bench has 80).")
-@click.option("--max-new-tokens", default=128, show_default=True)
+@click.option(
+    "--limit",
+    default=20,
+    type=POSITIVE,
+    show_default=True,
+    help="Prompts per set (MT-bench has 80).",
+)
+@click.option("--max-new-tokens", default=128, type=POSITIVE, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True, help="eaglex methods only; peers are greedy.")
 @click.option("--threads", default=2, show_default=True)
 @click.option(
@@ -91,12 +99,27 @@ def bench(
 @click.option(
     "--prompts-per-set",
     default=4,
+    type=POSITIVE,
     show_default=True,
     help="Calibration prompts from the end of GSM8K, HumanEval and XSum (never benchmark prompts).",
 )
-@click.option("--new-tokens", default=64, show_default=True, help="Greedy continuation length per prompt.")
-@click.option("--reps", default=5, show_default=True, help="Timing repetitions per cost measurement.")
-@click.option("--check", default=3, show_default=True, help="Best predicted shapes to confirm by decoding.")
+@click.option(
+    "--new-tokens",
+    default=64,
+    type=POSITIVE,
+    show_default=True,
+    help="Greedy continuation length per prompt.",
+)
+@click.option(
+    "--reps", default=5, type=POSITIVE, show_default=True, help="Timing repetitions per cost measurement."
+)
+@click.option(
+    "--check",
+    default=3,
+    type=POSITIVE,
+    show_default=True,
+    help="Best predicted shapes to confirm by decoding.",
+)
 @user_errors
 def tune(artifact: Path, threads: int, prompts_per_set: int, new_tokens: int, reps: int, check: int) -> None:
     """Pick the draft tree (top_k, depth, total_tokens) that decodes fastest on this machine; store it in
@@ -142,8 +165,14 @@ def tune(artifact: Path, threads: int, prompts_per_set: int, new_tokens: int, re
     type=click.Path(path_type=Path),
     help="JSON list of prompt strings (chat) or {text, chat} records [default: MT-bench first turns].",
 )
-@click.option("--limit", default=20, show_default=True, help="How many prompts.")
-@click.option("--new-tokens", default=64, show_default=True, help="Reference greedy continuation length.")
+@click.option("--limit", default=20, type=POSITIVE, show_default=True, help="How many prompts.")
+@click.option(
+    "--new-tokens",
+    default=64,
+    type=POSITIVE,
+    show_default=True,
+    help="Reference greedy continuation length.",
+)
 @click.option("--threads", default=2, show_default=True)
 @user_errors
 def evaluate(
@@ -156,6 +185,7 @@ def evaluate(
 
     prompts = load_prompt_file(prompt_file)[:limit] if prompt_file else default_prompts(limit, progress)
     candidate, ref = Engine.load(artifact, threads=threads), Engine.load(reference, threads=threads)
-    scheme = (candidate.manifest.raw["target"].get("quantization") or {}).get("weights", "float32")
+    quantization = candidate.manifest.target.quantization
+    scheme = quantization.weights if quantization else "float32"
     result = measure_agreement({scheme: artifact_scorer(candidate)}, ref, prompts, new_tokens)[scheme]
     click.echo(f"{scheme} vs float32: {result.line()}")

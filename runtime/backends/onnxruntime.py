@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import onnxruntime as ort
@@ -72,6 +73,42 @@ def providers(device: str) -> list:
     return ["CPUExecutionProvider"]
 
 
+def check_graph(
+    path: Path,
+    io: Mapping[str, ort.NodeArg],
+    layers: int,
+    kv_heads: int,
+    head_dim: int,
+    widths: Mapping[str, int],
+) -> None:
+    """The graph's caches and widths against the manifest: a mismatch would fail on the first call."""
+
+    def refuse(what: str) -> NoReturn:
+        raise EaglexError(
+            f"{path} does not match its manifest ({what}): the artifact is inconsistent; re-export it"
+        )
+
+    for i in range(layers):
+        for kind in ("key", "value"):
+            arg = io.get(f"past_{kind}.{i}")
+            if arg is None:
+                refuse(f"no input past_{kind}.{i}, but {layers} layers")
+            shape = arg.shape
+            if (
+                len(shape) != 4
+                or shape[1] != kv_heads
+                or shape[3] != head_dim
+                or not isinstance(shape[2], int)
+            ):
+                refuse(f"past_{kind}.{i} is {shape}, not [1, {kv_heads}, max_context, {head_dim}]")
+    if f"past_key.{layers}" in io:
+        refuse(f"more than {layers} layers")
+    for name, width in widths.items():
+        if name not in io or io[name].shape[-1] != width:
+            shape = io[name].shape if name in io else "missing"
+            refuse(f"{name} is {shape}, its last dimension should be {width}")
+
+
 class OrtGraphSession:
     def __init__(
         self,
@@ -85,11 +122,13 @@ class OrtGraphSession:
         device: str = "cpu",
         device_cache: bool | None = None,
         compact_graph: Path | None = None,
+        widths: Mapping[str, int] | None = None,
     ):
         """plugin_op: the graph is TensorRT-flavoured; its eaglex::TreeAttention nodes run the numpy
         reference of the op (plugins/README.md), registered through onnxruntime-extensions.
         device: "cpu" or "cuda" (resolve_device). device_cache: keep the KV cache in an onnxruntime buffer
-        compacted by `compact_graph` (default: on a GPU only; True on the CPU runs that path anywhere)."""
+        compacted by `compact_graph` (default: on a GPU only; True on the CPU runs that path anywhere).
+        widths: the last dimension the manifest promises for inputs and outputs (logits: the vocabulary)."""
         options = session_options(threads, spin)
         self.plugin_op = plugin_op
         if plugin_op:
@@ -107,6 +146,15 @@ class OrtGraphSession:
                 "libraries missing): check nvidia-smi and onnxruntime-gpu's CUDA version, or use --device cpu"
             )
         inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        check_graph(path, {**inputs, **outputs}, layers, kv_heads, head_dim, widths or {})
+        mask_input = "tree_mask" if plugin_op else "attention_bias"
+        if mask_input not in inputs:
+            flavour = "tensorrt" if plugin_op else "onnxruntime"
+            raise EaglexError(
+                f"{path} has no {mask_input} input, which {flavour}-flavoured graphs take: the manifest's "
+                "backend does not match the graphs; re-export the artifact"
+            )
         self.input_types = {name: NUMPY_TYPES.get(i.type) for name, i in inputs.items()}
         self.capacity = int(inputs["past_key.0"].shape[2])
         dtype = self.input_types["past_key.0"]

@@ -73,16 +73,18 @@ class TrtGraphSession:
     def from_manifest(
         cls, manifest: Manifest, file: str, layers: int, kv_heads: int, head_dim: int
     ) -> TrtGraphSession:
-        engines = manifest.raw.get("engines")
-        if manifest.raw.get("backend") != "tensorrt" or not engines:
+        engines = manifest.engines
+        if manifest.backend != "tensorrt" or engines is None:
             raise EaglexError(
                 f"{manifest.root} has no TensorRT engines: export it with --backend tensorrt, "
                 f"then run eaglex build {manifest.root}"
             )
-        graph = "target" if file == manifest.target.file else "drafter"
+        graph = engines.target if file == manifest.target.file else engines.drafter
+        if graph is None:
+            raise EaglexError(f"{manifest.root} has no engine for {file}: run eaglex build {manifest.root}")
         return cls(
-            manifest.path(engines[graph]["file"]),
-            manifest.path(engines["plugin_library"]),
+            manifest.path(graph.file),
+            manifest.path(engines.plugin_library),
             layers,
             kv_heads,
             head_dim,
