@@ -1,0 +1,38 @@
+// The engine behind the C API: an artifact's graphs, caches and embedding table (runtime/engine.py).
+#pragma once
+
+#include <atomic>
+
+#include "core.h"
+
+namespace eaglex {
+
+// eaglex_config after defaults and checks.
+struct Settings {
+  int64_t max_new_tokens = 128;
+  float temperature = 0, top_p = 1;
+  int32_t top_k = 0;
+  uint64_t seed = 0;
+  int64_t tree_top_k = 1, tree_depth = 1, tree_total_tokens = 1;
+  bool speculative = false;
+  std::vector<int64_t> stop;
+};
+
+class Engine {
+ public:
+  Engine(const std::string &dir, int threads, bool checksums);
+  // Checks the prompt and settings before any work (Engine.check in Python); throws Error.
+  Settings check(const int32_t *prompt, size_t n_prompt, const eaglex_config &cfg) const;
+  int generate(const std::vector<int64_t> &prompt, const Settings &s, eaglex_on_tokens cb, void *user,
+               eaglex_stats &stats);
+  void default_config(eaglex_config &cfg) const;
+  double graph_seconds() const { return target_->run_seconds + (drafter_graph_ ? drafter_graph_->run_seconds : 0); }
+
+  Manifest manifest;
+  std::unique_ptr<Graph> target_, drafter_graph_;
+  std::unique_ptr<EmbeddingTable> embeddings_;
+  std::unique_ptr<Drafter> drafter_;
+  std::atomic<bool> busy{false};
+};
+
+}  // namespace eaglex
