@@ -46,10 +46,12 @@ static void read_prompts(void) {
 
 static int parse_config(eaglex_config *cfg, int *verify, int argc, char **argv) {
   for (int i = 0; i < argc; ++i) {
-    char *eq = strchr(argv[i], '=');
-    if (!eq) return fprintf(stderr, "bad setting %s\n", argv[i]), 0;
-    *eq = 0;
-    const char *k = argv[i], *v = eq + 1;
+    const char *eq = strchr(argv[i], '=');
+    if (!eq || eq - argv[i] >= 32) return fprintf(stderr, "bad setting %s\n", argv[i]), 0;
+    char k[32];
+    memcpy(k, argv[i], (size_t)(eq - argv[i]));
+    k[eq - argv[i]] = 0;
+    const char *v = eq + 1;
     if (!strcmp(k, "max_new")) cfg->max_new_tokens = atoi(v);
     else if (!strcmp(k, "temperature")) cfg->temperature = (float)atof(v);
     else if (!strcmp(k, "top_p")) cfg->top_p = (float)atof(v);
@@ -77,7 +79,7 @@ static int generate_mode(const char *artifact, int threads, int argc, char **arg
   int status = eaglex_open_ex(artifact, &options, &e);
   if (status) return fprintf(stderr, "error %d: %s\n", status, eaglex_last_error()), 2;
   eaglex_default_config(e, &cfg);
-  parse_config(&cfg, &verify, argc, argv);
+  parse_config(&cfg, &verify, argc, argv); /* the same settings over the artifact's defaults */
   read_prompts();
   for (int p = 0; p < n_prompts; ++p) {
     Collect c = {.n = 0};
