@@ -5,7 +5,7 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <regex>
+#include <cstdio>
 
 #include "core.h"
 
@@ -29,7 +29,7 @@ EmbeddingTable::EmbeddingTable(const std::string &path) {
   // Header: magic, version (major, minor), header length (2 bytes in v1, 4 in v2/v3), a Python dict.
   const auto *bytes = static_cast<const unsigned char *>(map_);
   if (map_bytes_ < 12 || std::memcmp(bytes, "\x93NUMPY", 6) != 0) {
-    this->~EmbeddingTable();
+    munmap(map_, map_bytes_), map_ = nullptr;
     throw bad("is not a .npy file");
   }
   size_t header_len, start;
@@ -40,18 +40,20 @@ EmbeddingTable::EmbeddingTable(const std::string &path) {
     start = 12;
   }
   if (start + header_len > map_bytes_) {
-    this->~EmbeddingTable();
+    munmap(map_, map_bytes_), map_ = nullptr;
     throw bad("has a truncated header");
   }
   std::string header(reinterpret_cast<const char *>(bytes) + start, header_len);
-  std::smatch shape;
+  size_t shape = header.find("'shape': (");
+  long long rows = 0, cols = 0;
   bool ok = header.find("'descr': '<f4'") != std::string::npos &&
-            header.find("'fortran_order': False") != std::string::npos &&
-            std::regex_search(header, shape, std::regex("'shape': \\((\\d+), (\\d+)\\)"));
-  if (ok) rows_ = std::stoll(shape[1]), cols_ = std::stoll(shape[2]);
+            header.find("'fortran_order': False") != std::string::npos && shape != std::string::npos &&
+            std::sscanf(header.c_str() + shape, "'shape': (%lld, %lld)", &rows, &cols) == 2 && rows > 0 &&
+            cols > 0;
+  rows_ = rows, cols_ = cols;
   size_t offset = start + header_len;
   if (!ok || offset + size_t(rows_ * cols_) * 4 > map_bytes_) {
-    this->~EmbeddingTable();
+    munmap(map_, map_bytes_), map_ = nullptr;
     throw bad("is not a [vocab, hidden] float32 C-order array");
   }
   data_ = reinterpret_cast<const float *>(bytes + offset);
