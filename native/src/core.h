@@ -81,11 +81,16 @@ class Graph {
   double run_seconds = 0;  // time inside onnxruntime since construction
 
  private:
+  void restore_cache_values();
   std::unique_ptr<Ort::Session> session_;
   Ort::MemoryInfo cpu_;
   int64_t layers_, kv_heads_, head_dim_;
   std::unique_ptr<float, void (*)(void *)> cache_;  // [layers, 2, 1, kv_heads, capacity, head_dim]
   std::vector<std::string> kv_input_names_, kv_output_names_;
+  // The cache tensors are made once: per call only the feeds, the mask and the outputs change.
+  std::vector<Ort::Value> kv_inputs_, kv_outputs_;
+  std::vector<const char *> in_names_, out_names_;
+  std::vector<Ort::Value> in_values_, out_values_;
   std::vector<float> bias_;
 };
 

@@ -70,6 +70,12 @@ Graph::Graph(Ort::Env &env, const std::string &path, int64_t layers, int64_t kv_
       kv_input_names_.push_back(std::string("past_") + kind + "." + std::to_string(i));
       kv_output_names_.push_back(std::string("present_") + kind + "." + std::to_string(i));
     }
+  std::vector<int64_t> kv_shape{1, kv_heads_, capacity, head_dim_};
+  for (size_t t = 0; t < kv_input_names_.size(); ++t) {
+    float *slice = cache_.get() + t * per_tensor;
+    kv_inputs_.push_back(tensor(cpu_, slice, per_tensor, kv_shape));
+    kv_outputs_.push_back(tensor(cpu_, slice, per_tensor, kv_shape));  // the same buffer: written in place
+  }
 }
 
 std::vector<Ort::Value> Graph::run(std::vector<Feed> &feeds, const Mask &mask,
@@ -88,40 +94,43 @@ std::vector<Ort::Value> Graph::run(std::vector<Feed> &feeds, const Mask &mask,
     for (int64_t j = 0; j < mask.width; ++j) row[mask.prefix + j] = block[j] ? 0.0f : minus_inf;
   }
   int32_t seqlens_k = int32_t(total - 1), total_length = int32_t(total);
-  std::vector<const char *> in_names;
-  std::vector<Ort::Value> in_values;
-  for (Feed &f : feeds) in_names.push_back(f.name), in_values.push_back(std::move(f.value));
-  in_names.push_back("attention_bias");
-  in_values.push_back(tensor(cpu_, bias_.data(), bias_.size(), {1, 1, rows, total}));
-  in_names.push_back("seqlens_k");
-  in_values.push_back(tensor(cpu_, &seqlens_k, 1, {1}));
-  in_names.push_back("total_sequence_length");
-  in_values.push_back(tensor(cpu_, &total_length, 1, {}));
-
-  std::vector<const char *> out_names(outputs);
-  std::vector<Ort::Value> out_values;
-  for (size_t i = 0; i < outputs.size(); ++i) out_values.emplace_back(nullptr);  // onnxruntime allocates
-  const size_t per_tensor = size_t(kv_heads_ * capacity * head_dim_);
-  std::vector<int64_t> kv_shape{1, kv_heads_, capacity, head_dim_};
-  for (size_t t = 0; t < kv_input_names_.size(); ++t) {
-    float *slice = cache_.get() + t * per_tensor;
-    in_names.push_back(kv_input_names_[t].c_str());
-    in_values.push_back(tensor(cpu_, slice, per_tensor, kv_shape));
-    out_names.push_back(kv_output_names_[t].c_str());
-    out_values.push_back(tensor(cpu_, slice, per_tensor, kv_shape));  // the same buffer: written in place
+  in_names_.clear(), in_values_.clear(), out_names_.assign(outputs.begin(), outputs.end()), out_values_.clear();
+  for (Feed &f : feeds) in_names_.push_back(f.name), in_values_.push_back(std::move(f.value));
+  in_names_.push_back("attention_bias");
+  in_values_.push_back(tensor(cpu_, bias_.data(), bias_.size(), {1, 1, rows, total}));
+  in_names_.push_back("seqlens_k");
+  in_values_.push_back(tensor(cpu_, &seqlens_k, 1, {1}));
+  in_names_.push_back("total_sequence_length");
+  in_values_.push_back(tensor(cpu_, &total_length, 1, {}));
+  for (size_t i = 0; i < outputs.size(); ++i) out_values_.emplace_back(nullptr);  // onnxruntime allocates
+  // The cache tensors go by pointer: Run takes arrays of values, so they are moved in and back out.
+  for (size_t t = 0; t < kv_inputs_.size(); ++t) {
+    in_names_.push_back(kv_input_names_[t].c_str()), in_values_.push_back(std::move(kv_inputs_[t]));
+    out_names_.push_back(kv_output_names_[t].c_str()), out_values_.push_back(std::move(kv_outputs_[t]));
   }
   auto start = std::chrono::steady_clock::now();
   try {
-    session_->Run(Ort::RunOptions{nullptr}, in_names.data(), in_values.data(), in_values.size(),
-                  out_names.data(), out_values.data(), out_values.size());
+    session_->Run(Ort::RunOptions{nullptr}, in_names_.data(), in_values_.data(), in_values_.size(),
+                  out_names_.data(), out_values_.data(), out_values_.size());
   } catch (const Ort::Exception &e) {
+    restore_cache_values();
     int code = e.GetOrtErrorCode() == ORT_FAIL && std::strstr(e.what(), "alloc") ? EAGLEX_ERR_OUT_OF_MEMORY
                                                                                  : EAGLEX_ERR_RUNTIME;
     throw Error(code, "onnxruntime failed running a graph (" + first_line(e.what()) + ")");
   }
   run_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  out_values.resize(outputs.size());
-  return out_values;
+  restore_cache_values();
+  std::vector<Ort::Value> results;
+  for (size_t i = 0; i < outputs.size(); ++i) results.push_back(std::move(out_values_[i]));
+  return results;
+}
+
+void Graph::restore_cache_values() {
+  const size_t feeds = in_values_.size() - kv_inputs_.size(), outs = out_values_.size() - kv_outputs_.size();
+  for (size_t t = 0; t < kv_inputs_.size(); ++t) {
+    kv_inputs_[t] = std::move(in_values_[feeds + t]);
+    kv_outputs_[t] = std::move(out_values_[outs + t]);
+  }
 }
 
 void Graph::keep(int64_t start, const std::vector<int64_t> &slots) {
