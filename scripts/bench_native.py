@@ -103,7 +103,9 @@ def summarise(totals: dict, engine: Engine) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--artifact", type=Path, required=True)
     parser.add_argument("--build", type=Path, required=True)
     parser.add_argument("--prompts", type=int, default=6, help="first turns of MT-bench")
@@ -124,12 +126,18 @@ def main() -> None:
         for repeat in range(args.repeats):
             print(f"{name}: repeat {repeat + 1}/{args.repeats}", flush=True)
             py_out, py = run_python(engine, spent, prompts, speculative, tree, args.max_new_tokens)
-            c_out, c = run_native(args.build, args.artifact, prompts, speculative, tree, args.max_new_tokens, args.threads)
+            c_out, c = run_native(
+                args.build, args.artifact, prompts, speculative, tree, args.max_new_tokens, args.threads
+            )
             runs["python"].append(summarise(py, engine))
             runs["c"].append(summarise(c, engine))
             parity[name] = parity.get(name, True) and py_out == c_out
         results[name] = runs
-    record = {"date": str(date.today()), "machine": platform.processor() or platform.machine(), "args": vars(args)}
+    record = {
+        "date": str(date.today()),
+        "machine": platform.processor() or platform.machine(),
+        "args": vars(args),
+    }
     record.update(results=results, parity=parity)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))

@@ -20,7 +20,6 @@ import pytest
 from speculative_stats import chi_square, critical_value
 
 from eaglex.runtime.engine import Engine
-from eaglex.runtime.generate import GenerationStats
 
 ROOT = Path(__file__).parents[1]
 SOURCES = [ROOT / "native", ROOT / "include", ROOT / "examples"]
@@ -46,9 +45,20 @@ def native_build() -> Path:
         pytest.skip(f"no {', '.join(missing)}: apt-get install cmake g++ (scripts/test.sh does as root)")
     build = Path.home() / ".cache" / "eaglex" / "native-build" / _source_hash()
     if not (build / "eaglex_c_test").is_file():
-        configure = ["cmake", "-S", str(ROOT / "native"), "-B", str(build), f"-DEAGLEX_PYTHON={sys.executable}"]
+        configure = [
+            "cmake",
+            "-S",
+            str(ROOT / "native"),
+            "-B",
+            str(build),
+            f"-DEAGLEX_PYTHON={sys.executable}",
+        ]
         for command in (configure, ["cmake", "--build", str(build), "-j", "2"]):
             result = subprocess.run(command, capture_output=True, text=True)
+            if "could not fetch onnxruntime headers" in result.stdout + result.stderr:
+                pytest.skip(
+                    "onnxruntime headers unavailable: apt-get download of trixie's libonnxruntime-dev failed"
+                )
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return build
 
@@ -99,7 +109,9 @@ def engine(artifact) -> Engine:
 def test_greedy_parity_with_the_python_runtime(native_build, artifact, engine):
     accepted_drafts = 0
     for top_k, depth, total in TREES:
-        expected = python_generate(engine, PROMPTS, max_new_tokens=40, top_k=top_k, depth=depth, total_tokens=total)
+        expected = python_generate(
+            engine, PROMPTS, max_new_tokens=40, top_k=top_k, depth=depth, total_tokens=total
+        )
         got, stats = native_generate(
             native_build, artifact, PROMPTS, max_new=40, tree_top_k=top_k, tree_depth=depth,
             tree_total=total, stop_at_eos=0,
@@ -156,7 +168,13 @@ def synthetic_exact() -> np.ndarray:
 
 
 def sampled_counts(build: Path, seed: int, flawed: bool = False) -> np.ndarray:
-    args = [str(build / "eaglex_sampling_test"), "counts", "20000", str(seed), *(["flawed"] if flawed else [])]
+    args = [
+        str(build / "eaglex_sampling_test"),
+        "counts",
+        "20000",
+        str(seed),
+        *(["flawed"] if flawed else []),
+    ]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     return np.array([[int(x) for x in line.split()] for line in out.splitlines()])
 
@@ -195,7 +213,9 @@ def test_example_streams_the_completion(native_build, artifact):
     )  # fmt: skip
     got = [[int(t) for t in line.split()] for line in result.stdout.splitlines()]
     assert got == python_generate(engine, PROMPTS, max_new_tokens=20)
-    bad = subprocess.run([str(native_build / "eaglex_stream"), "/nonexistent"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [str(native_build / "eaglex_stream"), "/nonexistent"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error: artifact folder")
 
 
@@ -205,11 +225,15 @@ def test_greedy_parity_on_smollm2(native_build, smollm2_artifact):
     engine = Engine.load(smollm2_artifact, threads=2, checksums=False)
     prompts = [engine.encode("Write a short poem about the ocean.", chat=True)]
     for top_k, depth, total in [(4, 3, 10), (8, 5, 24)]:
-        expected = python_generate(engine, prompts, max_new_tokens=24, top_k=top_k, depth=depth, total_tokens=total)
+        expected = python_generate(
+            engine, prompts, max_new_tokens=24, top_k=top_k, depth=depth, total_tokens=total
+        )
         got, _ = native_generate(native_build, smollm2_artifact, prompts, threads=2, verify=1, max_new=24,
                                  tree_top_k=top_k, tree_depth=depth, tree_total=total)  # fmt: skip
         assert got == expected
-    plain, _ = native_generate(native_build, smollm2_artifact, prompts, threads=2, verify=1, max_new=24, speculative=0)
+    plain, _ = native_generate(
+        native_build, smollm2_artifact, prompts, threads=2, verify=1, max_new=24, speculative=0
+    )
     assert plain == expected
 
 
