@@ -24,6 +24,21 @@ std::vector<Ort::Value> run_target(Graph &target, std::vector<int64_t> &tokens, 
   return target.run(feeds, mask, TARGET_OUTPUTS);
 }
 
+// The accepted tokens and the bonus, cut after the first stop token and at the length budget (_stop_at).
+std::vector<int64_t> emitted(const DraftTree &tree, const std::vector<int64_t> &path, int64_t bonus,
+                             int64_t room, const std::vector<int64_t> &stop) {
+  std::vector<int64_t> tokens;
+  for (size_t i = 1; i < path.size(); ++i) tokens.push_back(tree.tokens[size_t(path[i])]);
+  tokens.push_back(bonus);
+  tokens.resize(std::min<size_t>(tokens.size(), size_t(room)));
+  for (size_t i = 0; i < tokens.size(); ++i)
+    if (std::find(stop.begin(), stop.end(), tokens[i]) != stop.end()) {
+      tokens.resize(i + 1);
+      break;
+    }
+  return tokens;
+}
+
 }  // namespace
 
 int Engine::generate(const std::vector<int64_t> &prompt, const Settings &s, eaglex_on_tokens cb, void *user,
@@ -84,16 +99,7 @@ int Engine::generate(const std::vector<int64_t> &prompt, const Settings &s, eagl
     } else {
       accept_sampling(tree, logits, vocab, s.temperature, s.top_p, s.top_k, rng, path, bonus);
     }
-    // The accepted tokens and the bonus, cut after the first stop token and at the length budget.
-    new_tokens.clear();
-    for (size_t i = 1; i < path.size(); ++i) new_tokens.push_back(tree.tokens[size_t(path[i])]);
-    new_tokens.push_back(bonus);
-    new_tokens.resize(std::min<size_t>(new_tokens.size(), size_t(budget - int64_t(generated.size()))));
-    for (size_t i = 0; i < new_tokens.size(); ++i)
-      if (is_stop(new_tokens[i])) {
-        new_tokens.resize(i + 1);
-        break;
-      }
+    new_tokens = emitted(tree, path, bonus, budget - int64_t(generated.size()), s.stop);
     generated.insert(generated.end(), new_tokens.begin(), new_tokens.end());
     ++stats.target_passes;
 
