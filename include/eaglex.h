@@ -10,8 +10,9 @@
  * - Every function that can fail returns an eaglex_status: 0 (EAGLEX_OK) on success, a positive code
  *   otherwise. After a failure, eaglex_last_error() gives a one-line message for the calling thread that
  *   says what is wrong and what to do.
- * - Token ids are the target's vocabulary ids (int32). libeaglex does not tokenize text: use the artifact's
- *   tokenizer.json (any Hugging Face tokenizers binding) on both ends.
+ * - Token ids are the target's vocabulary ids (int32). libeaglex does not tokenize text: encode prompts with
+ *   the artifact's tokenizer.json (any Hugging Face tokenizers binding); eaglex_detokenize turns ids into
+ *   text for byte-level BPE tokenizers.
  * - Threads: engines share nothing, so several engines may run at once in several threads. One engine
  *   runs one generation at a time; a second concurrent eaglex_generate on the same engine is refused
  *   with EAGLEX_ERR_BUSY (it never corrupts the first).
@@ -114,6 +115,15 @@ EAGLEX_API void eaglex_default_config(const eaglex_engine *e, eaglex_config *cfg
 EAGLEX_API int eaglex_generate(eaglex_engine *e, const int32_t *prompt, size_t n_prompt,
                                const eaglex_config *cfg, eaglex_on_tokens cb, void *user,
                                eaglex_stats *stats);
+
+/* Text of token ids, for byte-level BPE tokenizers (SmolLM2, Llama 3, Qwen2: tokenizer.json with a BPE model
+ * and a ByteLevel decoder); special tokens are skipped. Writes the UTF-8 bytes to out, NUL-terminated,
+ * truncated to capacity - 1 bytes, and sets *length to the full length (call again with a larger buffer
+ * when *length >= capacity). Bytes of consecutive chunks concatenate to the bytes of the whole sequence,
+ * so a stream may decode each chunk as it arrives (a chunk can end inside a multi-byte character).
+ * The tokenizer is read at the first call (EAGLEX_ERR_ARTIFACT for other tokenizer kinds). Thread-safe. */
+EAGLEX_API int eaglex_detokenize(eaglex_engine *e, const int32_t *tokens, size_t n, char *out,
+                                 size_t capacity, size_t *length);
 
 /* Frees an engine (NULL is fine). Must not race a running eaglex_generate on the same engine. */
 EAGLEX_API void eaglex_close(eaglex_engine *e);

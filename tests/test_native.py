@@ -238,3 +238,27 @@ def test_sha256_matches_the_manifest(native_build, artifact):
     """Opening with sha256 checks (the default) accepts an intact artifact."""
     got, _ = native_generate(native_build, artifact, PROMPTS[:1], max_new=2, verify=0)
     assert len(got[0]) == 2
+
+
+def detokenize(build: Path, artifact: Path, ids: list[list[int]]) -> subprocess.CompletedProcess:
+    stdin = "".join(" ".join(map(str, i)) + "\n" for i in ids)
+    args = [str(build / "eaglex_c_test"), "detokenize", str(artifact)]
+    return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def test_detokenize_refuses_other_tokenizers(native_build, artifact):
+    result = detokenize(native_build, artifact, [[5, 6]])  # the tiny model's tokenizer is word-level
+    assert result.returncode == 2 and "byte-level BPE tokenizers only" in result.stderr
+
+
+@pytest.mark.smollm2
+def test_detokenize_matches_the_tokenizer_in_chunks(native_build, smollm2_artifact):
+    from eaglex.runtime.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(smollm2_artifact)
+    texts = ["Hello, world! Ünïcödé ✓ 日本語 🙂", "def f(x):\n\treturn x  # two  spaces", "<|im_start|>user hi"]
+    ids = [tokenizer.encode(t) for t in texts] + [list(range(0, 49152, 997))]
+    result = detokenize(native_build, smollm2_artifact, ids)
+    assert result.returncode == 0, result.stderr
+    got = [bytes.fromhex(line[4:]).decode("utf-8", "replace") for line in result.stdout.splitlines()]
+    assert got == [tokenizer.decode(i) for i in ids]

@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
+#include <algorithm>
 #include <mutex>
 #include <new>
 
@@ -203,6 +205,22 @@ int eaglex_generate(eaglex_engine *e, const int32_t *prompt, size_t n_prompt, co
     int status = e->engine.generate(ids, s, cb, user, st);
     if (status == EAGLEX_CANCELLED) fail(status, "generation stopped early by the token callback");
     return status;
+  });
+}
+
+int eaglex_detokenize(eaglex_engine *e, const int32_t *tokens, size_t n, char *out, size_t capacity,
+                      size_t *length) {
+  return guarded([&] {
+    if (!e || !length || (n && !tokens) || (capacity && !out))
+      return fail(EAGLEX_ERR_SETTINGS, "eaglex_detokenize: engine, length, tokens or out is NULL");
+    std::string text = e->engine.detokenize(tokens, n);
+    *length = text.size();
+    if (capacity) {
+      size_t copied = std::min(capacity - 1, text.size());
+      std::memcpy(out, text.data(), copied);
+      out[copied] = 0;
+    }
+    return int(EAGLEX_OK);
   });
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <mutex>
 
 #include "core.h"
 
@@ -28,11 +29,20 @@ class Engine {
   void default_config(eaglex_config &cfg) const;
   double graph_seconds() const { return target_->run_seconds + (drafter_graph_ ? drafter_graph_->run_seconds : 0); }
 
+  // UTF-8 bytes of tokens (byte-level BPE tokenizers; special tokens skipped). Thread-safe.
+  std::string detokenize(const int32_t *tokens, size_t n);
+
   Manifest manifest;
   std::unique_ptr<Graph> target_, drafter_graph_;
   std::unique_ptr<EmbeddingTable> embeddings_;
   std::unique_ptr<Drafter> drafter_;
   std::atomic<bool> busy{false};
+
+ private:
+  void load_detokenizer();  // tokenizer.json, read at the first detokenize call
+  std::once_flag detokenizer_once_;
+  std::string detokenizer_error_;
+  std::vector<std::string> pieces_;  // token id -> its bytes
 };
 
 }  // namespace eaglex

@@ -5,6 +5,8 @@
  *   c_api_test threads ARTIFACT ROUNDS  prompts on stdin; two engines in two threads at once, each output
  *       compared with the single-threaded one ("threads: ok")
  *   c_api_test errors ARTIFACT DAMAGED_ARTIFACT  bad input returns the documented codes ("errors: ok")
+ *   c_api_test detokenize ARTIFACT  token id lines on stdin; prints "hex: ..." (the text's bytes) per line,
+ *       each chunk of 3 ids detokenized on its own and concatenated, as a stream would
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -207,11 +209,40 @@ static int errors_mode(const char *artifact, const char *damaged) {
   return failures != 0;
 }
 
+static int detokenize_mode(const char *artifact) {
+  eaglex_open_options sizes = {1, EAGLEX_VERIFY_SIZES};
+  eaglex_engine *e = NULL;
+  if (eaglex_open_ex(artifact, &sizes, &e)) return fprintf(stderr, "error: %s\n", eaglex_last_error()), 2;
+  read_prompts();
+  static char text[1 << 20];
+  for (int p = 0; p < n_prompts; ++p) {
+    size_t length = 0, total = 0;
+    for (size_t start = 0; start < prompt_len[p]; start += 3) {
+      size_t n = prompt_len[p] - start < 3 ? prompt_len[p] - start : 3;
+      int status = eaglex_detokenize(e, prompts[p] + start, n, text + total, sizeof text - total, &length);
+      if (status) return fprintf(stderr, "error %d: %s\n", status, eaglex_last_error()), 2;
+      total += length;
+    }
+    /* A small buffer: truncated and NUL-terminated, with the full length reported. */
+    char small[4];
+    size_t full = 0;
+    if (eaglex_detokenize(e, prompts[p], prompt_len[p], small, sizeof small, &full) || full != total ||
+        strlen(small) != (total < 3 ? total : 3))
+      return fprintf(stderr, "small buffer: length %zu, want %zu\n", full, total), 1;
+    printf("hex:");
+    for (size_t i = 0; i < total; ++i) printf("%02x", (unsigned char)text[i]);
+    printf("\n");
+  }
+  eaglex_close(e);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (eaglex_abi_version() != EAGLEX_ABI_VERSION) return fprintf(stderr, "ABI version mismatch\n"), 2;
   if (argc >= 4 && !strcmp(argv[1], "generate")) return generate_mode(argv[2], atoi(argv[3]), argc - 4, argv + 4);
   if (argc == 4 && !strcmp(argv[1], "threads")) return threads_mode(argv[2], atoi(argv[3]));
   if (argc == 4 && !strcmp(argv[1], "errors")) return errors_mode(argv[2], argv[3]);
+  if (argc == 3 && !strcmp(argv[1], "detokenize")) return detokenize_mode(argv[2]);
   fprintf(stderr, "usage: see the comment at the top of c_api_test.c\n");
   return 2;
 }
