@@ -256,7 +256,8 @@ def test_detokenize_matches_the_tokenizer_in_chunks(native_build, smollm2_artifa
     from eaglex.runtime.tokenizer import Tokenizer
 
     tokenizer = Tokenizer(smollm2_artifact)
-    texts = ["Hello, world! Ünïcödé ✓ 日本語 🙂", "def f(x):\n\treturn x  # two  spaces", "<|im_start|>user hi"]
+    texts = ["Hello, world! Ünïcödé ✓ 日本語 🙂", "def f(x):\n\treturn x  # two  spaces"]
+    texts.append("<|im_start|>user hi")  # a special token: skipped
     ids = [tokenizer.encode(t) for t in texts] + [list(range(0, 49152, 997))]
     result = detokenize(native_build, smollm2_artifact, ids)
     assert result.returncode == 0, result.stderr
