@@ -59,6 +59,16 @@ class Engine {
     return call.out;
   }
 
+  // UTF-8 bytes of ids (byte-level BPE tokenizers; see eaglex_detokenize).
+  std::string detokenize(const int32_t *tokens, size_t n) const {
+    size_t length = 0;
+    check(eaglex_detokenize(engine_, tokens, n, nullptr, 0, &length));
+    std::string text(length + 1, '\0');
+    check(eaglex_detokenize(engine_, tokens, n, text.data(), text.size(), &length));
+    text.resize(length);
+    return text;
+  }
+
   int32_t context_length() const { return eaglex_context_length(engine_); }
   eaglex_engine *get() const { return engine_; }
 
