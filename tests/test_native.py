@@ -197,6 +197,7 @@ def test_bad_input_returns_documented_codes(native_build, artifact, tmp_path):
     out = run_c(native_build, "errors", str(artifact), str(damaged)).stdout
     assert "errors: ok" in out, out
     assert "fails its sha256 checksum" in out and "context limit" in out and "does not exist" in out
+    assert "engine busy: status 7" in out
 
 
 def test_two_engines_in_two_threads_match_one_thread(native_build, artifact):

@@ -154,6 +154,20 @@ static int threads_mode(const char *artifact, int rounds) {
 /* ---- bad input ---- */
 static int failures;
 
+/* A callback that calls back into the engine generating: refused as busy, like a second thread. */
+typedef struct {
+  eaglex_engine *engine;
+  int status;
+  char message[256];
+} Reenter;
+
+static int reenter(const int32_t *tokens, size_t n, void *user) {
+  Reenter *r = (Reenter *)user;
+  r->status = eaglex_generate(r->engine, tokens, n, NULL, NULL, NULL, NULL);
+  snprintf(r->message, sizeof r->message, "%s", eaglex_last_error());
+  return 1;
+}
+
 static void expect(const char *what, int got, int want) {
   const char *message = eaglex_last_error();
   int one_line = strchr(message, '\n') == NULL && (want == 0 || strlen(message) > 10);
@@ -202,6 +216,10 @@ static int errors_mode(const char *artifact, const char *damaged) {
   cfg.max_new_tokens = 32, cfg.stop_at_eos = 0;
   expect("callback stops", eaglex_generate(e, prompt, 3, &cfg, collect, &c, NULL), EAGLEX_CANCELLED);
   if (c.chunks != 2) failures++, printf("  FAILED: %d chunks delivered after stopping at 2\n", c.chunks);
+  Reenter r = {e, -1, ""};
+  expect("callback stops", eaglex_generate(e, prompt, 3, &cfg, reenter, &r, NULL), EAGLEX_CANCELLED);
+  printf("engine busy: status %d (want %d): %s\n", r.status, EAGLEX_ERR_BUSY, r.message);
+  if (r.status != EAGLEX_ERR_BUSY || !strstr(r.message, "another thread")) failures++, printf("  FAILED\n");
   expect("engine usable after errors", eaglex_generate(e, prompt, 3, &cfg, NULL, NULL, NULL), EAGLEX_OK);
   eaglex_close(e);
   eaglex_close(NULL);
