@@ -46,7 +46,7 @@ typedef enum {
   EAGLEX_ERR_PROMPT_TOO_LONG = 4,  /* prompt tokens >= the artifact's context (max_context) */
   EAGLEX_ERR_OUT_OF_MEMORY = 5,    /* an allocation failed */
   EAGLEX_CANCELLED = 6,            /* the token callback returned non-zero; the tokens so far were delivered */
-  EAGLEX_ERR_BUSY = 7,             /* this engine is already generating in another thread */
+  EAGLEX_ERR_BUSY = 7,             /* this engine is already generating (another thread, or its callback) */
   EAGLEX_ERR_RUNTIME = 8           /* onnxruntime failed while running a graph (message says which) */
 } eaglex_status;
 

@@ -196,7 +196,8 @@ int eaglex_generate(eaglex_engine *e, const int32_t *prompt, size_t n_prompt, co
     if (!cfg) e->engine.default_config(defaults), cfg = &defaults;
     eaglex::Settings s = e->engine.check(prompt, n_prompt, *cfg);
     if (e->engine.busy.exchange(true))
-      return fail(EAGLEX_ERR_BUSY, "this engine is generating in another thread: open one engine per thread");
+      return fail(EAGLEX_ERR_BUSY, "this engine is already generating (in another thread or from its own "
+                                   "callback): open one engine per thread");
     struct Release {
       std::atomic<bool> &flag;
       ~Release() { flag = false; }
