@@ -58,7 +58,7 @@ typedef struct {
   int32_t max_new_tokens; /* >= 1; also capped by the context left after the prompt */
   float temperature;      /* 0 = greedy; > 0 samples from softmax(logits / temperature) */
   float top_p;            /* nucleus, in (0, 1]; 1 = off */
-  int32_t top_k;          /* reserved, must be 0 (the target is sampled over its whole vocabulary) */
+  int32_t top_k;          /* sampling: keep the k likeliest tokens (and ties) before top_p; 0 = off */
   uint64_t seed;          /* sampling seed: the same seed, prompt and settings give the same tokens */
   int32_t tree_top_k;     /* draft tree: children per node and frontier width, 1..drafter max_top_k */
   int32_t tree_depth;     /* draft tree: levels below the root (drafter calls per round), >= 1 */

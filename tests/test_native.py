@@ -179,6 +179,14 @@ def sampled_counts(build: Path, seed: int, flawed: bool = False) -> np.ndarray:
     return np.array([[int(x) for x in line.split()] for line in out.splitlines()])
 
 
+def test_sampling_filters_on_hand_computed_cases(native_build):
+    """Temperature, nucleus and top-k filters, ties at the edge, the seeded generator, and the draw."""
+    result = subprocess.run(
+        [str(native_build / "eaglex_sampling_test"), "selftest"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "selftest: ok" in result.stdout, result.stderr
+
+
 def test_native_sampling_rule_keeps_the_target_distribution(native_build):
     exact = synthetic_exact()
     stat, df = chi_square(sampled_counts(native_build, seed=3), exact)

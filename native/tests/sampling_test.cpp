@@ -85,14 +85,48 @@ void round(std::vector<int64_t> &emitted, int64_t root, bool two_levels, bool fl
   emitted.push_back(bonus);
 }
 
-int main(int argc, char **argv) {
-  if (argc >= 2 && !std::strcmp(argv[1], "selftest")) {
-    // Reproducibility: the same seed gives the same stream.
-    Rng a(7), b(7);
-    for (int i = 0; i < 100; ++i)
-      if (a.uniform() != b.uniform()) return 1;
-    return 0;
+#define CHECK(cond)                                              \
+  if (!(cond)) {                                                 \
+    std::fprintf(stderr, "selftest failed: %s\n", #cond);        \
+    return 1;                                                    \
   }
+
+// probabilities' filters and sample on small hand-computed cases; prints "selftest: ok".
+int selftest() {
+  Rng a(7), b(7), c(8);
+  bool differs = false;
+  for (int i = 0; i < 100; ++i) {
+    double x = a.uniform();
+    CHECK(x == b.uniform() && x >= 0 && x < 1);
+    differs |= x != c.uniform();
+  }
+  CHECK(differs);
+  // softmax of log(0.5, 0.25, 0.125, 0.125): the probabilities themselves.
+  const float logits[4] = {std::log(0.5f), std::log(0.25f), std::log(0.125f), std::log(0.125f)};
+  std::vector<double> p;
+  probabilities(logits, 4, 1.0f, 1.0f, 0, p);
+  CHECK(std::fabs(p[0] - 0.5) < 1e-6 && std::fabs(p[3] - 0.125) < 1e-6);
+  probabilities(logits, 4, 0.0f, 1.0f, 0, p);  // temperature 0: one-hot argmax
+  CHECK(p[0] == 1.0 && p[1] == 0.0);
+  probabilities(logits, 4, 1.0f, 0.7f, 0, p);  // the nucleus reaches 0.7 with the top two tokens
+  CHECK(std::fabs(p[0] - 2.0 / 3) < 1e-6 && std::fabs(p[1] - 1.0 / 3) < 1e-6 && p[2] == 0 && p[3] == 0);
+  probabilities(logits, 4, 1.0f, 0.8f, 0, p);  // 0.75 < 0.8: the third token joins, and its tie too
+  CHECK(p[2] > 0 && p[3] > 0 && std::fabs(p[0] - 0.5) < 1e-6);
+  probabilities(logits, 4, 1.0f, 1.0f, 1, p);  // top-k 1
+  CHECK(p[0] == 1.0 && p[1] == 0.0);
+  probabilities(logits, 4, 1.0f, 1.0f, 3, p);  // top-k 3 keeps the tie at the edge: all four
+  CHECK(p[3] > 0);
+  // sample never returns a zero-weight index, and follows the weights.
+  std::vector<double> w{0.0, 3.0, 0.0, 1.0};
+  int counts[4] = {0, 0, 0, 0};
+  for (int i = 0; i < 40000; ++i) counts[sample(w, a)]++;
+  CHECK(counts[0] == 0 && counts[2] == 0 && std::abs(counts[1] - 30000) < 600);
+  std::printf("selftest: ok\n");
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc >= 2 && !std::strcmp(argv[1], "selftest")) return selftest();
   if (argc < 4 || std::strcmp(argv[1], "counts")) return std::fprintf(stderr, "usage: counts RUNS SEED [flawed]\n"), 2;
   long runs = std::atol(argv[2]);
   bool flawed = argc > 4 && !std::strcmp(argv[4], "flawed");
