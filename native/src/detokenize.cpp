@@ -69,7 +69,8 @@ void Engine::load_detokenizer() {
   std::string bytes;
   for (const auto &[spelling, id] : vocab->object) {
     int64_t index = int64_t(id.number);
-    if (index >= 0 && index < manifest.vocab_size && spelled_bytes(spelling, table, bytes)) pieces_[size_t(index)] = bytes;
+    if (index >= 0 && index < manifest.vocab_size && spelled_bytes(spelling, table, bytes))
+      pieces_[size_t(index)] = bytes;
   }
   // Added tokens: special ones are skipped (skip_special_tokens), the others read as their content.
   if (const Json *added = tokenizer.get("added_tokens"); added && added->kind == Json::Array)

@@ -88,7 +88,8 @@ int Engine::generate(const std::vector<int64_t> &prompt, const Settings &s, eagl
     tree.truncate(size_t(capacity - cache_len));  // parents precede children, so a prefix is a tree
     const int64_t t = int64_t(tree.size());
     positions.resize(size_t(t)), logit_rows.resize(size_t(t));
-    for (int64_t i = 0; i < t; ++i) positions[size_t(i)] = cache_len + tree.depths[size_t(i)], logit_rows[size_t(i)] = i;
+    for (int64_t i = 0; i < t; ++i)
+      positions[size_t(i)] = cache_len + tree.depths[size_t(i)], logit_rows[size_t(i)] = i;
     out = run_target(target, tree.tokens, positions, logit_rows, tree.attention_mask(cache_len));
     logits = out[0].GetTensorData<float>();
     int64_t bonus;
