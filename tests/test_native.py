@@ -231,7 +231,7 @@ def test_example_streams_the_completion(native_build, artifact):
 @pytest.mark.smollm2
 def test_greedy_parity_on_smollm2(native_build, smollm2_artifact):
     """The real model (random drafter): the native and Python runtimes agree for plain and tree decoding.
-    (scripts/bench_native.py checks the same with the shipped drafter, whose drafts are accepted.)"""
+    (experiments/bench_native.py checks the same with the shipped drafter, whose drafts are accepted.)"""
     engine = Engine.load(smollm2_artifact, threads=2, checksums=False)
     prompts = [engine.encode("Write a short poem about the ocean.", chat=True)]
     expected = python_generate(engine, prompts, max_new_tokens=16, top_k=8, depth=5, total_tokens=24)

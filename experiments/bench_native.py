@@ -2,7 +2,7 @@
 (decode time outside onnxruntime's Run, per target pass) and achieved weight bandwidth; greedy outputs
 are compared token for token on the way. Writes docs/bench/sections/native.md and a JSON next to it.
 
-    python scripts/bench_native.py --artifact /work/artifacts/smollm2 --build BUILD_DIR
+    python experiments/bench_native.py --artifact /work/artifacts/smollm2 --build BUILD_DIR
 (BUILD_DIR: a CMake build of native/, e.g. cmake -S native -B build && cmake --build build)
 """
 
@@ -159,7 +159,8 @@ def report(record: dict, args) -> str:
         [
             "## Native runtime (libeaglex, C) against the Python runtime",
             "",
-            f"`python scripts/bench_native.py --artifact {args.artifact} --build BUILD` ({record['date']}): "
+            f"`python experiments/bench_native.py --artifact {args.artifact} --build BUILD` "
+            f"({record['date']}): "
             f"first {args.prompts} MT-bench turns (chat template), greedy, {args.max_new_tokens} new tokens, "
             f"{args.threads} onnxruntime threads, onnxruntime 1.32 (the wheel's library for both), "
             f"{args.repeats} interleaved repetitions (Python, then C, per configuration), means shown.",
