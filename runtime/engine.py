@@ -123,9 +123,12 @@ class Engine:
         return cls(load_manifest(artifact_dir, checksums), threads, backend, device)
 
     def default_config(self, **overrides: object) -> GenerationConfig:
-        """The artifact's tree settings, with any field overridden (None means keep the default)."""
+        """The artifact's tree settings, with any field overridden (None means keep the default).
+        Speculation is on unless the manifest says plain decoding is faster here (`eaglex tune`)."""
         tree = self.manifest.tree
-        config = GenerationConfig(top_k=tree.top_k, depth=tree.depth, total_tokens=tree.total_tokens)
+        config = GenerationConfig(
+            top_k=tree.top_k, depth=tree.depth, total_tokens=tree.total_tokens, speculative=tree.speculative
+        )
         return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
     def weight_bytes_read(self, stats: GenerationStats) -> int:

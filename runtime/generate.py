@@ -68,7 +68,7 @@ def generate(
 
     clock = time.perf_counter()
     tokens = np.asarray(prompt, np.int64)
-    out = _run_target(target, tokens, np.arange(n), 0, np.tri(n, dtype=bool), np.array([n - 1]))
+    out = run_target(target, tokens, np.arange(n), 0, np.tri(n, dtype=bool), np.array([n - 1]))
     logits = out["logits"][0, -1]
     root = (
         int(logits.argmax())
@@ -92,7 +92,7 @@ def generate(
 
         mask = np.concatenate([np.ones((len(tree.tokens), cache_len), bool), tree.attention_mask()], axis=1)
         drafted = time.perf_counter()
-        out = _run_target(target, tree.tokens, cache_len + tree.depths, cache_len, mask, np.arange(len(tree)))
+        out = run_target(target, tree.tokens, cache_len + tree.depths, cache_len, mask, np.arange(len(tree)))
         verified = time.perf_counter()
         stats.draft_seconds += drafted - clock
         stats.verify_seconds += verified - drafted
@@ -127,7 +127,7 @@ def generate(
         stats.stop_reason = "context limit"
 
 
-def _run_target(
+def run_target(
     target: GraphSession,
     tokens: np.ndarray,
     positions: np.ndarray,
@@ -135,6 +135,7 @@ def _run_target(
     mask: np.ndarray,
     logit_rows: np.ndarray,
 ) -> dict[str, np.ndarray]:
+    """One target pass over new rows at `positions` after `cache_len` cached ones; logits for `logit_rows`."""
     feeds = {"input_ids": tokens[None], "position_ids": positions[None], "logit_index": logit_rows}
     return target.run(feeds, cache_len, mask)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ class TreeSpec:
     depth: int
     total_tokens: int
     max_total_tokens: int
+    # False where `eaglex tune` found plain decoding faster than every tree: run then decodes plain unless
+    # asked to speculate. Manifests from before tune recorded it lack the field: speculation is the default.
+    speculative: bool = True
 
 
 @dataclass(frozen=True)
@@ -60,11 +63,11 @@ class Manifest:
 
 
 def _pick(cls: type, data: dict[str, Any], where: str) -> Any:
-    names = cls.__dataclass_fields__
-    missing = [n for n in names if n not in data]
+    fields = cls.__dataclass_fields__
+    missing = [n for n, f in fields.items() if n not in data and f.default is MISSING]
     if missing:
         raise EaglexError(f"manifest.json: {where} lacks {', '.join(missing)}; re-export the artifact")
-    values = {n: tuple(data[n]) if isinstance(data[n], list) else data[n] for n in names}
+    values = {n: tuple(data[n]) if isinstance(data[n], list) else data[n] for n in fields if n in data}
     return cls(**values)
 
 
