@@ -28,6 +28,7 @@ from eaglex.errors import EaglexError
 from .attention import BACKENDS, mask_inputs, onnx_translation_table
 from .checkpoints import load_drafter, load_target, read_target_config
 from .drafter import Eagle3Drafter
+from .fuse import fuse_graph
 from .kv_compact import write_kv_compact_graph
 from .precision import lower_precision
 from .quantize import SCHEMES, quantize_graph
@@ -109,6 +110,8 @@ def export_artifact(
                 quantization[role] = quantize_graph(
                     work / file, scheme, logits, quantize_embeddings, activations
                 )
+        if backend == "onnxruntime" and precision == "fp32":
+            _fuse(work, drafter is not None)
         if precision != "fp32":
             stage(f"lowering the graphs to {precision}")
             for file in ("target.onnx", "drafter.onnx") if drafter is not None else ("target.onnx",):
@@ -330,6 +333,12 @@ def _lower_precision(path: Path, precision: str) -> None:
     data = path.with_name(f"{path.name}.data")
     data.unlink()  # onnx appends to an existing weights file
     onnx.save(model, str(path), save_as_external_data=True, location=data.name)
+
+
+def _fuse(work: Path, has_drafter: bool) -> None:
+    """onnxruntime-only fusions (exporter/fuse.py), on the float32 graphs, quantized or not."""
+    for file in ("target.onnx", "drafter.onnx") if has_drafter else ("target.onnx",):
+        fuse_graph(work / file)
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
