@@ -11,6 +11,7 @@ import numpy as np
 from eaglex.runtime.accept import accept_greedy, accept_sampling
 from eaglex.runtime.backends.base import GraphSession
 from eaglex.runtime.draft import EagleDrafter
+from eaglex.runtime.ngram import graft, lookup
 from eaglex.runtime.sampling import probabilities, sample
 from eaglex.runtime.tree import chain_tree
 
@@ -25,6 +26,7 @@ class GenerationConfig:
     depth: int = 5  # tree: levels below the root (drafter calls per round)
     total_tokens: int = 24  # tree: nodes verified per target pass, root included
     speculative: bool = True
+    ngram: int = 0  # prompt lookup: up to this many tokens copied from the context join each tree (0: off)
 
 
 @dataclass
@@ -88,6 +90,8 @@ def generate(
         tree = chain_tree([root])
         if drafter is not None:
             tree = drafter.propose(root, config.top_k, config.depth, config.total_tokens)
+        if config.ngram:
+            tree = graft(tree, lookup(np.asarray(prompt + generated, np.int64), config.ngram))
         tree = tree.truncate(capacity - cache_len)  # parents precede children, so a prefix is a tree
 
         mask = np.concatenate([np.ones((len(tree.tokens), cache_len), bool), tree.attention_mask()], axis=1)

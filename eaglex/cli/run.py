@@ -42,6 +42,12 @@ def speculation(spec: bool, no_spec: bool, *tree_flags: int | None) -> bool | No
     is_flag=True,
     help="Speculative decoding even where eaglex tune found plain decoding faster (so do tree flags).",
 )
+@click.option(
+    "--ngram",
+    default=0,
+    show_default=True,
+    help="Prompt lookup: up to this many tokens copied from the context join each draft tree (0: off).",
+)
 @click.option("--threads", default=2, show_default=True, help="CPU threads for onnxruntime.")
 @click.option(
     "--backend",
@@ -72,6 +78,7 @@ def run(
     total_tokens: int | None,
     no_spec: bool,
     spec: bool,
+    ngram: int,
     threads: int,
     backend: str,
     device: str,
@@ -94,6 +101,7 @@ def run(
         depth=depth,
         total_tokens=total_tokens,
         speculative=speculation(spec, no_spec, top_k, depth, total_tokens),
+        ngram=ngram,
     )
     stats = GenerationStats()
     started = time.perf_counter()
@@ -101,6 +109,7 @@ def run(
         click.echo(piece, nl=False)
     click.echo()
     mode = "EAGLE-3" if engine.drafter is not None and config.speculative else "plain"
+    mode += " + prompt lookup" if config.ngram else ""
     bandwidth = engine.weight_bytes_read(stats) / max(stats.decode_seconds, 1e-9) / 1e9
     progress(
         f"[{mode} on {engine.device}] {stats.new_tokens} tokens in {time.perf_counter() - started:.2f} s "
