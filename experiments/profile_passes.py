@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from eaglex.exporter.quantize import streamed_weight_bytes
 from eaglex.runtime.backends import onnxruntime as backend
 from eaglex.runtime.engine import Engine
 from eaglex.runtime.generate import run_target
@@ -84,13 +85,7 @@ def genai_calls(folder: Path, rows: list[int], context: int, threads: int, capac
 
         return run
 
-    files = [p for p in folder.iterdir() if p.name.startswith(config["filename"])]
-    return {f"target {r}": call(r) for r in rows}, sum(p.stat().st_size for p in files)
-
-
-def weight_bytes(engine: Engine, file: str) -> int:
-    files = engine.manifest.raw["files"]
-    return sum(info["bytes"] for name, info in files.items() if name.startswith(file))
+    return {f"target {r}": call(r) for r in rows}, streamed_weight_bytes(folder / config["filename"])
 
 
 def interleaved(
@@ -101,7 +96,7 @@ def interleaved(
     clock = time.thread_time if threads == 1 else time.perf_counter
     engines = [Engine.load(a, threads=threads, checksums=False) for a in artifacts]
     timed = [calls(e, rows, context) for e in engines]
-    target_gb = [weight_bytes(e, e.manifest.target.file) / 1e9 for e in engines]
+    target_gb = [streamed_weight_bytes(e.manifest.path(e.manifest.target.file)) / 1e9 for e in engines]
     names = [str(a) for a in artifacts]
     if genai is not None:
         genai_timed, genai_bytes = genai_calls(genai, rows, context, threads)
@@ -119,7 +114,7 @@ def interleaved(
                     table[name]()
                     times[i, name].append(clock() - started)
     kind = "CPU" if threads == 1 else "wall-clock"
-    print(f"context {context}, {rounds} rounds, {threads} threads; median {kind} ms (GB/s of target weights)")
+    print(f"context {context}, {rounds} rounds, {threads} threads; median {kind} ms (GB/s of weights read)")
     print("| pass | " + " | ".join(names) + " | ratios to the first |")
     print("|---|" + "---|" * (len(names) + 1))
     for name in timed[0]:

@@ -166,12 +166,6 @@ class Engine:
         if config.max_new_tokens < 1:
             raise EaglexError(f"--max-new-tokens must be at least 1, got {config.max_new_tokens}")
         validate_sampling(config.temperature, config.top_p)
-        drafted = config.total_tokens if config.speculative and self.drafter is not None else 1
-        if not 0 <= config.ngram <= limits.tree.max_total_tokens - drafted:
-            raise EaglexError(
-                f"--ngram must be between 0 and {limits.tree.max_total_tokens - drafted} (the artifact's "
-                f"{limits.tree.max_total_tokens} tree tokens less the {drafted} drafted), got {config.ngram}"
-            )
         if config.speculative and self.drafter is not None:
             if not 1 <= config.top_k <= max_top_k:
                 raise EaglexError(
@@ -184,6 +178,12 @@ class Engine:
                     f"--total-tokens must be between 1 and {limits.tree.max_total_tokens}, "
                     f"got {config.total_tokens}"
                 )
+        drafted = config.total_tokens if config.speculative and self.drafter is not None else 1
+        if not 0 <= config.ngram <= limits.tree.max_total_tokens - drafted:
+            raise EaglexError(
+                f"--ngram must be between 0 and {limits.tree.max_total_tokens - drafted} (the artifact's "
+                f"{limits.tree.max_total_tokens} tree tokens less the {drafted} drafted), got {config.ngram}"
+            )
 
     def generate(
         self, prompt: list[int], config: GenerationConfig, stats: GenerationStats | None = None
