@@ -29,8 +29,9 @@ import numpy as np
 from eaglex.bench.datasets import Prompt, load_prompts
 from eaglex.errors import EaglexError
 from eaglex.runtime import manifest as contract
+from eaglex.runtime.accept import accept_greedy
 from eaglex.runtime.engine import Engine
-from eaglex.runtime.generate import GenerationStats
+from eaglex.runtime.generate import GenerationStats, run_target
 from eaglex.runtime.tree import DraftTree
 
 TOP_KS = (1, 2, 4, 8)
@@ -67,13 +68,9 @@ def mean_context(prompt_lengths: list[int], new_tokens: int, most: int) -> int:
 
 def target_pass_call(engine: Engine, size: int, context: int) -> Callable[[], None]:
     """One target pass over `size` tree nodes with `context` tokens in the cache, ready to time."""
-    feeds = {
-        "input_ids": np.full((1, size), 1, np.int64),
-        "position_ids": np.full((1, size), context, np.int64),
-        "logit_index": np.arange(size),
-    }
+    tokens, positions, rows = np.ones(size, np.int64), np.full(size, context), np.arange(size)
     mask = np.ones((size, context + size), bool)
-    return lambda: engine.target.run(feeds, context, mask)
+    return lambda: run_target(engine.target, tokens, positions, context, mask, rows)
 
 
 def verify_cost(engine: Engine, sizes: tuple[int, ...], reps: int, context: int) -> dict[int, float]:
@@ -101,14 +98,14 @@ def draft_cost(
     for k in top_ks:
         drafter.reset()
         drafter.extend(ids, features, k)
-        committed = drafter.cache_len
+        committed = drafter.snapshot()
 
-        def commit_two_rows(k: int = k, committed: int = committed) -> None:
-            drafter.cache_len = committed  # the rows written past it are overwritten by the next call
+        def commit_two_rows(k: int = k, committed=committed) -> None:
+            drafter.restore(committed)
             drafter.extend(ids[:2], features[:2], k)
 
         commit[k] = _median_seconds(commit_two_rows, reps, before=target_pass)
-        drafter.cache_len = committed
+        drafter.restore(committed)
         for depth in range(1, MAX_DEPTH + 1):
             grow[k, depth] = _median_seconds(
                 lambda k=k, d=depth: drafter.grow(prompt[-1], k, d), reps, before=target_pass
@@ -116,16 +113,13 @@ def draft_cost(
     return grow, commit
 
 
-def accepted_drafts(tree: DraftTree, continuation: list[int]) -> int:
-    """How many drafts greedy verification accepts: the longest prefix of the continuation on a tree path."""
-    node, accepted = 0, 0
-    for token in continuation:
-        children = tree.children(node)
-        match = children[tree.tokens[children] == token]
-        if not len(match):
-            break
-        node, accepted = int(match[0]), accepted + 1
-    return accepted
+def accepted_drafts(tree: DraftTree, continuation: np.ndarray) -> int:
+    """How many drafts greedy verification accepts when the target's greedy continuation is known: on the
+    accepted path the node at depth d is followed by continuation[d] (off it the prediction is never read;
+    past the continuation's end, -1 matches no token)."""
+    predictions = np.append(continuation, -1)[np.minimum(tree.depths, len(continuation))]
+    path, _ = accept_greedy(tree, predictions)
+    return len(path) - 1
 
 
 @dataclass(frozen=True)
@@ -151,12 +145,8 @@ def greedy_trace(engine: Engine, prompt: Prompt, new_tokens: int, cache: Path | 
     config = engine.default_config(max_new_tokens=new_tokens, speculative=False)
     sequence = np.array(ids + [t for chunk in engine.generate(ids, config) for t in chunk], np.int64)
     n = len(sequence) - 1
-    feeds = {
-        "input_ids": sequence[None, :n],
-        "position_ids": np.arange(n)[None],
-        "logit_index": np.array([n - 1]),
-    }
-    features = engine.target.run(feeds, 0, np.tri(n, dtype=bool))["features"][0]
+    out = run_target(engine.target, sequence[:n], np.arange(n), 0, np.tri(n, dtype=bool), np.array([n - 1]))
+    features = out["features"][0]
     trace = GreedyTrace(sequence, len(ids), features)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,7 +195,7 @@ def acceptance(
             drafter.extend(sequence[1 : start + 1], features[:start], k)
             for position in range(start, len(sequence) - 1):  # root: sequence[position], already emitted
                 builder = drafter.grow(int(sequence[position]), k, max_depth)
-                continuation = sequence[position + 1 :].tolist()
+                continuation = sequence[position + 1 :]
                 for depth, size in itertools.product(range(1, max_depth + 1), sizes):
                     tree = builder.build(size, max_depth=depth)
                     key = (k, depth, size)
@@ -299,6 +289,8 @@ def tune(
     decoded = {s: decode(engine, prompts, s, new_tokens) for s in shapes[:check]}
     measured = {s: d.tokens_per_second for s, d in decoded.items()}
     best = max(measured, key=measured.get)
+    # Plain decoding stays the default where it beats every checked tree.
+    speculative = measured[best] > plain.tokens_per_second
     # Each checked shape's round, measured against the model's parts: where a prediction misses.
     parts = {
         s: {
@@ -319,6 +311,7 @@ def tune(
         sweep.append({**top.__dict__, "measured_tokens_per_second": measured.get(top)})
     return {
         "best": {"top_k": best.top_k, "depth": best.depth, "total_tokens": best.total_tokens},
+        "speculative": speculative,
         "plain_tokens_per_second": plain.tokens_per_second,
         "host_seconds_per_round": host,
         "measured": [
@@ -338,10 +331,12 @@ def tune(
 
 
 def write_tree(artifact: Path, result: dict) -> None:
-    """Stores the tuned tree in the manifest (`run` and `bench` use it by default) and the details in
-    tune.json; each file is replaced atomically."""
+    """Stores the tuned tree in the manifest (`run` and `bench` use it by default), and whether it beats
+    plain decoding (where it does not, `run` decodes plain by default), and the details in tune.json; each
+    file is replaced atomically."""
     manifest = contract.load(artifact, checksums=False)  # tune has just loaded and checked it
     partial = artifact / "tune.json.partial"
     partial.write_text(json.dumps(result, indent=2))
     partial.replace(artifact / "tune.json")
-    contract.save(dataclasses.replace(manifest, tree=dataclasses.replace(manifest.tree, **result["best"])))
+    tree = dataclasses.replace(manifest.tree, **result["best"], speculative=result["speculative"])
+    contract.save(dataclasses.replace(manifest, tree=tree))

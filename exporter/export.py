@@ -21,6 +21,7 @@ from eaglex.runtime import manifest as contract
 from .attention import BACKENDS
 from .checkpoints import check_weights, load_drafter, load_target, read_target_config
 from .drafter import Eagle3Drafter
+from .fuse import fuse_graph
 from .graphs import MAX_TOP_K, export_drafter_graph, export_target_graph
 from .kv_compact import write_kv_compact_graph
 from .precision import lower_precision
@@ -102,6 +103,8 @@ def export_artifact(
                 quantization[role] = quantize_graph(
                     work / file, scheme, logits, quantize_embeddings, activations
                 )
+        if backend == "onnxruntime" and precision == "fp32":
+            _fuse(work, drafter is not None)
         if precision != "fp32":
             stage(f"lowering the graphs to {precision}")
             for file in ("target.onnx", "drafter.onnx") if drafter is not None else ("target.onnx",):
@@ -189,6 +192,12 @@ def _lower_precision(path: Path, precision: str) -> None:
     data = path.with_name(f"{path.name}.data")
     data.unlink()  # onnx appends to an existing weights file
     onnx.save(model, str(path), save_as_external_data=True, location=data.name)
+
+
+def _fuse(work: Path, has_drafter: bool) -> None:
+    """onnxruntime-only fusions (exporter/fuse.py), on the float32 graphs, quantized or not."""
+    for file in ("target.onnx", "drafter.onnx") if has_drafter else ("target.onnx",):
+        fuse_graph(work / file)
 
 
 def _check_context(config: TargetConfig, max_context: int, model_dir: Path) -> None:

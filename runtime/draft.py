@@ -49,6 +49,15 @@ class EagleDrafter:
         }
         return self.session.run(feeds, cache_len, mask)
 
+    def snapshot(self) -> tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+        """The committed state: restore() returns to it, e.g. to time the same call repeatedly."""
+        return self.cache_len, self.last
+
+    def restore(self, state: tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray] | None]) -> None:
+        """Back to a snapshot: rows committed since then lie past its cache length and are overwritten
+        by the next extend, as tree scratch rows are."""
+        self.cache_len, self.last = state
+
     def extend(self, tokens: np.ndarray, features: np.ndarray, top_k: int) -> None:
         """Commits rows (features[i], tokens[i]); the last row's top-k becomes the next tree's first level."""
         n, start = len(tokens), self.cache_len

@@ -153,7 +153,8 @@ class Engine:
         return cls(load(artifact_dir, checksums), threads, backend, device)
 
     def default_config(self, **overrides: object) -> GenerationConfig:
-        """The artifact's tree settings, with any field overridden (None means keep the default)."""
+        """The artifact's tree settings, with any field overridden (None means keep the default).
+        Speculation is on unless the manifest says plain decoding is faster here (`eaglex tune`)."""
         tree = self.manifest.tree
         names = {f.name for f in dataclasses.fields(GenerationConfig)}
         if unknown := sorted(set(overrides) - names):
@@ -219,6 +220,12 @@ class Engine:
                     f"--depth must be between 1 and {most} (a tree of {config.total_tokens} nodes, "
                     f"--total-tokens, is no deeper), got {config.depth}"
                 )
+        drafted = config.total_tokens if config.speculative and self.drafter is not None else 1
+        if not 0 <= config.ngram <= limits.tree.max_total_tokens - drafted:
+            raise EaglexError(
+                f"--ngram must be between 0 and {limits.tree.max_total_tokens - drafted} (the artifact's "
+                f"{limits.tree.max_total_tokens} tree tokens less the {drafted} drafted), got {config.ngram}"
+            )
 
     def generate(
         self, prompt: list[int], config: GenerationConfig, stats: GenerationStats | None = None

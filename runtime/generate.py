@@ -11,6 +11,7 @@ import numpy as np
 from eaglex.runtime.accept import accept_greedy, accept_sampling
 from eaglex.runtime.backends.base import GraphSession
 from eaglex.runtime.draft import EagleDrafter
+from eaglex.runtime.ngram import graft, lookup
 from eaglex.runtime.sampling import probabilities, sample
 from eaglex.runtime.settings import check_generation_settings
 from eaglex.runtime.tree import chain_tree
@@ -26,6 +27,7 @@ class GenerationConfig:
     depth: int = 5  # tree: levels below the root (drafter calls per round)
     total_tokens: int = 24  # tree: nodes verified per target pass, root included
     speculative: bool = True
+    ngram: int = 0  # prompt lookup: up to this many tokens copied from the context join each tree (0: off)
 
     def __post_init__(self) -> None:
         check_generation_settings(**self.__dict__)
@@ -72,7 +74,7 @@ def generate(
 
     clock = time.perf_counter()
     tokens = np.asarray(prompt, np.int64)
-    out = _run_target(target, tokens, np.arange(n), 0, np.tri(n, dtype=bool), np.array([n - 1]))
+    out = run_target(target, tokens, np.arange(n), 0, np.tri(n, dtype=bool), np.array([n - 1]))
     logits = out["logits"][0, -1]
     root = (
         int(logits.argmax())
@@ -92,11 +94,13 @@ def generate(
         tree = chain_tree([root])
         if drafter is not None:
             tree = drafter.propose(root, config.top_k, config.depth, config.total_tokens)
+        if config.ngram:
+            tree = graft(tree, lookup(np.asarray(prompt + generated, np.int64), config.ngram))
         tree = tree.truncate(capacity - cache_len)  # parents precede children, so a prefix is a tree
 
         mask = np.concatenate([np.ones((len(tree.tokens), cache_len), bool), tree.attention_mask()], axis=1)
         drafted = time.perf_counter()
-        out = _run_target(target, tree.tokens, cache_len + tree.depths, cache_len, mask, np.arange(len(tree)))
+        out = run_target(target, tree.tokens, cache_len + tree.depths, cache_len, mask, np.arange(len(tree)))
         verified = time.perf_counter()
         stats.draft_seconds += drafted - clock
         stats.verify_seconds += verified - drafted
@@ -131,7 +135,7 @@ def generate(
         stats.stop_reason = "context limit"
 
 
-def _run_target(
+def run_target(
     target: GraphSession,
     tokens: np.ndarray,
     positions: np.ndarray,
@@ -139,6 +143,7 @@ def _run_target(
     mask: np.ndarray,
     logit_rows: np.ndarray,
 ) -> dict[str, np.ndarray]:
+    """One target pass over new rows at `positions` after `cache_len` cached ones; logits for `logit_rows`."""
     feeds = {"input_ids": tokens[None], "position_ids": positions[None], "logit_index": logit_rows}
     return target.run(feeds, cache_len, mask)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 
 import numpy as np
 import pytest
-from test_cli import eaglex
+from test_cli import assert_user_error, eaglex
 
 from eaglex.bench.datasets import Prompt
 from eaglex.bench.tune import acceptance, accepted_drafts, greedy_trace, mean_context
@@ -66,8 +67,13 @@ def test_tune_writes_the_best_tree_into_the_manifest(artifact, tmp_path):
     result = json.loads((tuned / "tune.json").read_text())
     assert json.loads((tuned / "manifest.json").read_text())["tree"] == {
         **result["best"],
+        "speculative": result["speculative"],
         "max_total_tokens": 128,
     }
+    # Plain decoding stays the default exactly where it beat every checked tree.
+    fastest_tree = max(row["measured_tokens_per_second"] for row in result["measured"])
+    assert result["speculative"] == (fastest_tree > result["plain_tokens_per_second"])
+    assert ("default: plain decoding" in process.stdout) != result["speculative"]
     # Each checked shape's round is split into verify, draft and the rest, predicted and measured.
     names = {
         f"{kind}_{part}_seconds"
@@ -123,3 +129,29 @@ def test_cached_traces_skip_the_target_and_score_the_same(artifact, tmp_path, mo
     monkeypatch.setattr(engine, "manifest", dataclasses.replace(engine.manifest, files=files))
     greedy_trace(engine, prompts[0], 8, tmp_path)
     assert target_calls and len(list(tmp_path.glob("*.npz"))) == 4
+
+
+@pytest.mark.parametrize("recorded", [None, False])
+def test_run_decodes_plain_by_default_where_tune_found_it_faster(artifact, tmp_path, recorded):
+    """A manifest whose tree says `speculative: false` makes plain decoding the default; --spec or a tree
+    flag asks for the tree anyway; a manifest without the field (older eaglex) speculates."""
+    copy = tmp_path / "artifact"
+    shutil.copytree(artifact, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["tree"].pop("speculative", None)
+    if recorded is not None:
+        manifest["tree"]["speculative"] = recorded
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    default = recorded is not False
+    assert Engine.load(copy, threads=1).default_config().speculative == default
+
+    def mode(*flags):
+        process = eaglex("run", copy, "--prompt", "w5 w6", "--max-new-tokens", "3", *flags)
+        assert process.returncode == 0, process.stderr
+        return re.search(r"\[(\S+) on \w+\]", process.stderr).group(1)
+
+    assert mode() == ("EAGLE-3" if default else "plain")
+    if recorded is False:
+        assert mode("--spec") == mode("--depth", "2") == "EAGLE-3"
+        assert mode("--no-spec") == "plain"
+        assert_user_error(eaglex("run", copy, "--prompt", "w5", "--spec", "--no-spec"), "--spec", "--no-spec")

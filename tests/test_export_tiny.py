@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import safetensors.torch
@@ -313,6 +314,9 @@ def test_manifest(exported):
         assert entry["sha256"] == sha256(artifact / name)
     embed = np.load(artifact / "embed_tokens.npy")
     assert embed.shape == (config.vocab_size, config.hidden_size) and embed.dtype == np.float32
+    # Each residual add is fused into the norm that follows it (exporter/fuse.py): all but the first norm.
+    ops = [n.op_type for n in onnx.load(artifact / "target.onnx", load_external_data=False).graph.node]
+    assert ops.count("SkipSimplifiedLayerNormalization") == 2 * target["num_layers"] - 1
     assert [line.split("] ", 1)[1].split(" ")[0] for line in lines] == [
         "loading",
         "tracing",

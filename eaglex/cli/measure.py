@@ -140,13 +140,13 @@ def tune(artifact: Path, threads: int, prompts_per_set: int, new_tokens: int, re
             f"predicted {row['predicted_tokens_per_second']:.1f} tok/s, measured "
             f"{row['measured_tokens_per_second']:.1f} tok/s; ms per round (predicted/measured): {parts}"
         )
-    click.echo(f"plain decoding: {result['plain_tokens_per_second']:.1f} tok/s; chosen: {result['best']}")
-    best = max(row["measured_tokens_per_second"] for row in result["measured"])
-    if best < result["plain_tokens_per_second"]:
+    click.echo(f"plain decoding: {result['plain_tokens_per_second']:.1f} tok/s; best tree: {result['best']}")
+    if result["speculative"]:
+        click.echo("default: speculative decoding with the best tree")
+    else:
         click.echo(
-            "plain decoding is faster than every draft tree on this machine with this drafter: "
-            "pass --no-spec to eaglex run",
-            err=True,
+            "default: plain decoding, which is faster than every draft tree on this machine with this "
+            "drafter; eaglex run --spec still decodes with the best tree"
         )
 
 

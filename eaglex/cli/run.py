@@ -8,6 +8,17 @@ from pathlib import Path
 import click
 
 from eaglex.cli.common import progress, user_errors
+from eaglex.errors import EaglexError
+
+
+def speculation(spec: bool, no_spec: bool, *tree_flags: int | None) -> bool | None:
+    """Whether to speculate: as asked, and where only a tree flag is given too (a tree setting asks for a
+    tree); None keeps the artifact's default (plain where eaglex tune found it faster)."""
+    if no_spec:
+        return False
+    if spec or any(flag is not None for flag in tree_flags):
+        return True
+    return None
 
 
 @click.command()
@@ -26,6 +37,17 @@ from eaglex.cli.common import progress, user_errors
     "--total-tokens", default=None, type=int, help="Tree: nodes verified per pass (default: the artifact's)."
 )
 @click.option("--no-spec", is_flag=True, help="Plain decoding, one token per target pass.")
+@click.option(
+    "--spec",
+    is_flag=True,
+    help="Speculative decoding even where eaglex tune found plain decoding faster (so do tree flags).",
+)
+@click.option(
+    "--ngram",
+    default=0,
+    show_default=True,
+    help="Prompt lookup: up to this many tokens copied from the context join each draft tree (0: off).",
+)
 @click.option("--threads", default=2, show_default=True, help="CPU threads for onnxruntime.")
 @click.option(
     "--backend",
@@ -55,6 +77,8 @@ def run(
     depth: int | None,
     total_tokens: int | None,
     no_spec: bool,
+    spec: bool,
+    ngram: int,
     threads: int,
     backend: str,
     device: str,
@@ -63,7 +87,11 @@ def run(
     from eaglex.runtime.engine import Engine
     from eaglex.runtime.generate import GenerationStats
 
+    if spec and no_spec:
+        raise EaglexError("--spec and --no-spec contradict each other: pass one of them")
     engine = Engine.load(artifact, threads=threads, backend=backend, device=device)
+    if spec and engine.drafter is None:
+        raise EaglexError(f"{artifact} has no drafter, so --spec cannot apply: export it with --drafter")
     config = engine.default_config(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -72,14 +100,16 @@ def run(
         top_k=top_k,
         depth=depth,
         total_tokens=total_tokens,
-        speculative=not no_spec,
+        speculative=speculation(spec, no_spec, top_k, depth, total_tokens),
+        ngram=ngram,
     )
     stats = GenerationStats()
     started = time.perf_counter()
     for piece in engine.stream_text(engine.encode(prompt, chat), config, stats):
         click.echo(piece, nl=False)
     click.echo()
-    mode = "EAGLE-3" if engine.drafter is not None and not no_spec else "plain"
+    mode = "EAGLE-3" if engine.drafter is not None and config.speculative else "plain"
+    mode += " + prompt lookup" if config.ngram else ""
     bandwidth = engine.weight_bytes_read(stats) / max(stats.decode_seconds, 1e-9) / 1e9
     progress(
         f"[{mode} on {engine.device}] {stats.new_tokens} tokens in {time.perf_counter() - started:.2f} s "
