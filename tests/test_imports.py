@@ -45,10 +45,8 @@ def component(name: str) -> str | None:
     parts = name.split(".")
     if parts[0] != "eaglex":
         return None
-    if (
-        len(parts) > 1 and parts[1] == "__main__"
-    ):  # the `eaglex` command's entry point (its interrupt boundary)
-        return "cli"
+    if len(parts) > 1 and parts[1] == "__main__":
+        return "cli"  # the entry point: the CLI inside its interrupt boundary
     if len(parts) == 1 or parts[1] == "errors":
         return "core"
     return parts[1] if parts[1] in ("runtime", "exporter", "bench", "plugins", "train", "cli") else "core"
