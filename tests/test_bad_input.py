@@ -197,6 +197,28 @@ def test_sigint_while_starting_never_shows_a_traceback(tiny_artifact):
             assert stderr.strip().splitlines()[-1] == "interrupted"
 
 
+FINALIZER_CLI = """
+import os, signal, sys, threading, time, types
+import eaglex.__main__ as launcher
+class Slow:
+    def __del__(self):
+        time.sleep(1.0)
+def cli():
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    Slow()
+    time.sleep(5)
+sys.modules["eaglex.cli"] = types.SimpleNamespace(main=cli)
+launcher.main()
+"""
+
+
+def test_sigint_swallowed_by_a_finalizer_still_interrupts():
+    """Python prints an interrupt that lands in a __del__ as "Exception ignored" and carries on; the
+    launcher raises it again instead."""
+    result = subprocess.run([sys.executable, "-c", FINALIZER_CLI], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (130, "interrupted\n")
+
+
 def test_prompt_file_shapes(tmp_path):
     from eaglex.bench.agreement import load_prompt_file
 
