@@ -40,7 +40,8 @@ class ManifestError(EaglexError):
     """A manifest that breaks the contract: `where` is the field's path (target.num_layers)."""
 
     def __init__(self, where: str, problem: str):
-        where = where.encode("utf-8", "backslashreplace").decode("utf-8")  # keys may hold lone surrogates
+        # Keys may hold newlines or lone surrogates: escape them, so the message stays one printable line.
+        where = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in where)
         super().__init__(f"field {where} {problem}")
         self.where, self.problem = where, problem
 

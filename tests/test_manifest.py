@@ -267,3 +267,9 @@ def test_cli_refuses_a_broken_chat_template_and_a_truncated_tokenizer(tiny_artif
     data = (copy / "tokenizer.json").read_bytes()
     _with_file(copy, "tokenizer.json", data[: len(data) // 2])
     assert_user_error(eaglex("run", copy, "--prompt", "w5"), "tokenizer.json", "re-export")
+
+
+def test_a_key_with_control_characters_stays_one_line():
+    # Found by the fuzz test: a key holding a newline split the error message in two.
+    message = str(contract.ManifestError("files.\n\ud800", "is not part of format version 1"))
+    assert "\n" not in message and message.isprintable() and "\\n" in message
