@@ -101,6 +101,9 @@ def export(
     precision: str,
 ) -> None:
     """Export a target model (and drafter) to ONNX graphs plus a manifest."""
+    from eaglex.extras import require
+
+    require(["export"], "eaglex export")
     from eaglex.exporter.export import export_artifact
 
     model_dir = resolve_model(model)
