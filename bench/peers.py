@@ -25,9 +25,8 @@ def parse_peers(names: str) -> list[str]:
     unknown = [name for name in peers if name not in PEERS]
     if unknown or not peers:
         raise EaglexError(f"--peers {names!r}: choose from {', '.join(PEERS)}")
-    require(
-        dict.fromkeys(need for name in peers for need in PEERS[name]), f"--compare with {', '.join(peers)}"
-    )
+    needs = dict.fromkeys(need for name in peers for need in PEERS[name])
+    require(needs, f"--compare with {', '.join(peers)}", " (or leave that peer out with --peers)")
     return peers
 
 

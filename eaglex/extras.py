@@ -35,12 +35,15 @@ def missing(needs: Iterable[str]) -> dict[str, list[str]]:
     return {need: modules for need, modules in gaps.items() if modules}
 
 
-def require(needs: Iterable[str], purpose: str) -> None:
-    """Raises one EaglexError naming every extra to install for `purpose`, e.g. "--compare"."""
+def require(needs: Iterable[str], purpose: str, alternative: str = "") -> None:
+    """Raises one EaglexError naming every extra to install for `purpose`, e.g. "--compare" (or, when
+    given, the `alternative` way around it)."""
     from eaglex.errors import EaglexError
 
     gaps = missing(needs)
     if gaps:
         modules = ", ".join(m for ms in gaps.values() for m in ms)
         extras = ",".join(dict.fromkeys(PACKAGE_EXTRA[need] for need in gaps))
-        raise EaglexError(f"{purpose} needs {modules} (not installed): pip install 'eaglex[{extras}]'")
+        raise EaglexError(
+            f"{purpose} needs {modules} (not installed): pip install 'eaglex[{extras}]'{alternative}"
+        )
