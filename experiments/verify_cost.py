@@ -194,44 +194,75 @@ def smollm2_variants() -> dict[str, Path]:
     return folders
 
 
-def interleaved_verify_cost(engine, reps: int) -> dict[int, tuple[float, float]]:
-    """(median, fastest) seconds per target pass over T rows, the sizes taken in turn in every repetition
-    so that a busy spell on this shared machine hits all sizes alike rather than one. Other processes
-    only ever add time, so the fastest of several repetitions is the better estimate of the cost itself."""
+def timings(calls: dict, reps: int, before=None) -> dict:
+    """For each call: fastest and median wall seconds and median CPU seconds (all threads of this process),
+    the calls taken in turn in every repetition so that a busy spell hits them alike. `before` (untimed)
+    runs ahead of each call.
+
+    Why CPU time: this machine is shared (load average ~12 on 2 cores while these were taken), so wall
+    time mostly measures waiting for a core. With onnxruntime's threads not spinning (a waiting thread
+    sleeps), CPU time is the work a pass does; on an idle machine its 2 threads finish it in about half."""
     import statistics
 
-    from eaglex.bench.tune import target_pass_call
-
-    calls = {t: target_pass_call(engine, t, CONTEXT) for t in ROWS}
     for call in calls.values():
         call()  # warm-up: allocations for each shape
-    times: dict[int, list[float]] = {t: [] for t in ROWS}
+    wall: dict = {key: [] for key in calls}
+    cpu: dict = {key: [] for key in calls}
     for _ in range(reps):
-        for t, call in calls.items():
-            started = time.perf_counter()
+        for key, call in calls.items():
+            if before is not None:
+                before()
+            w, c = time.perf_counter(), time.process_time()
             call()
-            times[t].append(time.perf_counter() - started)
-    return {t: (statistics.median(ts), min(ts)) for t, ts in times.items()}
+            cpu[key].append(time.process_time() - c)
+            wall[key].append(time.perf_counter() - w)
+    return {
+        key: {
+            "wall_min_ms": 1000 * min(wall[key]),
+            "wall_median_ms": 1000 * statistics.median(wall[key]),
+            "cpu_ms": 1000 * statistics.median(cpu[key]),
+        }
+        for key in calls
+    }
 
 
 def measure_artifact(folder: Path, reps: int) -> dict:
-    """ms per target pass over T rows (CONTEXT tokens cached, logits for every row, as a verify pass), and
-    ms per drafter round for each DRAFT_SHAPE (grow the tree + commit the accepted rows)."""
-    from eaglex.bench.tune import draft_cost
+    """Per T: a target pass over T rows (CONTEXT tokens cached, logits for every row, as a verify pass)
+    and a drafter round of DRAFT_SHAPE[T] (grow the tree, then commit two accepted rows), as tune times
+    them (eaglex/bench/tune.py), in wall and CPU time."""
+    import numpy as np
+
+    import eaglex.runtime.backends.onnxruntime as backend
+    from eaglex.bench.tune import target_pass_call
     from eaglex.exporter.quantize import streamed_weight_bytes
     from eaglex.runtime.engine import Engine
 
+    options = backend.session_options
+    backend.session_options = lambda threads, spin=True: options(threads, False)  # see timings()
     engine = Engine.load(folder, threads=2, checksums=False)
-    verify = interleaved_verify_cost(engine, reps)
+    verify = timings({t: target_pass_call(engine, t, CONTEXT) for t in ROWS}, reps)
+    drafter = engine.drafter
     prompt = [100 + i % 1000 for i in range(CONTEXT)]
-    top_ks = tuple(sorted({k for k, _ in DRAFT_SHAPE.values()}))
-    grow, commit = draft_cost(engine, prompt, top_ks, max(3, reps // 2), CONTEXT)
+    ids = np.asarray(prompt, np.int64)
+    features = np.zeros((len(prompt), 3 * drafter.embeddings.shape[1]), np.float32)
+    drafter.extend(ids, features, 8)
+    committed = drafter.cache_len
+
+    def round_call(k: int, depth: int):
+        def call() -> None:
+            drafter.cache_len = committed  # rows written past it are overwritten by the next call
+            drafter.extend(ids[:2], features[:2], k)
+            drafter.grow(prompt[-1], k, depth)
+
+        return call
+
+    one_row = target_pass_call(engine, 1, CONTEXT)  # as in decoding: drafting follows a target pass
+    draft = timings({t: round_call(k, d) for t, (k, d) in DRAFT_SHAPE.items()}, reps, before=one_row)
     raw = engine.manifest.raw
     return {
-        "verify_ms": {str(t): 1000 * fastest for t, (_, fastest) in verify.items()},
-        "verify_median_ms": {str(t): 1000 * median for t, (median, _) in verify.items()},
+        "verify": {str(t): v for t, v in verify.items()},
+        "draft": {str(t): v for t, v in draft.items()},
         "load_average": os.getloadavg()[0],
-        "draft_ms": {str(t): 1000 * (grow[k, d] + commit[k]) for t, (k, d) in DRAFT_SHAPE.items()},
         "target_weight_bytes": streamed_weight_bytes(folder / raw["target"]["file"]),
         "drafter_weight_bytes": streamed_weight_bytes(folder / raw["drafter"]["file"]),
         "quantization": raw["target"].get("quantization"),
@@ -261,11 +292,22 @@ def measure(models: list[str], reps: int) -> None:
             if run.returncode != 0:
                 sys.exit(f"error: measuring {folder} failed: {run.stderr.strip().splitlines()[-1:]}")
             results.setdefault(model, {})[variant] = json.loads(run.stdout)
-            log(f"  verify ms {results[model][variant]['verify_ms']}")
+            cpu = {t: round(v["cpu_ms"], 1) for t, v in results[model][variant]["verify"].items()}
+            log(f"  verify CPU ms {cpu}")
             RESULTS.write_text(json.dumps(results, indent=1))
 
 
-def extrapolated(results: dict, name: str, shallow: str, deep: str, layers: int) -> dict:
+def costs_of(raw: dict) -> dict:
+    """The CPU-time costs (see timings()) the break-even uses, and the fastest one-row wall time."""
+    return {
+        "verify_ms": {t: v["cpu_ms"] for t, v in raw["verify"].items()},
+        "draft_ms": {t: v["cpu_ms"] for t, v in raw["draft"].items()},
+        "wall_1_ms": raw["verify"]["1"]["wall_min_ms"],
+        **{k: raw[k] for k in ("target_weight_bytes", "drafter_weight_bytes", "num_layers", "hidden_size")},
+    }
+
+
+def extrapolated(results: dict, shallow: str, deep: str, layers: int) -> dict:
     """A model too large to build here, from two shallower builds of its shape: every layer costs the same
     (same weights, same work), so each cost is a + b * layers through the two measured depths."""
     out = {}
@@ -279,6 +321,7 @@ def extrapolated(results: dict, name: str, shallow: str, deep: str, layers: int)
         out[variant] = {
             "verify_ms": {t: line(a["verify_ms"][t], b["verify_ms"][t]) for t in a["verify_ms"]},
             "draft_ms": b["draft_ms"],  # the drafter is one layer whatever the target's depth
+            "wall_1_ms": line(a["wall_1_ms"], b["wall_1_ms"]),
             "target_weight_bytes": line(a["target_weight_bytes"], b["target_weight_bytes"]),
             "drafter_weight_bytes": b["drafter_weight_bytes"],
             "num_layers": layers,
@@ -296,22 +339,24 @@ def break_even(costs: dict) -> dict[int, float]:
 
 def report(plot_path: Path) -> str:
     """The break-even table (markdown) and the plot; the 3B model extrapolated from its 4/8-layer builds."""
-    results = json.loads(RESULTS.read_text())
+    raw = json.loads(RESULTS.read_text())
+    results = {model: {v: costs_of(r) for v, r in variants.items()} for model, variants in raw.items()}
     if {"llama-3b-L4", "llama-3b-L8"} <= results.keys():
-        results["llama-3b"] = extrapolated(results, "llama-3b", "llama-3b-L4", "llama-3b-L8", 28)
+        results["llama-3b"] = extrapolated(results, "llama-3b-L4", "llama-3b-L8", 28)
     models = [m for m in ("smollm2", "llama-1b", "llama-3b") if m in results]
     lines = [
-        "| model | weights | 1-row pass ms (GB/s) | verify ms T=4 / 16 / 64 | draft ms T=4 / 16 / 64 "
-        "| break-even tau T=2 / 4 / 8 / 16 / 32 / 64 |",
+        "| model | weights | 1-row pass: CPU ms; fastest wall ms (GB/s) | verify CPU ms T=4 / 16 / 64 "
+        "| draft CPU ms T=4 / 16 / 64 | break-even tau T=2 / 4 / 8 / 16 / 32 / 64 |",
         "|---|---|---|---|---|---|",
     ]
     for model in models:
         for variant, costs in results[model].items():
             v, d, one = costs["verify_ms"], costs["draft_ms"], costs["verify_ms"]["1"]
-            gbs = costs["target_weight_bytes"] / one / 1e6
+            wall = costs["wall_1_ms"]
+            gbs = costs["target_weight_bytes"] / wall / 1e6
             tau = break_even(costs)
             lines.append(
-                f"| {model} | {variant} | {one:.1f} ({gbs:.1f}) "
+                f"| {model} | {variant} | {one:.1f}; {wall:.1f} ({gbs:.1f}) "
                 f"| {' / '.join(f'{v[t]:.0f}' for t in ('4', '16', '64'))} "
                 f"| {' / '.join(f'{d[t]:.0f}' for t in ('4', '16', '64'))} | "
                 + " / ".join(f"{tau[t]:.2f}" for t in DRAFT_SHAPE)
@@ -332,6 +377,8 @@ def plot(results: dict, models: list[str], path: Path) -> None:
         for variant, costs in results[model].items():
             tau = break_even(costs)
             ax.plot(list(tau), list(tau.values()), "o-", label=variant)
+        ceiling = [d + 1 for _, d in DRAFT_SHAPE.values()]  # every draft accepted, plus the bonus token
+        ax.plot(list(DRAFT_SHAPE), ceiling, ":", color="gray", label="most a tree of that depth yields")
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(DRAFT_SHAPE), [str(t) for t in DRAFT_SHAPE])
         label = model + (" (extrapolated from 4 and 8 layers)" if model == "llama-3b" else "")
