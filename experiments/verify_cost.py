@@ -345,18 +345,18 @@ def report(plot_path: Path) -> str:
         results["llama-3b"] = extrapolated(results, "llama-3b-L4", "llama-3b-L8", 28)
     models = [m for m in ("smollm2", "llama-1b", "llama-3b") if m in results]
     lines = [
-        "| model | weights | 1-row pass: CPU ms; fastest wall ms (GB/s) | verify CPU ms T=4 / 16 / 64 "
+        "| model | weights | GB read per pass | 1-row pass: CPU ms (GB per CPU-s); fastest wall ms "
+        "| verify CPU ms T=4 / 16 / 64 "
         "| draft CPU ms T=4 / 16 / 64 | break-even tau T=2 / 4 / 8 / 16 / 32 / 64 |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for model in models:
         for variant, costs in results[model].items():
             v, d, one = costs["verify_ms"], costs["draft_ms"], costs["verify_ms"]["1"]
-            wall = costs["wall_1_ms"]
-            gbs = costs["target_weight_bytes"] / wall / 1e6
+            gb, wall = costs["target_weight_bytes"] / 1e9, costs["wall_1_ms"]
             tau = break_even(costs)
             lines.append(
-                f"| {model} | {variant} | {one:.1f}; {wall:.1f} ({gbs:.1f}) "
+                f"| {model} | {variant} | {gb:.2f} | {one:.1f} ({gb / one * 1e3:.1f}); {wall:.0f} "
                 f"| {' / '.join(f'{v[t]:.0f}' for t in ('4', '16', '64'))} "
                 f"| {' / '.join(f'{d[t]:.0f}' for t in ('4', '16', '64'))} | "
                 + " / ".join(f"{tau[t]:.2f}" for t in DRAFT_SHAPE)
