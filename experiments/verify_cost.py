@@ -351,12 +351,13 @@ def report(plot_path: Path) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for model in models:
-        for variant, costs in results[model].items():
+        for variant, costs in sorted(results[model].items(), key=lambda item: list(VARIANTS).index(item[0])):
             v, d, one = costs["verify_ms"], costs["draft_ms"], costs["verify_ms"]["1"]
-            gb, wall = costs["target_weight_bytes"] / 1e9, costs["wall_1_ms"]
+            gb = costs["target_weight_bytes"] / 1e9
+            wall = "n/a" if "extrapolated_from" in costs else f"{costs['wall_1_ms']:.0f}"
             tau = break_even(costs)
             lines.append(
-                f"| {model} | {variant} | {gb:.2f} | {one:.1f} ({gb / one * 1e3:.1f}); {wall:.0f} "
+                f"| {model} | {variant} | {gb:.2f} | {one:.1f} ({gb / one * 1e3:.1f}); {wall} "
                 f"| {' / '.join(f'{v[t]:.0f}' for t in ('4', '16', '64'))} "
                 f"| {' / '.join(f'{d[t]:.0f}' for t in ('4', '16', '64'))} | "
                 + " / ".join(f"{tau[t]:.2f}" for t in DRAFT_SHAPE)
@@ -364,6 +365,9 @@ def report(plot_path: Path) -> str:
             )
     plot(results, models, plot_path)
     return "\n".join(lines)
+
+
+COLOURS = {"fp32": "tab:blue", "int8": "tab:orange", "int4": "tab:green", "int4-a8": "tab:red"}
 
 
 def plot(results: dict, models: list[str], path: Path) -> None:
@@ -374,9 +378,9 @@ def plot(results: dict, models: list[str], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 4.2), sharey=True, squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
-        for variant, costs in results[model].items():
-            tau = break_even(costs)
-            ax.plot(list(tau), list(tau.values()), "o-", label=variant)
+        for variant in [v for v in VARIANTS if v in results[model]]:  # the same colour per variant
+            tau = break_even(results[model][variant])
+            ax.plot(list(tau), list(tau.values()), "o-", color=COLOURS[variant], label=variant)
         ceiling = [d + 1 for _, d in DRAFT_SHAPE.values()]  # every draft accepted, plus the bonus token
         ax.plot(list(DRAFT_SHAPE), ceiling, ":", color="gray", label="most a tree of that depth yields")
         ax.set_xscale("log", base=2)
