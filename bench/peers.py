@@ -2,31 +2,57 @@
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from eaglex.bench.methods import Method, TransformersMethod
 from eaglex.errors import EaglexError
+from eaglex.extras import require
 from eaglex.runtime.engine import Engine
 
+# Each peer with what it needs installed (keys of eaglex.extras.EXTRAS): genai's model builder reads the
+# Hugging Face weights with torch and transformers.
+PEERS: dict[str, tuple[str, ...]] = {
+    "transformers": ("export",),
+    "onnxruntime-genai": ("onnxruntime-genai", "export"),
+    "llama.cpp": ("llama.cpp",),
+}
 
-def peer_methods(engine: Engine, threads: int) -> list[Method]:
+
+def parse_peers(names: str) -> list[str]:
+    """The comma-separated peer names of `--peers`, checked (unknown names, missing packages) up front."""
+    peers = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in peers if name not in PEERS]
+    if unknown or not peers:
+        raise EaglexError(f"--peers {names!r}: choose from {', '.join(PEERS)}")
+    needs = dict.fromkeys(need for name in peers for need in PEERS[name])
+    require(needs, f"--compare with {', '.join(peers)}", " (or leave that peer out with --peers)")
+    return peers
+
+
+def peer_methods(
+    engine: Engine,
+    threads: int,
+    peers: Sequence[str] = tuple(PEERS),
+    progress: Callable[[str], object] = print,
+) -> list[Method]:
     source = Path(engine.manifest.target.source)
-    if not (source / "config.json").is_file():
+    if {"transformers", "onnxruntime-genai"} & set(peers) and not (source / "config.json").is_file():
         raise EaglexError(
             f"--compare needs the target's Hugging Face folder {source} (named in the manifest)"
         )
-    try:
-        methods: list[Method] = [
+    methods: list[Method] = []
+    if "transformers" in peers:
+        methods += [
             TransformersMethod(source, threads, engine.stop_tokens),
             TransformersMethod(source, threads, engine.stop_tokens, prompt_lookup=True),
         ]
-    except ImportError:
-        raise EaglexError("--compare needs torch and transformers: pip install 'eaglex[export]'") from None
-    try:
+    if "onnxruntime-genai" in peers:
+        from eaglex.bench.genai import genai_methods
+
+        methods += genai_methods(source, threads, engine.stop_tokens, progress)
+    if "llama.cpp" in peers:
         from eaglex.bench.llamacpp import llamacpp_methods
-    except ImportError:
-        print("llama.cpp peer skipped: pip install 'eaglex[peers]' to add it", file=sys.stderr)
-    else:
+
         methods += llamacpp_methods(engine, threads)
     return methods

@@ -84,11 +84,7 @@ def run_native(build: Path, artifact: Path, prompts, speculative: bool, tree, ma
 
 
 def summarise(totals: dict, engine: Engine) -> dict:
-    files = engine.manifest.raw["files"]
-
-    def graph_bytes(file: str) -> int:
-        return sum(info["bytes"] for name, info in files.items() if name.startswith(file))
-
+    graph_bytes = engine.manifest.graph_bytes
     weights = totals["passes"] * graph_bytes(engine.manifest.target.file)
     if engine.manifest.drafter:
         weights += totals["drafter_calls"] * graph_bytes(engine.manifest.drafter.file)

@@ -39,6 +39,8 @@ def test_bench_writes_json_table_and_plot(artifact, tmp_path):
         "--max-new-tokens",
         "8",
         "--compare",
+        "--peers",
+        "transformers",  # genai's and llama.cpp's builds take minutes: tests/test_peers.py covers them
         "--out",
         tmp_path,
     )

@@ -101,6 +101,9 @@ def export(
     precision: str,
 ) -> None:
     """Export a target model (and drafter) to ONNX graphs plus a manifest."""
+    from eaglex.extras import require
+
+    require(["export"], "eaglex export")
     from eaglex.exporter.workdir import check_out_dir
 
     check_out_dir(out, overwrite)  # in a blink, before torch is imported and the model is loaded

@@ -34,8 +34,15 @@ POSITIVE = click.IntRange(min=1)
 @click.option(
     "--compare",
     is_flag=True,
-    help="Also run peers on the same weights and prompts: transformers generate, its prompt lookup, "
-    "and llama.cpp when llama-cpp-python is installed (extra eaglex[peers]).",
+    help="Also run peers on the same weights and prompts (see --peers): transformers generate and its "
+    "prompt lookup (extra eaglex[export]), onnxruntime-genai at fp32 and int4 and llama.cpp at f32, f16 and "
+    "Q4_1 (extra eaglex[peers]).",
+)
+@click.option(
+    "--peers",
+    default="transformers,onnxruntime-genai,llama.cpp",
+    show_default=True,
+    help="With --compare: which peers to run.",
 )
 @click.option(
     "--out",
@@ -52,6 +59,7 @@ def bench(
     temperature: float,
     threads: int,
     compare: bool,
+    peers: str,
     out: Path | None,
 ) -> None:
     """Acceptance length, tokens/s and speedup per benchmark set, methods interleaved prompt by prompt."""
@@ -59,10 +67,15 @@ def bench(
 
     from eaglex.bench.datasets import load_prompts
     from eaglex.bench.methods import EaglexMethod
-    from eaglex.bench.peers import peer_methods
+    from eaglex.bench.peers import parse_peers, peer_methods
     from eaglex.bench.report import markdown_table, plot
     from eaglex.bench.suite import run_suite
+    from eaglex.extras import require
     from eaglex.runtime.engine import Engine
+
+    # Every optional package this run will use is checked now, not after minutes of decoding.
+    require(["bench"], "eaglex bench (its plot)")
+    peer_names = parse_peers(peers) if compare else []
 
     engine = Engine.load(artifact, threads=threads)
     if engine.drafter is None:
@@ -70,7 +83,7 @@ def bench(
     prompts = {name: load_prompts(name, limit) for name in sets.split(",")}
     methods = [EaglexMethod(engine, False, temperature), EaglexMethod(engine, True, temperature)]
     if compare:
-        methods += peer_methods(engine, threads)
+        methods += peer_methods(engine, threads, peer_names, progress)
     for method in methods:
         progress(f"{method.name}: {method.setup}")
     results = run_suite(engine, methods, prompts, max_new_tokens)

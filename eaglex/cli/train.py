@@ -236,6 +236,9 @@ def train_drafter(
     the rate and the time left. Rerun the same command to resume after an interruption: answers, features
     and checkpoints are kept in the work folder.
     """
+    from eaglex.extras import require
+
+    require(["export"], "eaglex train-drafter")
     import torch
 
     from eaglex.bench.datasets import evaluation_texts
