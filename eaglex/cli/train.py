@@ -248,12 +248,7 @@ def train_drafter(
     from eaglex.train.pipeline import DataConfig
     from eaglex.train.pipeline import train_drafter as run_training
 
-    if regenerate_turns < 1:
-        raise EaglexError(f"--regenerate-turns {regenerate_turns}: give 1 (first turns only) or more")
-    if merge_turns and regenerate_turns == 1:
-        raise EaglexError("--merge-turns merges answered later turns: pass --regenerate-turns 2 or more")
-    if rechoose_vocab and not init_from:
-        raise EaglexError("--rechoose-vocab needs --init-from: a fresh run always chooses its vocabulary")
+    check_flags(regenerate_turns, merge_turns, rechoose_vocab, init_from)
     torch.set_num_threads(threads)
     device = torch_device(device)
     if regenerate_workers < 1 or (regenerate_workers > 1 and device != "cpu"):
@@ -317,3 +312,15 @@ def train_drafter(
         live_features=live_features,
     )
     click.echo(out)
+
+
+def check_flags(
+    regenerate_turns: int, merge_turns: bool, rechoose_vocab: bool, init_from: Path | None
+) -> None:
+    """Flags that contradict each other, refused before torch loads anything."""
+    if regenerate_turns < 1:
+        raise EaglexError(f"--regenerate-turns {regenerate_turns}: give 1 (first turns only) or more")
+    if merge_turns and regenerate_turns == 1:
+        raise EaglexError("--merge-turns merges answered later turns: pass --regenerate-turns 2 or more")
+    if rechoose_vocab and not init_from:
+        raise EaglexError("--rechoose-vocab needs --init-from: a fresh run always chooses its vocabulary")
