@@ -70,7 +70,7 @@ def main() -> None:
         reference, _ = run(target, [verify_segment(alone)], len(prompt))
         # Packed: the others' regions first, this one at an odd offset, all trees in one pass.
         seqs, start = [], 0
-        for j, other in enumerate(prompts):
+        for other in prompts:
             seq = Sequence(other, config, start, len(other) + 64, 64)
             start += seq.size + 13
             seqs.append(seq)
