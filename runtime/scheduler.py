@@ -19,10 +19,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from eaglex.errors import EaglexError
 from eaglex.runtime.batch import PackedStep, Sequence, prefill_segment, verify_segment
 from eaglex.runtime.engine import Engine
 from eaglex.runtime.generate import GenerationConfig, GenerationStats
+from eaglex.runtime.prefix_cache import Cached, PrefixCache
 
 
 class QueueFull(EaglexError):
@@ -50,6 +53,9 @@ class Regions:
 
     def free(self, start: int, size: int) -> None:
         self.used.remove((start, size))
+
+    def shrink(self, start: int, size: int, new_size: int) -> None:
+        self.used[self.used.index((start, size))] = (start, new_size)
 
     @property
     def top(self) -> int:
@@ -102,7 +108,11 @@ class BatchEngine:
         max_queue: int = 64,
         prefill_chunk: int = 64,
         rows_per_pass: int = 64,
+        prefix_cache: int | None = None,
     ):
+        """prefix_cache: cache slots kept for finished requests' prefixes (runtime/prefix_cache.py; default
+        a quarter of the regions' slots, 0 = off). Cached regions sit below the passes' rows, so they
+        widen every pass's attention a little: the budget trades that against prefills saved."""
         if engine.manifest.raw.get("backend", "onnxruntime") != "onnxruntime" or not hasattr(
             engine.target, "move"
         ):
@@ -128,6 +138,7 @@ class BatchEngine:
             )
         self.capacity = capacity
         self.regions = Regions(capacity - self.scratch)
+        self.prefix = PrefixCache(self.regions.limit // 4 if prefix_cache is None else prefix_cache)
         self.waiting: collections.deque[Request] = collections.deque()
         self.active: list[Request] = []
         self.metrics = Metrics()
@@ -238,13 +249,43 @@ class BatchEngine:
             budget = min(
                 request.config.max_new_tokens, self.engine.target.capacity - n, self.context_limit - n
             )
-            start = self.regions.allocate(n + budget)
+            while (start := self.regions.allocate(n + budget)) is None and (
+                old := self.prefix.evict_oldest()
+            ):
+                self.regions.free(old.start, old.size)  # running requests come before cached prefixes
             if start is None:
                 return  # the oldest request waits for room; later ones do not overtake it
             self.waiting.popleft()
-            request.seq = Sequence(request.prompt, request.config, start, n + budget, budget)
-            request.seq.started = request.submitted
+            seq = request.seq = Sequence(request.prompt, request.config, start, n + budget, budget)
+            seq.started = request.submitted
+            self._reuse_prefix(seq)
             self.active.append(request)
+
+    def _reuse_prefix(self, seq: Sequence) -> None:
+        """Copies the longest cached prefix of the prompt into the new region: its prefill starts there."""
+        entry, rows = self.prefix.lookup(seq.prompt)
+        if entry is None or rows < 1:
+            return
+        source, destination = entry.start + np.arange(rows), seq.start + np.arange(rows)
+        self.engine.target.move(source, destination)
+        if self.engine.drafter is not None:
+            self.engine.drafter.session.move(source, destination)
+        seq.committed = seq.drafted = rows
+        self.prefix.hits += 1
+        self.prefix.reused_tokens += rows
+
+    def _retire(self, request: Request) -> None:
+        """A finished request's region goes to the prefix cache (shrunk to its reusable rows)."""
+        seq = request.seq
+        assert seq is not None
+        rows = min(seq.committed, seq.drafted if self.engine.drafter is not None else seq.committed)
+        if not self.prefix.max_slots or rows < 2 or rows > self.prefix.max_slots:
+            self._release(request)
+            return
+        self.regions.shrink(seq.start, seq.size, rows)
+        tokens = tuple([*seq.prompt, *seq.generated][:rows])
+        for old in self.prefix.add(Cached(tokens, seq.start, rows, rows)):
+            self.regions.free(old.start, old.size)
 
     def _release(self, request: Request) -> None:
         assert request.seq is not None
@@ -304,7 +345,7 @@ class BatchEngine:
             if tokens:
                 request.sink(tokens, None)
             if seq.done:
-                self._release(request)
+                self._retire(request)
                 self.active.remove(request)
                 metrics.finished += 1
                 request.sink([], seq.stats)

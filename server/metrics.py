@@ -17,6 +17,14 @@ def prometheus_text(batch: BatchEngine) -> str:
         ("generated_tokens_total", "counter", "Tokens generated.", m.tokens),
         ("target_passes_total", "counter", "Packed target passes.", m.passes),
         ("busy_seconds_total", "counter", "Seconds spent running passes.", m.busy_seconds),
+        ("prefix_cache_hits_total", "counter", "Requests that reused a cached prefix.", batch.prefix.hits),
+        (
+            "prefix_cache_tokens_total",
+            "counter",
+            "Prompt tokens not prefilled again.",
+            batch.prefix.reused_tokens,
+        ),
+        ("prefix_cache_slots", "gauge", "KV-cache slots held by cached prefixes.", batch.prefix.slots),
         (
             "tokens_per_second",
             "gauge",

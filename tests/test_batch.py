@@ -19,6 +19,7 @@ from eaglex.errors import EaglexError
 from eaglex.runtime.batch import PackedStep, Segment, Sequence, pack
 from eaglex.runtime.engine import Engine
 from eaglex.runtime.generate import GenerationConfig, GenerationStats
+from eaglex.runtime.prefix_cache import Cached, PrefixCache
 from eaglex.runtime.scheduler import BatchEngine, QueueFull, Regions
 from eaglex.runtime.tree import DraftTree
 
@@ -113,7 +114,8 @@ def test_batched_greedy_equals_each_sequence_alone(engine, max_batch, prefill_ch
     batch = BatchEngine(engine, max_batch=max_batch, prefill_chunk=prefill_chunk, rows_per_pass=48)
     try:
         assert concurrently(batch, items) == expected
-        assert batch.metrics.finished == len(items) and not batch.active and batch.regions.top == 0
+        assert batch.metrics.finished == len(items) and not batch.active
+        assert len(batch.regions.used) == len(batch.prefix.entries)  # only cached prefixes hold slots
     finally:
         batch.close()
 
@@ -252,3 +254,32 @@ def test_batched_sampling_keeps_the_target_distribution(engine, exact, monkeypat
     stat, df = chi_square(counts, exact_second_and_third(exact))
     assert df >= 40
     assert (stat > critical_value(df)) == flawed, (stat, df, critical_value(df))
+
+
+def test_prefix_cache_lookup_add_and_lru():
+    cache = PrefixCache(max_slots=10)
+    assert cache.add(Cached((1, 2, 3, 4), 0, 4, 4)) == []
+    assert cache.lookup([1, 2, 3, 9, 9]) == (cache.entries[0], 2)  # shared 3 tokens: 2 rows
+    assert cache.lookup([1, 2, 3, 4, 5, 6])[1] == 3 and cache.lookup([7, 1])[1] == 0
+    longer = Cached((1, 2, 3, 4, 5), 20, 5, 5)
+    assert cache.add(longer) == [cache_entry := Cached((1, 2, 3, 4), 0, 4, 4)]  # a prefix of it: redundant
+    assert list(cache.entries.values()) == [longer] and cache_entry.start == 0
+    assert cache.add(Cached((8, 8, 8), 40, 3, 3)) == []
+    assert cache.add(Cached((9, 9, 9), 50, 3, 3)) == [longer]  # over 10 slots: the least recent goes
+
+
+def test_a_second_turn_reuses_the_first_turns_cache_and_decodes_the_same(engine):
+    config = engine.default_config(max_new_tokens=20)
+    first = prompts(1, seed=11, longest=30)[0] + [5]
+    answer = alone(engine, first, config)
+    second = [*first, *answer, 7, 8, 9]
+    expected = alone(engine, second, config)
+    for slots in (0, None):  # off, then on (the default budget)
+        batch = BatchEngine(engine, max_batch=2, prefill_chunk=8, prefix_cache=slots)
+        try:
+            assert [t for chunk in batch.generate(first, config) for t in chunk] == answer
+            assert [t for chunk in batch.generate(second, config) for t in chunk] == expected
+            reused = batch.prefix.reused_tokens
+        finally:
+            batch.close()
+        assert (batch.prefix.hits, reused > len(first)) == ((0, False) if slots == 0 else (1, True))
