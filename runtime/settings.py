@@ -49,12 +49,16 @@ def check_generation_settings(
     total_tokens: Any,
     speculative: Any,
     ngram: Any = 0,
+    sample_top_k: Any = 0,
 ) -> None:
     """Types and ranges of GenerationConfig's fields (its __post_init__ calls this)."""
     values = {"max_new_tokens": max_new_tokens, "top_k": top_k, "depth": depth, "total_tokens": total_tokens}
     for name, value in values.items():
         check_integer(name, value, INTEGERS[name])
-    check_integer("ngram", ngram, 0)  # its upper bound depends on the artifact's tree (Engine.check)
+    check_integer("ngram", ngram, 0)
+    check_integer(
+        "sample_top_k", sample_top_k, 0
+    )  # 0: off  # its upper bound depends on the artifact's tree (Engine.check)
     validate_sampling(check_number("temperature", temperature), check_number("top_p", top_p))
     if seed is not None:
         check_integer("seed", seed, 0)

@@ -9,8 +9,8 @@ import numpy as np
 from eaglex.runtime.sampling import probabilities, sample
 from eaglex.runtime.tree import DraftTree
 
-# accept_sampling's signature: (tree, logits [T, V], temperature, top_p, rng) -> (path, bonus)
-Accept = Callable[[DraftTree, np.ndarray, float, float, np.random.Generator], tuple[np.ndarray, int]]
+# accept_sampling's signature: (tree, logits [T, V], temperature, top_p, rng, top_k) -> (path, bonus)
+Accept = Callable[[DraftTree, np.ndarray, float, float, np.random.Generator, int], tuple[np.ndarray, int]]
 
 
 def chi_square(counts: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
@@ -34,10 +34,10 @@ def critical_value(df: int, z: float = 3.719016485455709) -> float:
 def flawed_rule(renormalise: bool = True, q: float = 1.0, bonus_from_residual: bool = True) -> Accept:
     """accept_sampling's rule with one deliberate flaw, to show that the statistical test catches it."""
 
-    def accept(tree, logits, temperature, top_p, rng):
+    def accept(tree, logits, temperature, top_p, rng, top_k=0):
         node, path = 0, [0]
         while True:
-            p = probabilities(logits[node], temperature, top_p)
+            p = probabilities(logits[node], temperature, top_p, top_k)
             residual = p.copy()
             for child in tree.children(node):
                 token = tree.tokens[child]
