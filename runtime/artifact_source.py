@@ -63,13 +63,7 @@ def resolve_artifact(
             )
         return Path(text)
     base = text.rstrip("/")
-    manifest_bytes = _read_all(base, "manifest.json")
-    try:
-        files = json.loads(manifest_bytes)["files"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise EaglexError(f"{base}/manifest.json is not an eaglex artifact manifest") from None
-    for name in files:
-        _check_name(name, base)
+    manifest_bytes, files = read_remote_manifest(base)
     root = cache or default_cache()
     root.mkdir(parents=True, exist_ok=True)
     entry = root / hashlib.sha256(manifest_bytes).hexdigest()[:32]
@@ -85,6 +79,21 @@ def resolve_artifact(
                 shutil.rmtree(entry)
         _fetch_into(base, manifest_bytes, files, entry, progress)
     return entry
+
+
+def read_remote_manifest(uri: str) -> tuple[bytes, dict[str, dict]]:
+    """The manifest at a URI, as bytes and its checked list of files."""
+    base = uri.rstrip("/")
+    manifest_bytes = _read_all(base, "manifest.json")
+    try:
+        files = json.loads(manifest_bytes)["files"]
+        for name, info in files.items():
+            _check_name(name, base)
+            if not isinstance(info["bytes"], int) or not isinstance(info["sha256"], str):
+                raise ValueError(name)
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
+        raise EaglexError(f"{base}/manifest.json is not an eaglex artifact manifest") from None
+    return manifest_bytes, files
 
 
 def _fetch_into(
