@@ -1,0 +1,185 @@
+"""`eaglex serve --ray` on a local Ray instance: 2 replicas of 1 thread, the official `openai` client.
+
+The artifact reaches the replicas as an http:// URI (a loopback http.server), so every replica fetches
+and verifies it into its own cache first. Ray's HTTP proxy listens on 127.0.0.1; Ray's internal services
+bind to this machine's own address (Ray maps 127.0.0.1 to it). Every wait is bounded: a hang fails."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="needs eaglex[ray] (ray[serve])")
+openai = pytest.importorskip("openai", reason="needs the openai client")
+serve_ray = pytest.importorskip("eaglex.serve_ray")
+from ray import serve  # noqa: E402
+
+MAX_CONTEXT = 512
+PROMPTS = [f"w{3 + i} w{40 + 7 * i} w{90 - 5 * i} w{11 + 3 * i}" for i in range(8)]
+NEW_TOKENS = 48
+REQUEST_TIMEOUT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def artifact(tiny_model, tmp_path_factory) -> Path:
+    from eaglex.exporter.checkpoints import write_random_drafter
+    from eaglex.exporter.export import export_artifact
+
+    tmp = tmp_path_factory.mktemp("ray")
+    drafter = write_random_drafter(tiny_model("llama"), tmp / "drafter", seed=1)
+    out = tmp / "www" / "artifact"
+    out.parent.mkdir()
+    return export_artifact(
+        tiny_model("llama"), out, drafter, max_context=MAX_CONTEXT, progress=lambda _: None
+    )
+
+
+@pytest.fixture(scope="module")
+def expected(artifact) -> dict[str, str]:
+    """Each prompt's greedy text from one engine, alone and without speculation."""
+    from eaglex.runtime.engine import Engine
+
+    engine = Engine.load(artifact, threads=1)
+    config = engine.default_config(max_new_tokens=NEW_TOKENS, temperature=0.0, speculative=False)
+    return {p: "".join(engine.stream_text(engine.encode(p), config)) for p in PROMPTS}
+
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def base_url(artifact, tmp_path_factory):
+    """Ray (2 CPUs, no dashboard), the artifact served over loopback http, 2 replicas of 1 thread."""
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=artifact.parent))
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{files.server_address[1]}/artifact"
+    cache = tmp_path_factory.mktemp("replica-cache")
+    port = free_port()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"EAGLEX_CACHE": str(cache), "OMP_NUM_THREADS": "1"}},
+    )
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        args = serve_ray.ray_args(artifact=uri, replicas=2, threads_per_replica=1, max_batch=4)
+        serve.run(serve_ray.build_app(args), name=serve_ray.APP_NAME, route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        files.shutdown()
+        files.server_close()
+
+
+def client(base_url: str) -> openai.OpenAI:
+    # No retries: a failed request must show as failed, not be hidden by the client.
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="none", max_retries=0, timeout=REQUEST_TIMEOUT_S)
+
+
+def stream(base_url: str, model: str, prompt: str, result: dict | None = None) -> dict:
+    """One streaming completion into `result` as it goes: its replica (header), whether its first text
+    arrived, its text, whether it finished, or the error it ended with."""
+    result = {} if result is None else result
+    result.update(prompt=prompt, replica=None, started=False, text="", done=False, error=None)
+    try:
+        raw = client(base_url).completions.with_raw_response.create(
+            model=model, prompt=prompt, max_tokens=NEW_TOKENS, temperature=0.0, stream=True
+        )
+        result["replica"] = raw.headers.get(serve_ray.REPLICA_HEADER)
+        for chunk in raw.parse():
+            result["text"] += "".join(c.text for c in chunk.choices)
+            result["started"] = result["started"] or bool(result["text"])
+        result["done"] = True
+    except Exception as e:  # the fault test expects some; the others assert there are none
+        result["error"] = f"{type(e).__name__}: {e}"
+    return result
+
+
+def model_name(base_url: str) -> str:
+    return client(base_url).models.list().data[0].id
+
+
+def replica_pids(replica: str) -> list[int]:
+    from ray._private import state
+
+    name = f"SERVE_REPLICA::{serve_ray.APP_NAME}#EaglexReplica#{replica}"
+    return [a["Pid"] for a in state.actors().values() if a["Name"] == name and a["State"] == "ALIVE"]
+
+
+def running_replicas() -> int:
+    deployment = serve.status().applications[serve_ray.APP_NAME].deployments["EaglexReplica"]
+    return deployment.replica_states.get("RUNNING", 0)
+
+
+def test_eight_streaming_clients_lossless_over_both_replicas(base_url, expected) -> None:
+    model = model_name(base_url)
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        results = list(pool.map(lambda p: stream(base_url, model, p), PROMPTS))
+    for r in results:
+        assert r["error"] is None, r
+        assert r["text"] == expected[r["prompt"]], r
+    # max_ongoing_requests = max_batch = 4 per replica: 8 at once need both.
+    assert len({r["replica"] for r in results}) == 2, [r["replica"] for r in results]
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_killed_replica_fails_its_requests_cleanly_and_comes_back(base_url, expected) -> None:
+    model = model_name(base_url)
+    results = [{} for _ in PROMPTS]
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        futures = [pool.submit(stream, base_url, model, p, r) for p, r in zip(PROMPTS, results, strict=True)]
+        # Kill the replica of a request that is streaming: its process dies mid-generation.
+        in_flight = lambda: [r for r in results if r.get("started") and not r["done"]]  # noqa: E731
+        wait_for(in_flight, REQUEST_TIMEOUT_S, "a request to start streaming")
+        victim = in_flight()[0]["replica"]
+        (pid,) = replica_pids(victim)
+        os.kill(pid, signal.SIGKILL)
+        for future in futures:
+            future.result(timeout=2 * REQUEST_TIMEOUT_S)  # none hangs
+    # The other replica's requests finish whole; those on the killed one (or not yet answered by any)
+    # end with an error the client sees, or were retried and are whole.
+    survivors = [r for r in results if r["replica"] not in (victim, None)]
+    assert survivors and all(r["error"] is None and r["text"] == expected[r["prompt"]] for r in survivors)
+    lost = [r for r in results if r not in survivors]
+    assert any(r["error"] for r in lost)
+    for r in lost:
+        assert r["error"] is not None or r["text"] == expected[r["prompt"]], r
+    print("errors on the killed replica:", sorted({r["error"] for r in results if r["error"]}))
+    # Ray Serve replaces the replica: a new one (new id) serves next to the survivor, all whole again.
+    wait_for(lambda: not replica_pids(victim), 60, "the killed replica to be noticed")
+    seen: set[str] = set()
+
+    def replaced() -> bool:
+        with ThreadPoolExecutor(len(PROMPTS)) as pool:
+            again = list(pool.map(lambda p: stream(base_url, model, p), PROMPTS))
+        assert all(r["error"] is None and r["text"] == expected[r["prompt"]] for r in again), again
+        seen.update(r["replica"] for r in again)
+        return len(seen - {victim}) == 2
+
+    wait_for(replaced, 60, "a replacement replica to serve")
+    assert victim not in seen and running_replicas() == 2
