@@ -13,6 +13,7 @@ artifact=...`, or `import_path` in a Ray Serve config file (deploy/kuberay-rayse
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ REPLICA_HEADER = "x-eaglex-replica"
 # a replica busy decoding a long batch is not declared dead.
 HEALTH_CHECK_PERIOD_S = 5.0
 HEALTH_CHECK_TIMEOUT_S = 30.0
+PROBE_TIMEOUT_S = 20.0
 
 
 class RayArgs(BaseModel):
@@ -86,6 +88,40 @@ def deployment_options(args: RayArgs) -> dict[str, Any]:
     return options
 
 
+class EngineHealth:
+    """Whether a batching engine still serves: one greedy token through the path every request takes.
+
+    A probe that fails means the engine is broken (a failed pass fails every request in it). A probe
+    that cannot finish in time, or finds the queue full, means a busy engine, which is healthy as long
+    as its worker keeps making passes; one that made none since the last check is stuck or dead."""
+
+    def __init__(self, engine: Any, timeout_s: float = PROBE_TIMEOUT_S):
+        self.engine, self.timeout_s = engine, timeout_s
+        self.passes = engine.metrics.passes
+
+    async def check(self) -> None:
+        from eaglex.runtime.scheduler import QueueFull
+
+        runtime = self.engine.engine
+        manifest = runtime.manifest
+        token = manifest.bos_token_id if manifest.bos_token_id is not None else manifest.eos_token_ids[0]
+        config = runtime.default_config(max_new_tokens=1, temperature=0.0, speculative=False)
+        try:
+            await asyncio.wait_for(self._drain(self.engine.stream([token], config)), self.timeout_s)
+        except (QueueFull, asyncio.TimeoutError):
+            if self.engine.metrics.passes == self.passes:
+                raise RuntimeError("the engine is busy but made no pass since the last check") from None
+        except Exception as e:
+            raise RuntimeError(f"the engine failed a one-token probe: {e}") from e
+        finally:
+            self.passes = self.engine.metrics.passes
+
+    @staticmethod
+    async def _drain(tokens: Any) -> None:
+        async for _ in tokens:
+            pass
+
+
 class ReplicaHeader:
     """ASGI middleware naming the replica that answered (response header x-eaglex-replica): shows how
     Ray spread the requests, and which replica a failed request was on."""
@@ -118,6 +154,7 @@ class EaglexReplica:
         self.args = args
         path = resolve_artifact(args.artifact, progress=print)
         self.engine = _load_engine(path, args)
+        self.health = EngineHealth(self.engine)
         print(f"replica {self.replica}: engine ready in {time.perf_counter() - started:.1f} s", flush=True)
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -125,9 +162,9 @@ class EaglexReplica:
         app.add_middleware(ReplicaHeader, replica=self.replica)
         return app
 
-    def check_health(self) -> None:
+    async def check_health(self) -> None:
         """Raising here makes Ray Serve replace this replica (docs/DEPLOY.md)."""
-        _check_engine(self.engine)
+        await self.health.check()
 
 
 def ray_args(**options: Any) -> RayArgs:
@@ -186,8 +223,8 @@ def run_on_ray(
         ray.shutdown()
 
 
-# The three points where this module meets the single-process server (eaglex serve): its engine, its app
-# factory, and its engine's health.
+# The two points where this module meets the single-process server (eaglex serve): its engine and its
+# app factory.
 
 
 def _load_engine(path: Any, args: RayArgs) -> Any:
@@ -195,8 +232,4 @@ def _load_engine(path: Any, args: RayArgs) -> Any:
 
 
 def _build_server_app(engine: Any, args: RayArgs) -> Any:
-    raise NotImplementedError
-
-
-def _check_engine(engine: Any) -> None:
     raise NotImplementedError
