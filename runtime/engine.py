@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,8 +60,16 @@ def open_session(
 class Engine:
     """An artifact's graphs, caches and tokenizer. Holds no global state: several engines can coexist.
 
-    One engine runs one generation at a time (its KV caches are preallocated and reused).
+    One engine runs one generation at a time (its KV caches are preallocated and reused): a second
+    generation started while one is running (another thread, or an interleaved generator) raises
+    EaglexError instead of corrupting both. Serve many requests at once with eaglex.runtime.batch.
     """
+
+    BUSY = (
+        "this Engine is already generating (another thread, or a generator not yet exhausted or closed): "
+        "one Engine runs one generation at a time; finish or close() the first, load a second Engine, or "
+        "serve concurrent requests through eaglex.runtime.batch.BatchEngine"
+    )
 
     def __init__(
         self, manifest: Manifest, threads: int = 2, backend: str = "onnxruntime", device: str = "auto"
@@ -110,6 +119,7 @@ class Engine:
             embeddings = np.load(manifest.path("embed_tokens.npy"), mmap_mode="r")
             self.drafter = EagleDrafter(session, embeddings, 3 * target.hidden_size)
         self.stop_tokens = set(manifest.eos_token_ids)
+        self._busy = threading.Lock()  # held while a generation runs: its caches are in use
 
     @classmethod
     def load(
@@ -181,15 +191,20 @@ class Engine:
     ) -> Iterator[list[int]]:
         """Yields lists of new token ids as they are accepted (one list per target pass)."""
         self.check(prompt, config)
-        drafter = self.drafter if config.speculative else None
-        return generate(
-            self.target,
-            drafter,
-            prompt,
-            config,
-            self.stop_tokens,
-            stats if stats is not None else GenerationStats(),
-        )
+        return self._exclusive(prompt, config, stats if stats is not None else GenerationStats())
+
+    def _exclusive(
+        self, prompt: list[int], config: GenerationConfig, stats: GenerationStats
+    ) -> Iterator[list[int]]:
+        """The generation holding the engine: the lock is taken at the first next() (a generator that is
+        never started holds nothing) and released when the generator ends, is closed or is collected."""
+        if not self._busy.acquire(blocking=False):
+            raise EaglexError(self.BUSY)
+        try:
+            drafter = self.drafter if config.speculative else None
+            yield from generate(self.target, drafter, prompt, config, self.stop_tokens, stats)
+        finally:
+            self._busy.release()
 
     def stream_text(
         self, prompt: list[int], config: GenerationConfig, stats: GenerationStats | None = None

@@ -34,6 +34,12 @@ class KVCache:
         if _moves(start, slots):
             self.data[..., start : start + len(slots), :] = self.data[..., slots, :]
 
+    def move(self, slots: np.ndarray, to: np.ndarray) -> None:
+        """Copies rows `slots` to rows `to` (any slots; the two sets must not overlap): packed batches move
+        each sequence's accepted rows from the pass's scratch rows into its own region (runtime/batch.py)."""
+        if len(slots):
+            self.data[..., to, :] = self.data[..., slots, :]
+
 
 class DeviceKVCache:
     """The same layout in one onnxruntime buffer on `device` ("cuda", or "cpu" to run this path anywhere).
@@ -71,8 +77,14 @@ class DeviceKVCache:
         if not _moves(start, slots):
             return
         self.binding.bind_cpu_input("slots", np.asarray(slots, dtype=np.int64))
-        self.binding.bind_cpu_input("destinations", destinations(self.shape, start, len(slots)))
+        self.binding.bind_cpu_input("destinations", destinations(self.shape, start + np.arange(len(slots))))
         self.compactor.run_with_iobinding(self.binding)
+
+    def move(self, slots: np.ndarray, to: np.ndarray) -> None:
+        if len(slots):
+            self.binding.bind_cpu_input("slots", np.asarray(slots, dtype=np.int64))
+            self.binding.bind_cpu_input("destinations", destinations(self.shape, np.asarray(to)))
+            self.compactor.run_with_iobinding(self.binding)
 
     def numpy(self) -> np.ndarray:
         """A host copy of the whole cache (for tests and debugging)."""
@@ -85,8 +97,8 @@ def _moves(start: int, slots: np.ndarray) -> bool:
     return bool(n) and not (slots[0] == start and slots[-1] == start + n - 1)
 
 
-def destinations(cache_shape: tuple[int, ...], start: int, count: int) -> np.ndarray:
-    """kv_compact.onnx's `destinations`: the full index [layer, kind, 0, head, start + i] of the i-th kept
+def destinations(cache_shape: tuple[int, ...], to: np.ndarray) -> np.ndarray:
+    """kv_compact.onnx's `destinations`: the full index [layer, kind, 0, head, to[i]] of the i-th kept
     row, for every layer, keys and values, and head."""
     layers, kinds, batch, heads = cache_shape[:4]
     grid = np.meshgrid(
@@ -94,7 +106,7 @@ def destinations(cache_shape: tuple[int, ...], start: int, count: int) -> np.nda
         np.arange(kinds),
         np.arange(batch),
         np.arange(heads),
-        np.arange(start, start + count),
+        np.asarray(to, dtype=np.int64),
         indexing="ij",
     )
     return np.stack(grid, axis=-1).astype(np.int64)

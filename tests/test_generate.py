@@ -183,3 +183,42 @@ def test_only_the_target_session_spins(engine):
     key = "session.intra_op.allow_spinning"
     assert engine.target.session.get_session_options().get_session_config_entry(key) == "1"
     assert engine.drafter.session.session.get_session_options().get_session_config_entry(key) == "0"
+
+
+def test_a_second_concurrent_generation_is_refused_not_corrupted(engine):
+    """Two interleaved generators, or two threads, on one Engine: the second fails clearly and the first
+    still decodes exactly what it decodes alone."""
+    import threading
+
+    from eaglex.errors import EaglexError
+
+    prompt = prompts(1, seed=7)[0]
+    alone, _ = run(engine, prompt)
+    first = engine.generate(prompt, GenerationConfig(max_new_tokens=40))
+    tokens = list(next(first))
+    with pytest.raises(EaglexError, match="already generating"):
+        next(engine.generate(prompts(1, seed=8)[0], GenerationConfig(max_new_tokens=40)))
+    tokens += [t for chunk in first for t in chunk]
+    assert tokens == alone
+    # Closing a half-consumed generator frees the engine.
+    started = engine.generate(prompt, GenerationConfig(max_new_tokens=40))
+    next(started)
+    started.close()
+    assert run(engine, prompt)[0] == alone
+
+    results: list[object] = []
+
+    def worker() -> None:
+        try:
+            results.append(run(engine, prompt)[0])
+        except EaglexError as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Whatever the interleaving, every finished generation is the lone one; the others were refused.
+    assert all(r == alone or isinstance(r, EaglexError) for r in results)
+    assert any(r == alone for r in results)

@@ -24,3 +24,7 @@ class GraphSession(Protocol):
     def keep(self, start: int, slots: np.ndarray) -> None:
         """Compacts the cache: rows `slots` move to start, start+1, ... (the accepted path of a tree)."""
         ...
+
+    def move(self, slots: np.ndarray, to: np.ndarray) -> None:
+        """Copies rows `slots` to rows `to`, two disjoint sets (packed batches, runtime/batch.py)."""
+        ...

@@ -163,3 +163,6 @@ class OrtGraphSession:
 
     def keep(self, start: int, slots: np.ndarray) -> None:
         self.cache.keep(start, slots)
+
+    def move(self, slots: np.ndarray, to: np.ndarray) -> None:
+        self.cache.move(slots, to)

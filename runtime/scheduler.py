@@ -1,0 +1,331 @@
+"""Serving many requests from one Engine: a bounded queue, admission into KV-cache regions, and a worker
+thread that runs packed steps (runtime/batch.py) while requests join and leave between them.
+
+Each step: admit waiting requests whose region fits (first come, first served, like vLLM's scheduler
+without preemption), drop cancelled ones, commit drafter rows, grow every decoding sequence's tree (its size
+shrinks as the batch grows: rows per pass are a budget shared by speculation and batching), then one target
+pass over all trees plus prompt chunks up to `prefill_chunk` rows. Tokens go to each request's sink as soon
+as its pass accepts them. Thread-safe: `submit` from any thread, `stream` from any asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+
+from eaglex.errors import EaglexError
+from eaglex.runtime.batch import PackedStep, Sequence, prefill_segment, verify_segment
+from eaglex.runtime.engine import Engine
+from eaglex.runtime.generate import GenerationConfig, GenerationStats
+
+
+class QueueFull(EaglexError):
+    """The bounded queue of waiting requests is full: retry later (the server answers 503)."""
+
+
+class Regions:
+    """First-fit allocation of contiguous cache slots below `limit`; `top` is the end of the highest region
+    (a packed pass writes its rows from there)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used: list[tuple[int, int]] = []  # (start, size), sorted by start
+
+    def allocate(self, size: int) -> int | None:
+        start = 0
+        for used_start, used_size in self.used:
+            if used_start - start >= size:
+                break
+            start = used_start + used_size
+        if start + size > self.limit:
+            return None
+        bisect.insort(self.used, (start, size))
+        return start
+
+    def free(self, start: int, size: int) -> None:
+        self.used.remove((start, size))
+
+    @property
+    def top(self) -> int:
+        return max((s + n for s, n in self.used), default=0)
+
+
+@dataclass(eq=False)
+class Request:
+    """A submitted request: tokens arrive through `sink(tokens, stats_or_error)`; `stats` is passed (and
+    `tokens` empty) once when it ends, an EaglexError instead if it failed."""
+
+    prompt: list[int]
+    config: GenerationConfig
+    sink: Callable[[list[int], GenerationStats | Exception | None], None]
+    cancelled: bool = False
+    submitted: float = field(default_factory=time.perf_counter)
+    seq: Sequence | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True  # the worker frees its slot before its next pass
+
+
+@dataclass
+class Metrics:
+    """Counters for /metrics (read without the lock: each is one attribute, updated by the worker)."""
+
+    requests: int = 0
+    finished: int = 0
+    cancelled: int = 0
+    rejected: int = 0
+    tokens: int = 0
+    passes: int = 0
+    sequence_passes: int = 0  # decoding sequences summed over passes
+    verified: int = 0
+    ttft_sum: float = 0.0
+    ttft_count: int = 0
+    batch: int = 0  # sequences in the last pass
+    started: float = field(default_factory=time.perf_counter)
+
+
+class BatchEngine:
+    """Runs an Engine's graphs for many requests at once. Holds the Engine for its whole life (plain
+    `Engine.generate` is refused meanwhile), until `close`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        prefill_chunk: int = 64,
+        rows_per_pass: int = 64,
+    ):
+        if engine.manifest.raw.get("backend", "onnxruntime") != "onnxruntime" or not hasattr(
+            engine.target, "move"
+        ):
+            raise EaglexError("batched serving runs the onnxruntime flavour of an artifact on onnxruntime")
+        if min(max_batch, max_queue, prefill_chunk, rows_per_pass) < 1:
+            raise EaglexError("max_batch, max_queue, prefill_chunk and rows_per_pass must be at least 1")
+        if not engine._busy.acquire(blocking=False):
+            raise EaglexError(Engine.BUSY)
+        self.engine = engine
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.prefill_chunk, self.rows_per_pass = prefill_chunk, rows_per_pass
+        self.step_runner = PackedStep(engine.target, engine.drafter, engine.stop_tokens)
+        capacity = engine.target.capacity
+        if engine.drafter is not None:
+            capacity = min(capacity, engine.drafter.session.capacity)
+        # Scratch rows above the regions, for a target pass: trees (at least a root each, `tree_sizes`) and a
+        # prompt chunk. The drafter's deeper tree levels use what is left and stop growing when it is full.
+        self.scratch = max(rows_per_pass, max_batch) + prefill_chunk
+        if capacity - self.scratch < 2:
+            raise EaglexError(
+                f"the artifact's context of {capacity} leaves no room for {max_batch} sequences' trees and "
+                "prompt chunks: lower --max-batch or re-export with a larger --max-context"
+            )
+        self.capacity = capacity
+        self.regions = Regions(capacity - self.scratch)
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.active: list[Request] = []
+        self.metrics = Metrics()
+        self._lock = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._loop, name="eaglex-batch", daemon=True)
+        self._worker.start()
+
+    @property
+    def context_limit(self) -> int:
+        """The most prompt plus new tokens one request may hold."""
+        return self.regions.limit
+
+    # Submitting -------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt: list[int],
+        config: GenerationConfig,
+        sink: Callable[[list[int], GenerationStats | Exception | None], None],
+    ) -> Request:
+        """Queues a request; raises EaglexError for bad settings and QueueFull when the queue is full."""
+        self.engine.check(prompt, config)
+        if len(prompt) + 1 > self.context_limit:
+            raise EaglexError(
+                f"the prompt has {len(prompt)} tokens but this server holds at most {self.context_limit} "
+                "tokens per request (prompt plus new tokens): shorten the prompt"
+            )
+        request = Request(prompt, config, sink)
+        with self._lock:
+            if self._closed:
+                raise EaglexError("the batch engine is closed")
+            if len(self.waiting) >= self.max_queue:
+                self.metrics.rejected += 1
+                raise QueueFull(f"the queue of {self.max_queue} waiting requests is full: retry later")
+            self.waiting.append(request)
+            self.metrics.requests += 1
+            self._lock.notify()
+        return request
+
+    def generate(self, prompt: list[int], config: GenerationConfig, stats: GenerationStats | None = None):
+        """Blocking iterator over token lists, as Engine.generate, safe from any number of threads."""
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        request = self.submit(prompt, config, lambda tokens, end: inbox.put((tokens, end)))
+        return _drain(inbox, request, stats)
+
+    async def stream(
+        self, prompt: list[int], config: GenerationConfig, stats: GenerationStats | None = None
+    ) -> AsyncIterator[list[int]]:
+        """`async for tokens in engine.stream(...)`: token lists as passes accept them. Leaving the loop
+        early (or the task being cancelled) cancels the request and frees its slot."""
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+        request = self.submit(
+            prompt, config, lambda t, end: loop.call_soon_threadsafe(inbox.put_nowait, (t, end))
+        )
+        try:
+            while True:
+                tokens, end = await inbox.get()
+                if tokens:
+                    yield tokens
+                if end is not None:
+                    _finish(end, stats)
+                    return
+        finally:
+            request.cancel()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.waiting)
+
+    def close(self) -> None:
+        """Stops the worker after its current pass, fails what is left, and gives the Engine back."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._worker.join()
+        for request in [*self.active, *self.waiting]:
+            request.sink([], EaglexError("the server is shutting down"))
+        self.active, self.waiting = [], collections.deque()
+        self.engine._busy.release()
+
+    # The worker -------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and not self.waiting and not self.active:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                self._admit()
+            try:
+                self._step()
+            except Exception as e:  # a failed pass fails its requests, never the server
+                error = e if isinstance(e, EaglexError) else EaglexError(f"generation failed: {e}")
+                for request in self.active:
+                    self._release(request)
+                    request.sink([], error)
+                self.active = []
+
+    def _admit(self) -> None:
+        """Moves waiting requests into the batch while a slot and a region are free (in arrival order)."""
+        while self.waiting and len(self.active) < self.max_batch:
+            request = self.waiting[0]
+            if request.cancelled:
+                self.waiting.popleft()
+                self.metrics.cancelled += 1
+                continue
+            n = len(request.prompt)
+            budget = min(
+                request.config.max_new_tokens, self.engine.target.capacity - n, self.context_limit - n
+            )
+            start = self.regions.allocate(n + budget)
+            if start is None:
+                return  # the oldest request waits for room; later ones do not overtake it
+            self.waiting.popleft()
+            request.seq = Sequence(request.prompt, request.config, start, n + budget, budget)
+            request.seq.started = request.submitted
+            self.active.append(request)
+
+    def _release(self, request: Request) -> None:
+        assert request.seq is not None
+        self.regions.free(request.seq.start, request.seq.size)
+
+    def _step(self) -> None:
+        for request in [r for r in self.active if r.cancelled]:
+            self._release(request)
+            self.active.remove(request)
+            self.metrics.cancelled += 1
+        if not self.active:
+            return
+        seqs = [r.seq for r in self.active]
+        top, runner = self.regions.top, self.step_runner
+        clock = time.perf_counter()
+        runner.extend(seqs, top)
+        decoding = [s for s in seqs if not s.prefilling]
+        sizes = self.tree_sizes(decoding)
+        runner.grow(decoding, sizes, top, self.capacity - top)
+        drafted = time.perf_counter()
+        segments = [verify_segment(s) for s in decoding]
+        chunk = self.prefill_chunk
+        for seq in (s for s in seqs if s.prefilling):
+            if chunk > 0:
+                segments.append(prefill_segment(seq, chunk))
+                chunk -= len(segments[-1].tokens)
+        emitted = runner.target_pass(segments, top)
+        done = time.perf_counter()
+        for seq in decoding:
+            seq.stats.draft_seconds += drafted - clock
+            seq.stats.verify_seconds += done - drafted
+            seq.stats.decode_seconds += done - clock
+        self._deliver(segments, emitted, len(decoding))
+
+    def tree_sizes(self, decoding: list[Sequence]) -> list[int]:
+        """Nodes per tree: each sequence's own setting, cut so that the pass stays near `rows_per_pass`
+        rows; 1 (plain decoding) when speculation is off or the batch leaves no room for a tree."""
+        share = max(1, self.rows_per_pass // max(len(decoding), 1))
+        return [min(s.config.total_tokens, share) if s.config.speculative else 1 for s in decoding]
+
+    def _deliver(self, segments: list, emitted: list[list[int]], decoding: int) -> None:
+        metrics = self.metrics
+        metrics.passes += 1
+        metrics.batch = len(segments)
+        metrics.sequence_passes += decoding
+        by_seq = {id(seg.seq): tokens for seg, tokens in zip(segments, emitted, strict=True)}
+        for request in list(self.active):
+            seq = request.seq
+            tokens = by_seq.get(id(seq), [])
+            if tokens and len(seq.generated) == len(tokens):  # its first token
+                metrics.ttft_sum += time.perf_counter() - request.submitted
+                metrics.ttft_count += 1
+            elif tokens:
+                metrics.verified += len(tokens)
+            metrics.tokens += len(tokens)
+            if tokens:
+                request.sink(tokens, None)
+            if seq.done:
+                self._release(request)
+                self.active.remove(request)
+                metrics.finished += 1
+                request.sink([], seq.stats)
+
+
+def _finish(end: GenerationStats | Exception, stats: GenerationStats | None) -> None:
+    if isinstance(end, Exception):
+        raise end
+    if stats is not None:
+        stats.__dict__.update(end.__dict__)
+
+
+def _drain(inbox: queue.SimpleQueue, request: Request, stats: GenerationStats | None) -> Iterator[list[int]]:
+    try:
+        while True:
+            tokens, end = inbox.get()
+            if tokens:
+                yield tokens
+            if end is not None:
+                _finish(end, stats)
+                return
+    finally:
+        request.cancel()
