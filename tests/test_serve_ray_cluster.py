@@ -6,6 +6,7 @@ bind to this machine's own address (Ray maps 127.0.0.1 to it). Every wait is bou
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import os
 import signal
@@ -56,6 +57,59 @@ def expected(artifact) -> dict[str, str]:
 class Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
+
+
+@pytest.fixture
+def batch(artifact):
+    from eaglex.runtime.engine import Engine
+    from eaglex.runtime.scheduler import BatchEngine
+
+    batch = BatchEngine(Engine.load(artifact, threads=1), max_batch=2, max_queue=2)
+    yield batch
+    batch.close()
+
+
+def test_health_probe_passes_on_a_working_engine(batch) -> None:
+    asyncio.run(serve_ray.EngineHealth(batch).check())
+    assert batch.metrics.finished == 1  # the probe went through the engine
+
+
+def test_health_probe_fails_on_a_broken_engine(batch, monkeypatch) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("onnxruntime lost its session")
+
+    monkeypatch.setattr(batch.step_runner, "target_pass", broken)
+    with pytest.raises(RuntimeError, match=r"probe: .*lost its session"):
+        asyncio.run(serve_ray.EngineHealth(batch).check())
+
+
+def test_health_probe_tells_busy_from_stuck(batch, monkeypatch) -> None:
+    health = serve_ray.EngineHealth(batch, timeout_s=0.0)
+    config = batch.engine.default_config(max_new_tokens=400, temperature=0.0)
+    long = threading.Thread(target=lambda: list(batch.generate([5, 6, 7], config)))
+    long.start()
+    deadline = time.monotonic() + 30
+    while batch.metrics.passes <= health.passes:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    asyncio.run(health.check())  # no answer in time, but passes go on: busy, healthy
+    entered, stuck = threading.Event(), threading.Event()
+    original = batch.step_runner.target_pass
+
+    def hang(*args: object) -> object:
+        entered.set()
+        stuck.wait(30)
+        return original(*args)
+
+    monkeypatch.setattr(batch.step_runner, "target_pass", hang)
+    assert entered.wait(30)  # the worker is in a pass that does not end
+    health.passes = batch.metrics.passes
+    try:
+        with pytest.raises(RuntimeError, match="no pass since the last check"):
+            asyncio.run(health.check())
+    finally:
+        stuck.set()
+        long.join(30)
 
 
 def free_port() -> int:
