@@ -24,14 +24,19 @@ def accept_greedy(tree: DraftTree, target_argmax: np.ndarray) -> tuple[np.ndarra
 
 
 def accept_sampling(
-    tree: DraftTree, logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator
+    tree: DraftTree,
+    logits: np.ndarray,
+    temperature: float,
+    top_p: float,
+    rng: np.random.Generator,
+    top_k: int = 0,
 ) -> tuple[np.ndarray, int]:
     """Speculative sampling over a deterministic draft tree; the emitted tokens follow the target exactly.
 
     logits [T, V]: the target's logits at every node. At the current node, with p the target distribution
-    (`probabilities`), try its children in tree order: accept child c with probability r(c), where r is p
-    with the already-rejected siblings zeroed and renormalised; on acceptance move to c and repeat. When
-    every child is rejected (or there is none), the bonus token is drawn from r.
+    (`probabilities`, top_k included), try its children in tree order: accept child c with probability
+    r(c), where r is p with the already-rejected siblings zeroed and renormalised; on acceptance move to c
+    and repeat. When every child is rejected (or there is none), the bonus token is drawn from r.
 
     Why this is lossless: the tree does not depend on the target's randomness (the drafter proposes its
     top-k, q = 1), so P(emit c_1) = p(c_1), P(emit c_2) = (1 - p(c_1)) * p(c_2) / (1 - p(c_1)) = p(c_2), ...,
@@ -43,7 +48,7 @@ def accept_sampling(
     """
     path = [0]
     while True:
-        residual = probabilities(logits[path[-1]], temperature, top_p)
+        residual = probabilities(logits[path[-1]], temperature, top_p, top_k)
         for child in tree.children(path[-1]):
             token = tree.tokens[child]
             # The mass is re-summed rather than updated by subtraction: when a single token is left its

@@ -161,7 +161,7 @@ class PackedStep:
         config = seq.config
         last = logits[-1]
         root = int(last.argmax()) if config.temperature == 0 else sample(
-            probabilities(last, config.temperature, config.top_p), seq.rng
+            probabilities(last, config.temperature, config.top_p, config.sample_top_k), seq.rng
         )  # fmt: skip
         seq.generated = [root]
         seq.stats.prefill_seconds = time.perf_counter() - seq.started
@@ -175,7 +175,9 @@ class PackedStep:
         if config.temperature == 0:
             path, bonus = accept_greedy(tree, logits.argmax(-1))
         else:
-            path, bonus = accept_sampling(tree, logits, config.temperature, config.top_p, seq.rng)
+            path, bonus = accept_sampling(
+                tree, logits, config.temperature, config.top_p, seq.rng, config.sample_top_k
+            )
         room = seq.budget - len(seq.generated)
         new = _stop_at([*tree.tokens[path[1:]].tolist(), bonus], self.stop_tokens, room)
         seq.generated += new

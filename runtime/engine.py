@@ -173,6 +173,8 @@ class Engine:
         if config.max_new_tokens < 1:
             raise EaglexError(f"--max-new-tokens must be at least 1, got {config.max_new_tokens}")
         validate_sampling(config.temperature, config.top_p)
+        if config.sample_top_k < 0:
+            raise EaglexError(f"the sampling top-k must be >= 0 (0 = off), got {config.sample_top_k}")
         if config.speculative and self.drafter is not None:
             if not 1 <= config.top_k <= max_top_k:
                 raise EaglexError(

@@ -20,6 +20,7 @@ class GenerationConfig:
     max_new_tokens: int = 128
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
+    sample_top_k: int = 0  # > 0: sample among the k most likely tokens only (the tree's top_k is below)
     seed: int | None = None
     top_k: int = 8  # tree: children per node and frontier width
     depth: int = 5  # tree: levels below the root (drafter calls per round)
@@ -73,7 +74,7 @@ def generate(
     root = (
         int(logits.argmax())
         if greedy
-        else sample(probabilities(logits, config.temperature, config.top_p), rng)
+        else sample(probabilities(logits, config.temperature, config.top_p, config.sample_top_k), rng)
     )
     generated, cache_len = [root], n
     if drafter is not None:
@@ -100,7 +101,9 @@ def generate(
         if greedy:
             path, bonus = accept_greedy(tree, logits.argmax(-1))
         else:
-            path, bonus = accept_sampling(tree, logits, config.temperature, config.top_p, rng)
+            path, bonus = accept_sampling(
+                tree, logits, config.temperature, config.top_p, rng, config.sample_top_k
+            )
         new = _stop_at([*tree.tokens[path[1:]].tolist(), bonus], stop_tokens, budget - len(generated))
         generated += new
         stats.target_passes += 1

@@ -19,10 +19,11 @@ def validate_sampling(temperature: float, top_p: float) -> None:
         raise EaglexError(f"--top-p must be in (0, 1], got {top_p:g}")
 
 
-def probabilities(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
+def probabilities(logits: np.ndarray, temperature: float, top_p: float, top_k: int = 0) -> np.ndarray:
     """Next-token distribution [..., V] float64 from logits [..., V].
 
-    softmax(logits / temperature), then the nucleus: the smallest set of most likely tokens whose mass
+    softmax(logits / temperature), then top_k (> 0: the k most likely tokens, ties at the edge all kept,
+    renormalised), then the nucleus: the smallest set of most likely tokens whose mass
     reaches top_p (never empty; ties at its edge all kept), renormalised. Temperature 0 gives a one-hot
     argmax, so that sampling at temperature 0 is greedy decoding. float64 because acceptance divides by
     residual masses.
@@ -35,6 +36,10 @@ def probabilities(logits: np.ndarray, temperature: float, top_p: float) -> np.nd
     z = logits / temperature
     probs = np.exp(z - z.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
+    if 0 < top_k < probs.shape[-1]:
+        kth = np.take(np.partition(probs, -top_k, axis=-1), [-top_k], axis=-1)
+        probs = np.where(probs >= kth, probs, 0.0)
+        probs /= probs.sum(-1, keepdims=True)
     if top_p < 1:
         # The nucleus ends at the first token (in descending order) whose inclusion reaches top_p: the top
         # token always stays. Tokens tied with the last kept one are all kept, so the result does not

@@ -87,6 +87,7 @@ class Metrics:
     ttft_sum: float = 0.0
     ttft_count: int = 0
     batch: int = 0  # sequences in the last pass
+    busy_seconds: float = 0.0  # time spent in steps
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -173,26 +174,23 @@ class BatchEngine:
         request = self.submit(prompt, config, lambda tokens, end: inbox.put((tokens, end)))
         return _drain(inbox, request, stats)
 
-    async def stream(
+    def stream(
         self, prompt: list[int], config: GenerationConfig, stats: GenerationStats | None = None
     ) -> AsyncIterator[list[int]]:
-        """`async for tokens in engine.stream(...)`: token lists as passes accept them. Leaving the loop
-        early (or the task being cancelled) cancels the request and frees its slot."""
+        """`async for tokens in engine.stream(...)` inside an asyncio loop: token lists as passes accept
+        them. Submits at once (so QueueFull and bad settings raise here, before any iteration); closing the
+        iterator early, or cancelling its task, cancels the request and frees its slot."""
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
-        request = self.submit(
-            prompt, config, lambda t, end: loop.call_soon_threadsafe(inbox.put_nowait, (t, end))
-        )
-        try:
-            while True:
-                tokens, end = await inbox.get()
-                if tokens:
-                    yield tokens
-                if end is not None:
-                    _finish(end, stats)
-                    return
-        finally:
-            request.cancel()
+
+        def sink(tokens: list[int], end: GenerationStats | Exception | None) -> None:
+            try:
+                loop.call_soon_threadsafe(inbox.put_nowait, (tokens, end))
+            except RuntimeError:  # the loop is closed: nobody reads this request any more
+                request.cancel()
+
+        request = self.submit(prompt, config, sink)
+        return _stream(inbox, request, stats)
 
     @property
     def queue_depth(self) -> int:
@@ -275,6 +273,7 @@ class BatchEngine:
                 chunk -= len(segments[-1].tokens)
         emitted = runner.target_pass(segments, top)
         done = time.perf_counter()
+        self.metrics.busy_seconds += done - clock
         for seq in decoding:
             seq.stats.draft_seconds += drafted - clock
             seq.stats.verify_seconds += done - drafted
@@ -316,6 +315,21 @@ def _finish(end: GenerationStats | Exception, stats: GenerationStats | None) -> 
         raise end
     if stats is not None:
         stats.__dict__.update(end.__dict__)
+
+
+async def _stream(
+    inbox: asyncio.Queue, request: Request, stats: GenerationStats | None
+) -> AsyncIterator[list[int]]:
+    try:
+        while True:
+            tokens, end = await inbox.get()
+            if tokens:
+                yield tokens
+            if end is not None:
+                _finish(end, stats)
+                return
+    finally:
+        request.cancel()
 
 
 def _drain(inbox: queue.SimpleQueue, request: Request, stats: GenerationStats | None) -> Iterator[list[int]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from eaglex.cli import export, measure, run, train
+from eaglex.cli import export, measure, run, serve, train
 from eaglex.cli.common import resolve_model, user_errors
 
 
@@ -19,6 +19,7 @@ for command in (
     export.export,
     export.build,
     run.run,
+    serve.serve,
     train.train_drafter,
     measure.bench,
     measure.tune,
