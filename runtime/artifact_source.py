@@ -45,6 +45,14 @@ def is_uri(source: str) -> bool:
     return urllib.parse.urlsplit(source).scheme in SCHEMES
 
 
+def artifact_name(source: str | Path) -> str:
+    """The artifact folder's name (the model id a server reports by default), for a path or a URI."""
+    text = str(source)
+    if is_uri(text):
+        return PurePosixPath(urllib.parse.urlsplit(text).path.rstrip("/")).name
+    return Path(text).resolve().name
+
+
 def resolve_artifact(
     source: str | Path,
     cache: Path | None = None,

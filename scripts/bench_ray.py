@@ -54,7 +54,7 @@ def start_servers(artifact: str, max_batch: int) -> tuple[dict[str, str], subpro
     import ray
     from ray import serve
 
-    from eaglex.serve_ray import build_app, ray_args
+    from eaglex.server.ray_deploy import build_app, ray_args
 
     port = free_port()
     command = ["serve", artifact, "--threads", "2", "--port", str(port), "--max-batch", str(max_batch)]

@@ -44,7 +44,7 @@ def test_is_a_rayservice_with_a_cluster(service) -> None:
 
 def test_import_path_names_the_application_builder(application) -> None:
     module, attr = application["import_path"].split(":")
-    assert module == "eaglex.serve_ray"
+    assert module == "eaglex.server.ray_deploy"
     spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin is not None
     tree = ast.parse(Path(spec.origin).read_text())  # read, not imported: ray may be absent
@@ -63,9 +63,9 @@ def test_args_are_the_cli_options(application, service) -> None:
     assert set(args) <= options | {"artifact"}
     assert "ray" in options
     # And the values pass the same validation as the CLI's.
-    serve_ray = pytest.importorskip("eaglex.serve_ray", reason="needs eaglex[ray]")
-    parsed = serve_ray.ray_args(**args)
-    low, high = serve_ray.parse_autoscale(parsed.autoscale)
+    ray_deploy = pytest.importorskip("eaglex.server.ray_deploy", reason="needs eaglex[ray]")
+    parsed = ray_deploy.ray_args(**args)
+    low, high = ray_deploy.parse_autoscale(parsed.autoscale)
     workers = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     cpus = int(workers["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
     assert cpus == parsed.threads_per_replica  # one replica per worker pod

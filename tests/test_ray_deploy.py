@@ -1,4 +1,4 @@
-"""eaglex.serve_ray without a Ray cluster: settings, deployment options, the replica header."""
+"""eaglex.server.ray_deploy without a Ray cluster: settings, deployment options, the replica header."""
 
 from __future__ import annotations
 
@@ -8,23 +8,23 @@ import pytest
 
 from eaglex.errors import EaglexError
 
-serve_ray = pytest.importorskip("eaglex.serve_ray", reason="needs eaglex[ray] (ray[serve])")
+ray_deploy = pytest.importorskip("eaglex.server.ray_deploy", reason="needs eaglex[ray] (ray[serve])")
 
 
 @pytest.mark.parametrize(("text", "expected"), [("1:4", (1, 4)), ("0:2", (0, 2)), ("3:3", (3, 3))])
 def test_parse_autoscale(text, expected) -> None:
-    assert serve_ray.parse_autoscale(text) == expected
+    assert ray_deploy.parse_autoscale(text) == expected
 
 
 @pytest.mark.parametrize("text", ["4", "4:1", "0:0", "a:b", "1:2:3", "-1:2"])
 def test_parse_autoscale_refuses(text) -> None:
     with pytest.raises(EaglexError, match="--autoscale"):
-        serve_ray.parse_autoscale(text)
+        ray_deploy.parse_autoscale(text)
 
 
 def test_fixed_replicas_get_a_cpu_per_thread_and_a_batch_each() -> None:
-    options = serve_ray.deployment_options(
-        serve_ray.ray_args(artifact="a", replicas=2, threads_per_replica=3, max_batch=4)
+    options = ray_deploy.deployment_options(
+        ray_deploy.ray_args(artifact="a", replicas=2, threads_per_replica=3, max_batch=4)
     )
     assert options["num_replicas"] == 2
     assert options["ray_actor_options"] == {"num_cpus": 3}
@@ -33,7 +33,7 @@ def test_fixed_replicas_get_a_cpu_per_thread_and_a_batch_each() -> None:
 
 
 def test_autoscaling_targets_ongoing_requests() -> None:
-    options = serve_ray.deployment_options(serve_ray.ray_args(artifact="a", autoscale="0:5", max_batch=8))
+    options = ray_deploy.deployment_options(ray_deploy.ray_args(artifact="a", autoscale="0:5", max_batch=8))
     assert "num_replicas" not in options
     assert options["autoscaling_config"] == {
         "min_replicas": 0,
@@ -54,7 +54,7 @@ def test_autoscaling_targets_ongoing_requests() -> None:
 )
 def test_bad_settings_are_one_line_errors(options, words) -> None:
     with pytest.raises(EaglexError, match=words):
-        serve_ray.ray_args(artifact="a", **options)
+        ray_deploy.ray_args(artifact="a", **options)
 
 
 def test_replica_header_is_added_to_http_responses_only() -> None:
@@ -67,7 +67,7 @@ def test_replica_header_is_added_to_http_responses_only() -> None:
     async def send(message: dict) -> None:
         sent.append(message)
 
-    wrapped = serve_ray.ReplicaHeader(app, "r1")
+    wrapped = ray_deploy.ReplicaHeader(app, "r1")
     asyncio.run(wrapped({"type": "http"}, None, send))
     assert sent[0]["headers"] == [(b"a", b"b"), (b"x-eaglex-replica", b"r1")]
     assert sent[1] == {"type": "http.response.body", "body": b"x"}

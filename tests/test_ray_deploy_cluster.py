@@ -21,7 +21,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="needs eaglex[ray] (ray[serve])")
 openai = pytest.importorskip("openai", reason="needs the openai client")
-serve_ray = pytest.importorskip("eaglex.serve_ray")
+ray_deploy = pytest.importorskip("eaglex.server.ray_deploy")
 from ray import serve  # noqa: E402
 
 MAX_CONTEXT = 512
@@ -70,7 +70,7 @@ def batch(artifact):
 
 
 def test_health_probe_passes_on_a_working_engine(batch) -> None:
-    asyncio.run(serve_ray.EngineHealth(batch).check())
+    asyncio.run(ray_deploy.EngineHealth(batch).check())
     assert batch.metrics.finished == 1  # the probe went through the engine
 
 
@@ -80,11 +80,11 @@ def test_health_probe_fails_on_a_broken_engine(batch, monkeypatch) -> None:
 
     monkeypatch.setattr(batch.step_runner, "target_pass", broken)
     with pytest.raises(RuntimeError, match=r"probe: .*lost its session"):
-        asyncio.run(serve_ray.EngineHealth(batch).check())
+        asyncio.run(ray_deploy.EngineHealth(batch).check())
 
 
 def test_health_probe_tells_busy_from_stuck(batch, monkeypatch) -> None:
-    health = serve_ray.EngineHealth(batch, timeout_s=0.0)
+    health = ray_deploy.EngineHealth(batch, timeout_s=0.0)
     config = batch.engine.default_config(max_new_tokens=400, temperature=0.0)
     long = threading.Thread(target=lambda: list(batch.generate([5, 6, 7], config)))
     long.start()
@@ -134,8 +134,8 @@ def base_url(artifact, tmp_path_factory):
     )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        args = serve_ray.ray_args(artifact=uri, replicas=2, threads_per_replica=1, max_batch=4)
-        serve.run(serve_ray.build_app(args), name=serve_ray.APP_NAME, route_prefix="/")
+        args = ray_deploy.ray_args(artifact=uri, replicas=2, threads_per_replica=1, max_batch=4)
+        serve.run(ray_deploy.build_app(args), name=ray_deploy.APP_NAME, route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
@@ -158,7 +158,7 @@ def stream(base_url: str, model: str, prompt: str, result: dict | None = None) -
         raw = client(base_url).completions.with_raw_response.create(
             model=model, prompt=prompt, max_tokens=NEW_TOKENS, temperature=0.0, stream=True
         )
-        result["replica"] = raw.headers.get(serve_ray.REPLICA_HEADER)
+        result["replica"] = raw.headers.get(ray_deploy.REPLICA_HEADER)
         for chunk in raw.parse():
             result["text"] += "".join(c.text for c in chunk.choices)
             result["started"] = result["started"] or bool(result["text"])
@@ -175,12 +175,12 @@ def model_name(base_url: str) -> str:
 def replica_pids(replica: str) -> list[int]:
     from ray._private import state
 
-    name = f"SERVE_REPLICA::{serve_ray.APP_NAME}#EaglexReplica#{replica}"
+    name = f"SERVE_REPLICA::{ray_deploy.APP_NAME}#EaglexReplica#{replica}"
     return [a["Pid"] for a in state.actors().values() if a["Name"] == name and a["State"] == "ALIVE"]
 
 
 def running_replicas() -> int:
-    deployment = serve.status().applications[serve_ray.APP_NAME].deployments["EaglexReplica"]
+    deployment = serve.status().applications[ray_deploy.APP_NAME].deployments["EaglexReplica"]
     return deployment.replica_states.get("RUNNING", 0)
 
 

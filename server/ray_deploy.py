@@ -7,8 +7,9 @@ loads one engine, and builds the very app `eaglex serve` runs around it (`@serve
 response through, scales the replica count with the ongoing requests per replica, and restarts a replica
 whose `check_health` raises.
 
-`build_app` is also an application builder for Ray's own tooling: `serve run eaglex.serve_ray:build_app
-artifact=...`, or `import_path` in a Ray Serve config file (deploy/kuberay-rayservice.yaml).
+`build_app` is also an application builder for Ray's own tooling: `serve run
+eaglex.server.ray_deploy:build_app artifact=...`, or `import_path` in a Ray Serve config file
+(deploy/kuberay-rayservice.yaml).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ray import serve
 from ray.serve import Application
 
 from eaglex.errors import EaglexError
+from eaglex.runtime.artifact_source import artifact_name
 
 APP_NAME = "eaglex"
 REPLICA_HEADER = "x-eaglex-replica"
@@ -41,8 +43,17 @@ class RayArgs(BaseModel):
     replicas: int | None = Field(default=None, ge=1)
     autoscale: str | None = Field(default=None, description="MIN:MAX replicas, scaled on ongoing requests")
     threads_per_replica: int = Field(default=1, ge=1)
+    # The single-process server's options, per replica.
     max_batch: int = Field(default=8, ge=1)
     max_queue: int = Field(default=64, ge=1)
+    rows_per_pass: int = Field(default=64, ge=1)
+    prefill_chunk: int = Field(default=64, ge=1)
+    max_tokens: int = Field(default=256, ge=1)
+    model_name: str | None = None
+
+    def served_name(self) -> str:
+        """The model id clients send: --model-name, else the artifact folder's name (as eaglex serve)."""
+        return self.model_name or artifact_name(self.artifact)
 
     @model_validator(mode="after")
     def _one_scaling_mode(self) -> RayArgs:
@@ -54,7 +65,7 @@ class RayArgs(BaseModel):
 
 
 def parse_autoscale(text: str) -> tuple[int, int]:
-    """ "MIN:MAX" -> (MIN, MAX) with 0 <= MIN <= MAX and MAX >= 1."""
+    """Parses MIN:MAX into (MIN, MAX) with 0 <= MIN <= MAX and MAX >= 1."""
     parts = text.split(":")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise EaglexError(f"--autoscale {text}: write MIN:MAX replicas, for example 1:4")
@@ -147,18 +158,25 @@ class EaglexReplica:
 
     def __init__(self, args: RayArgs):
         from eaglex.runtime.artifact_source import resolve_artifact
+        from eaglex.runtime.engine import Engine
+        from eaglex.runtime.scheduler import BatchEngine
 
         started = time.perf_counter()
         context = serve.get_replica_context()
         self.replica = context.replica_id.unique_id
         self.args = args
         path = resolve_artifact(args.artifact, progress=print)
-        self.engine = _load_engine(path, args)
+        engine = Engine.load(path, threads=args.threads_per_replica, device="cpu")
+        self.engine = BatchEngine(
+            engine, args.max_batch, args.max_queue, args.prefill_chunk, args.rows_per_pass
+        )
         self.health = EngineHealth(self.engine)
         print(f"replica {self.replica}: engine ready in {time.perf_counter() - started:.1f} s", flush=True)
 
     def __serve_build_asgi_app__(self) -> Any:
-        app = _build_server_app(self.engine, self.args)
+        from eaglex.server.app import create_app
+
+        app = create_app(self.engine, self.args.served_name(), self.args.max_tokens)
         app.add_middleware(ReplicaHeader, replica=self.replica)
         return app
 
@@ -221,15 +239,3 @@ def run_on_ray(
         # On a shared cluster only this application goes; a local instance goes entirely.
         serve.delete(APP_NAME) if joined else serve.shutdown()
         ray.shutdown()
-
-
-# The two points where this module meets the single-process server (eaglex serve): its engine and its
-# app factory.
-
-
-def _load_engine(path: Any, args: RayArgs) -> Any:
-    raise NotImplementedError
-
-
-def _build_server_app(engine: Any, args: RayArgs) -> Any:
-    raise NotImplementedError
