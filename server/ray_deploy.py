@@ -85,6 +85,7 @@ def deployment_options(args: RayArgs) -> dict[str, Any]:
         "max_ongoing_requests": args.max_batch,
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
         "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
+        "logging_config": {"log_level": "WARNING"},  # no access log line per request, as eaglex serve
     }
     if args.autoscale is not None:
         low, high = parse_autoscale(args.autoscale)
@@ -227,7 +228,8 @@ def run_on_ray(
         serve.start(http_options={"host": host, "port": port})
         started = time.perf_counter()
         serve.run(build_app(args), name=APP_NAME, route_prefix="/")
-        scaling = f"autoscale {args.autoscale}" if args.autoscale else f"{args.replicas or 1} replicas"
+        replicas = args.replicas or 1
+        scaling = f"autoscale {args.autoscale}" if args.autoscale else f"{replicas} replica(s)"
         progress(
             f"serving {args.artifact} on Ray Serve at http://{host}:{port} ({scaling}, "
             f"{args.threads_per_replica} threads each; ready in {time.perf_counter() - started:.0f} s); "

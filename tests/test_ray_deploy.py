@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 
@@ -74,3 +76,28 @@ def test_replica_header_is_added_to_http_responses_only() -> None:
     sent.clear()
     asyncio.run(wrapped({"type": "lifespan"}, None, send))
     assert sent[0]["headers"] == [(b"a", b"b")]
+
+
+def eaglex(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "eaglex.cli", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--replicas", "2"], "need --ray"),
+        (["--ray", "--replicas", "2", "--autoscale", "1:2"], "not both"),
+    ],
+)
+def test_cli_refuses_bad_ray_settings_before_starting_ray(args, words, tmp_path) -> None:
+    result = eaglex("serve", str(tmp_path), *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and words in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "Ray" not in result.stderr
+
+
+def test_cli_checks_the_artifact_before_starting_ray(tmp_path) -> None:
+    result = eaglex("serve", str(tmp_path / "missing"), "--ray")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "does not exist" in lines[0], result.stderr
