@@ -49,7 +49,7 @@ def artifact_name(source: str | Path) -> str:
     """The artifact folder's name (the model id a server reports by default), for a path or a URI."""
     text = str(source)
     if is_uri(text):
-        return PurePosixPath(urllib.parse.urlsplit(text).path.rstrip("/")).name
+        return PurePosixPath(urllib.parse.unquote(urllib.parse.urlsplit(text).path).rstrip("/")).name
     return Path(text).resolve().name
 
 

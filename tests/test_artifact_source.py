@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from eaglex.errors import EaglexError
-from eaglex.runtime.artifact_source import resolve_artifact
+from eaglex.runtime.artifact_source import artifact_name, resolve_artifact
 
 FILES = {"target.onnx": b"graph" * 100, "target.onnx.data": bytes(range(256)) * 40, "engines/t.plan": b"p"}
 
@@ -141,3 +141,9 @@ def test_manifest_cannot_name_files_outside_the_artifact(tmp_path) -> None:
     with pytest.raises(EaglexError, match="outside the artifact"):
         resolve_artifact((tmp_path / "a").as_uri(), tmp_path / "cache")
     assert not (tmp_path / "escape").exists()
+
+
+def test_artifact_name_of_a_path_or_uri(tmp_path) -> None:
+    assert artifact_name("https://host/models/smollm2/") == "smollm2"
+    assert artifact_name("file:///shared/a%20b") == "a b"
+    assert artifact_name(tmp_path / "x" / "..") == tmp_path.name
