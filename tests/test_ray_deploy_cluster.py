@@ -27,6 +27,7 @@ from ray import serve  # noqa: E402
 MAX_CONTEXT = 512
 PROMPTS = [f"w{3 + i} w{40 + 7 * i} w{90 - 5 * i} w{11 + 3 * i}" for i in range(8)]
 NEW_TOKENS = 48
+LONG = 300  # the fault test's requests: long enough to be caught streaming when the replica dies
 REQUEST_TIMEOUT_S = 60.0
 
 
@@ -45,13 +46,17 @@ def artifact(tiny_model, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def expected(artifact) -> dict[str, str]:
-    """Each prompt's greedy text from one engine, alone and without speculation."""
+def expected(artifact) -> dict[tuple[str, int], str]:
+    """Each prompt's greedy text (NEW_TOKENS and LONG new tokens) from one engine, alone and without
+    speculation."""
     from eaglex.runtime.engine import Engine
 
     engine = Engine.load(artifact, threads=1)
-    config = engine.default_config(max_new_tokens=NEW_TOKENS, temperature=0.0, speculative=False)
-    return {p: "".join(engine.stream_text(engine.encode(p), config)) for p in PROMPTS}
+    texts = {}
+    for n in (NEW_TOKENS, LONG):
+        config = engine.default_config(max_new_tokens=n, temperature=0.0, speculative=False)
+        texts |= {(p, n): "".join(engine.stream_text(engine.encode(p), config)) for p in PROMPTS}
+    return texts
 
 
 class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -149,14 +154,16 @@ def client(base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base_url}/v1", api_key="none", max_retries=0, timeout=REQUEST_TIMEOUT_S)
 
 
-def stream(base_url: str, model: str, prompt: str, result: dict | None = None) -> dict:
+def stream(
+    base_url: str, model: str, prompt: str, result: dict | None = None, tokens: int = NEW_TOKENS
+) -> dict:
     """One streaming completion into `result` as it goes: its replica (header), whether its first text
     arrived, its text, whether it finished, or the error it ended with."""
     result = {} if result is None else result
-    result.update(prompt=prompt, replica=None, started=False, text="", done=False, error=None)
+    result.update(prompt=prompt, tokens=tokens, replica=None, started=False, text="", done=False, error=None)
     try:
         raw = client(base_url).completions.with_raw_response.create(
-            model=model, prompt=prompt, max_tokens=NEW_TOKENS, temperature=0.0, stream=True
+            model=model, prompt=prompt, max_tokens=tokens, temperature=0.0, stream=True
         )
         result["replica"] = raw.headers.get(ray_deploy.REPLICA_HEADER)
         for chunk in raw.parse():
@@ -189,27 +196,33 @@ def test_eight_streaming_clients_lossless_over_both_replicas(base_url, expected)
     with ThreadPoolExecutor(len(PROMPTS)) as pool:
         results = list(pool.map(lambda p: stream(base_url, model, p), PROMPTS))
     for r in results:
-        assert r["error"] is None, r
-        assert r["text"] == expected[r["prompt"]], r
+        assert whole(r, expected), r
     # max_ongoing_requests = max_batch = 4 per replica: 8 at once need both.
     assert len({r["replica"] for r in results}) == 2, [r["replica"] for r in results]
 
 
-def wait_for(condition, timeout: float, what: str) -> None:
+def whole(result: dict, expected: dict) -> bool:
+    """Finished without an error, with exactly the engine's plain greedy text."""
+    return result["error"] is None and result["text"] == expected[result["prompt"], result["tokens"]]
+
+
+def wait_for(condition, timeout: float, what: str, poll: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(0.2)
+        time.sleep(poll)
 
 
 def test_killed_replica_fails_its_requests_cleanly_and_comes_back(base_url, expected) -> None:
     model = model_name(base_url)
     results = [{} for _ in PROMPTS]
     with ThreadPoolExecutor(len(PROMPTS)) as pool:
-        futures = [pool.submit(stream, base_url, model, p, r) for p, r in zip(PROMPTS, results, strict=True)]
+        futures = [
+            pool.submit(stream, base_url, model, p, r, LONG) for p, r in zip(PROMPTS, results, strict=True)
+        ]
         # Kill the replica of a request that is streaming: its process dies mid-generation.
         in_flight = lambda: [r for r in results if r.get("started") and not r["done"]]  # noqa: E731
-        wait_for(in_flight, REQUEST_TIMEOUT_S, "a request to start streaming")
+        wait_for(in_flight, REQUEST_TIMEOUT_S, "a request to start streaming", poll=0.01)
         victim = in_flight()[0]["replica"]
         (pid,) = replica_pids(victim)
         os.kill(pid, signal.SIGKILL)
@@ -218,11 +231,11 @@ def test_killed_replica_fails_its_requests_cleanly_and_comes_back(base_url, expe
     # The other replica's requests finish whole; those on the killed one (or not yet answered by any)
     # end with an error the client sees, or were retried and are whole.
     survivors = [r for r in results if r["replica"] not in (victim, None)]
-    assert survivors and all(r["error"] is None and r["text"] == expected[r["prompt"]] for r in survivors)
+    assert survivors and all(whole(r, expected) for r in survivors), survivors
     lost = [r for r in results if r not in survivors]
     assert any(r["error"] for r in lost)
     for r in lost:
-        assert r["error"] is not None or r["text"] == expected[r["prompt"]], r
+        assert r["error"] is not None or whole(r, expected), r
     print("errors on the killed replica:", sorted({r["error"] for r in results if r["error"]}))
     # Ray Serve replaces the replica: a new one (new id) serves next to the survivor, all whole again.
     wait_for(lambda: not replica_pids(victim), 60, "the killed replica to be noticed")
@@ -231,7 +244,7 @@ def test_killed_replica_fails_its_requests_cleanly_and_comes_back(base_url, expe
     def replaced() -> bool:
         with ThreadPoolExecutor(len(PROMPTS)) as pool:
             again = list(pool.map(lambda p: stream(base_url, model, p), PROMPTS))
-        assert all(r["error"] is None and r["text"] == expected[r["prompt"]] for r in again), again
+        assert all(whole(r, expected) for r in again), again
         seen.update(r["replica"] for r in again)
         return len(seen - {victim}) == 2
 
