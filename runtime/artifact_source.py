@@ -35,6 +35,7 @@ SCHEMES = ("file", "http", "https")
 OPTIONAL_FILES = ("tune.json",)
 TIMEOUT_S = 60.0
 CHUNK = 1 << 20
+REPORT_BYTES = 100 << 20
 
 
 def default_cache() -> Path:
@@ -112,8 +113,7 @@ def _fetch_into(
         total = sum(info["bytes"] for info in files.values())
         progress(f"artifact {base}: fetching {len(files)} files, {total / 1e6:.1f} MB")
         for name, info in sorted(files.items()):
-            _download(base, name, partial / name, info["bytes"])
-            progress(f"  {name} ({info['bytes'] / 1e6:.1f} MB)")
+            _download(base, name, partial / name, info["bytes"], progress)
         for name in OPTIONAL_FILES:
             if name not in files:
                 _download_optional(base, name, partial / name)
@@ -155,10 +155,11 @@ def _read_all(base: str, name: str) -> bytes:
         return f.read()
 
 
-def _download(base: str, name: str, path: Path, size: int) -> None:
-    """Streams one file to disk; stops as soon as it runs past the manifest's size."""
+def _download(base: str, name: str, path: Path, size: int, progress: Callable[[str], None]) -> None:
+    """Streams one file to disk, reporting every REPORT_BYTES; stops as soon as it runs past the
+    manifest's size."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
+    written, reported = 0, 0
     with _open(base, name) as src, open(path, "wb") as dst:
         while True:
             try:
@@ -166,8 +167,12 @@ def _download(base: str, name: str, path: Path, size: int) -> None:
             except OSError as e:  # a connection reset or timeout halfway through the file
                 raise EaglexError(f"fetching {base}/{name} failed after {written} bytes ({e})") from None
             if not chunk:
+                progress(f"  {name} ({written / 1e6:.1f} MB)")
                 return
             written += len(chunk)
+            if written - reported >= REPORT_BYTES:
+                progress(f"  {name}: {written / 1e6:.0f} of {size / 1e6:.0f} MB")
+                reported = written
             if written > size:
                 raise EaglexError(
                     f"{base}/{name} is larger than the {size} bytes its manifest lists: the remote "
