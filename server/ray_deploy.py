@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -193,7 +194,7 @@ def ray_args(**options: Any) -> RayArgs:
     except ValidationError as e:
         first = e.errors()[0]
         where = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-") if first["loc"] else "--ray"
-        raise EaglexError(f"{where}: {first['msg']}") from None
+        raise EaglexError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def build_app(args: RayArgs) -> Application:
@@ -214,6 +215,20 @@ def check_artifact(source: str) -> None:
         load_manifest(source, checksums=False)
 
 
+def check_address(address: str | None) -> None:
+    """Refuses a HOST:PORT no Ray head answers on at once: ray.init would retry it for minutes."""
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        raise EaglexError(
+            f"--ray-address {address}: no Ray head answers there ({e}); check HOST:PORT (the port "
+            "`ray start --head` printed, 6379 by default)"
+        ) from None
+
+
 def run_on_ray(
     args: RayArgs, host: str, port: int, address: str | None, progress: Callable[[str], None]
 ) -> None:
@@ -222,7 +237,14 @@ def run_on_ray(
     import ray
 
     check_artifact(args.artifact)
-    ray.init(address=address, include_dashboard=False)
+    check_address(address)
+    try:
+        ray.init(address=address, include_dashboard=False)
+    except ConnectionError as e:
+        raise EaglexError(
+            f"no Ray cluster at {address or os.environ.get('RAY_ADDRESS')} ({e}): start one with "
+            "`ray start --head`, or leave out --ray-address to start a local one"
+        ) from None
     joined = address is not None or bool(os.environ.get("RAY_ADDRESS"))
     try:
         serve.start(http_options={"host": host, "port": port})
@@ -239,5 +261,8 @@ def run_on_ray(
             time.sleep(3600)
     finally:
         # On a shared cluster only this application goes; a local instance goes entirely.
-        serve.delete(APP_NAME) if joined else serve.shutdown()
+        if joined:
+            serve.delete(APP_NAME)
+        else:
+            serve.shutdown()
         ray.shutdown()

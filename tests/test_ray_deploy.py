@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 
@@ -101,3 +102,13 @@ def test_cli_checks_the_artifact_before_starting_ray(tmp_path) -> None:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "does not exist" in lines[0], result.stderr
+
+
+def test_a_ray_address_nobody_answers_on_is_refused_at_once() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        with pytest.raises(EaglexError, match=f"--ray-address 127.0.0.1:{port}: no Ray head"):
+            ray_deploy.check_address(f"127.0.0.1:{port}")
+    for address in (None, "auto", "ray://head:10001"):
+        ray_deploy.check_address(address)  # left to ray.init
