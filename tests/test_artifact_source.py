@@ -7,6 +7,7 @@ import http.server
 import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -147,3 +148,12 @@ def test_artifact_name_of_a_path_or_uri(tmp_path) -> None:
     assert artifact_name("https://host/models/smollm2/") == "smollm2"
     assert artifact_name("file:///shared/a%20b") == "a b"
     assert artifact_name(tmp_path / "x" / "..") == tmp_path.name
+
+
+def test_concurrent_fetches_on_one_machine_download_once(served, tmp_path) -> None:
+    server, _ = served
+    cache = tmp_path / "cache"
+    with ThreadPoolExecutor(3) as pool:
+        paths = list(pool.map(lambda _: resolve_artifact(server.url, cache), range(3)))
+    assert len(set(paths)) == 1
+    assert server.requests.count("/artifact/target.onnx.data") == 1  # the others waited, then reused it

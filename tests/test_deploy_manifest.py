@@ -70,3 +70,10 @@ def test_args_are_the_cli_options(application, service) -> None:
     cpus = int(workers["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
     assert cpus == parsed.threads_per_replica  # one replica per worker pod
     assert workers["maxReplicas"] == high and workers["minReplicas"] == max(low, 1)
+
+
+def test_image_is_built_on_the_ray_version_the_cluster_runs(service) -> None:
+    base = next(
+        line for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines() if line.startswith("FROM")
+    )
+    assert base.split(":")[1].startswith(service["spec"]["rayClusterConfig"]["rayVersion"] + "-")
