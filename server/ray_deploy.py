@@ -197,8 +197,11 @@ def ray_args(**options: Any) -> RayArgs:
         raise EaglexError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
-def build_app(args: RayArgs) -> Application:
-    """The Ray Serve application: `EaglexReplica` deployed with `deployment_options(args)`."""
+def build_app(args: RayArgs | dict[str, Any]) -> Application:
+    """The Ray Serve application: `EaglexReplica` deployed with `deployment_options(args)`. Ray's tools
+    (`serve run`, config files) pass the arguments as a dict of strings: they are validated here."""
+    if not isinstance(args, RayArgs):
+        args = ray_args(**args)
     return serve.deployment(EaglexReplica, name="EaglexReplica", **deployment_options(args)).bind(args)
 
 

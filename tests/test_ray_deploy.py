@@ -112,3 +112,20 @@ def test_a_ray_address_nobody_answers_on_is_refused_at_once() -> None:
             ray_deploy.check_address(f"127.0.0.1:{port}")
     for address in (None, "auto", "ray://head:10001"):
         ray_deploy.check_address(address)  # left to ray.init
+
+
+def test_ray_tools_build_the_app_from_string_arguments() -> None:
+    """`serve run eaglex.server.ray_deploy:build_app replicas=2 ...` and config files pass a dict of
+    strings through Ray's own builder call."""
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    args = {"artifact": "/shared/a", "replicas": "2", "threads_per_replica": "3"}
+    deployment = call_user_app_builder_with_args_if_necessary(ray_deploy.build_app, args)._bound_deployment
+    assert deployment.num_replicas == 2 and deployment.ray_actor_options == {"num_cpus": 3}
+    assert deployment.init_args[0] == ray_deploy.ray_args(
+        artifact="/shared/a", replicas=2, threads_per_replica=3
+    )
+    with pytest.raises(EaglexError, match="--threads-per-replica"):
+        call_user_app_builder_with_args_if_necessary(
+            ray_deploy.build_app, {"artifact": "a", "threads_per_replica": "0"}
+        )
