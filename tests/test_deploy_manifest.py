@@ -62,9 +62,13 @@ def test_args_are_the_cli_options(application, service) -> None:
     options = {p.name for p in command.params}
     assert set(args) <= options | {"artifact"}
     assert "ray" in options
-    # And the values pass the same validation as the CLI's.
+    # And Ray builds the application from them as KubeRay will, through the CLI's validation.
     ray_deploy = pytest.importorskip("eaglex.server.ray_deploy", reason="needs eaglex[ray]")
-    parsed = ray_deploy.ray_args(**args)
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    app = call_user_app_builder_with_args_if_necessary(ray_deploy.build_app, args)
+    parsed = app._bound_deployment.init_args[0]
+    assert parsed == ray_deploy.ray_args(**args)
     low, high = ray_deploy.parse_autoscale(parsed.autoscale)
     workers = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     cpus = int(workers["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
