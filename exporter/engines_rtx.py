@@ -204,3 +204,14 @@ def _build_all(
             files[capability], layer_lists[capability] = f"{stem}.engine", f"{stem}.layers.txt"
         entries[name] = {"profiles": [p["name"] for p in profiles], "files": files, "layers": layer_lists}
     return entries
+
+
+def attention_kernels(layers_text: str) -> dict[str, list[str]]:
+    """From a builder's layer list (`*.layers.txt`): each ONNX Attention node (attention.N) -> the engine
+    layers that implement it alone, over all profiles (a fused attention kernel is named *mha*)."""
+    kernels: dict[str, list[str]] = {}
+    for line in layers_text.splitlines():
+        found = re.search(r"^Name: ([^,]+), .*Metadata: \[ONNX Layer: (attention\.\d+)\]$", line)
+        if found:
+            kernels.setdefault(found[2], []).append(found[1])
+    return kernels
