@@ -191,6 +191,24 @@ def test_engine_layers_run_each_tree_attention_as_fused_attention(built):
 
 
 @needs_rtx
+def test_fp32_engines_decompose_the_attention(artifacts, tmp_path):
+    """No fused float32 attention kernel exists: fp32 builds mark IAttention decomposable, and the layer
+    list shows matmuls and a masked softmax in its place."""
+    from eaglex.exporter.engines import build_engines
+    from eaglex.exporter.engines_rtx import attention_kernels
+
+    _, plugin = artifacts
+    copy = tmp_path / "fp32"
+    shutil.copytree(plugin, copy)
+    build_engines(copy, "fp32", 64, None, lambda _: None, "tensorrt-rtx", "sm89")
+    layers = (copy / "engines" / "target.fp32.sm89.layers.txt").read_text()
+    kernels = attention_kernels(layers)
+    assert sorted(kernels) == [f"attention.{i}" for i in range(4)]
+    for names in kernels.values():
+        assert not [n for n in names if "mha" in n] and len([n for n in names if "Exp" in n]) == 2, names
+
+
+@needs_rtx
 def test_unsupported_op_fails_in_one_line(artifacts, tmp_path):
     _, plugin = artifacts
     bad = tmp_path / "bad"
