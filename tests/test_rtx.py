@@ -237,10 +237,15 @@ def test_compute_capabilities_and_engines_refused_clearly(artifacts):
         pick_engine(graph, ["sm80", "sm89"], "sm90")
     with pytest.raises(EaglexError, match=r"built for sm80, sm89, not for this GPU.*capability sm86"):
         pick_engine(graph, ["sm80", "sm89"], "sm86")
+    from eaglex.exporter.engines import build_engines
+
     _, plugin = artifacts
-    if HAVE_RTX:  # no GPU here to build for by default
-        assert_user_error(eaglex("build", plugin, "--flavour", "tensorrt-rtx"), "--compute-capability")
-    assert_user_error(eaglex("build", plugin, "--flavour", "tensorrt", "--compute-capability", "sm89"))
+    if HAVE_RTX and _gpu() is None:  # no GPU to build for by default
+        with pytest.raises(EaglexError, match=r"no GPU is visible here: name the GPUs.*--compute-capability"):
+            build_engines(plugin, flavour="tensorrt-rtx")
+    with pytest.raises(EaglexError, match="--compute-capability is for --flavour tensorrt-rtx"):
+        build_engines(plugin, flavour="tensorrt", compute_capabilities="sm89")
+    assert not (plugin / "engines").exists()
 
 
 def _gpu() -> str | None:
