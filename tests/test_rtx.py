@@ -39,11 +39,11 @@ class RowCacheSession:
     GPU: [layers, 2, M, kv·D]; the first P rows go in as past_*, the new rows come back and are written
     at row P."""
 
-    def __init__(self, model: onnx.ModelProto, layers: int, kv_width: int):
+    def __init__(self, model: onnx.ModelProto, layers: int, kv_width: int, capacity: int = MAX_CONTEXT):
         self.session = ort.InferenceSession(model.SerializeToString())
         self.names = [o.name for o in self.session.get_outputs()]
-        self.capacity, self.layers = MAX_CONTEXT, layers
-        self.cache = np.zeros((layers, 2, MAX_CONTEXT, kv_width), np.float32)
+        self.capacity, self.layers = capacity, layers
+        self.cache = np.zeros((layers, 2, capacity, kv_width), np.float32)
 
     def run(self, feeds: dict, cache_len: int, mask: np.ndarray) -> dict[str, np.ndarray]:
         inputs = {**feeds, "attn_mask": mask}
@@ -79,11 +79,13 @@ def artifacts(tiny_model, tmp_path_factory) -> tuple[Path, Path]:
 
 
 def rows_session(plugin: Path, graph: str) -> RowCacheSession:
+    """`graph` ("target" or "drafter") of a plugin-flavoured artifact, rewritten, on onnxruntime."""
     manifest = json.loads((plugin / "manifest.json").read_text())
     spec = manifest[graph]
     layers = manifest["target"]["num_layers"] if graph == "target" else 1
     model = standard_attention_graph(onnx.load(str(plugin / spec["file"])))
-    return RowCacheSession(model, layers, spec["num_kv_heads"] * spec["head_dim"])
+    kv_width = spec["num_kv_heads"] * spec["head_dim"]
+    return RowCacheSession(model, layers, kv_width, manifest["target"]["max_context"])
 
 
 def test_standard_attention_graph_is_valid_opset_23(artifacts):
