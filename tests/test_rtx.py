@@ -193,6 +193,26 @@ def test_engine_layers_run_each_tree_attention_as_fused_attention(built):
 
 
 @needs_rtx
+@pytest.mark.smollm2
+def test_smollm2_engines_build_for_sm80_and_sm89(smollm2_plugin_artifact, tmp_path):
+    """SmolLM2-135M's target and (random) drafter, fp16, both profiles: about 40 CPU seconds."""
+    from eaglex.exporter.engines import build_engines
+    from eaglex.exporter.engines_rtx import attention_kernels
+
+    artifact = tmp_path / "smollm2"  # a copy: the session's artifact stays as it is (onnx refuses links)
+    shutil.copytree(smollm2_plugin_artifact, artifact)
+    build_engines(artifact, "fp16", 256, None, lambda _: None, "tensorrt-rtx", "sm80,sm89")
+    record = json.loads((artifact / "manifest.json").read_text())["engines"]
+    for graph, layers, weights in (("target", 30, 269e6), ("drafter", 1, 20e6)):
+        assert record[graph]["profiles"] == ["prefill", "decode"]
+        for capability in ("sm80", "sm89"):
+            assert (artifact / record[graph]["files"][capability]).stat().st_size > weights
+            kernels = attention_kernels((artifact / record[graph]["layers"][capability]).read_text())
+            assert len(kernels) == layers
+            assert all(len([n for n in names if "mha" in n]) == 2 for names in kernels.values())
+
+
+@needs_rtx
 def test_fp32_engines_decompose_the_attention(artifacts, tmp_path):
     """No fused float32 attention kernel exists: fp32 builds mark IAttention decomposable, and the layer
     list shows matmuls and a masked softmax in its place."""
