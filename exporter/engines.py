@@ -4,7 +4,8 @@ Each graph gets two optimisation profiles: "prefill" (up to the longest prompt) 
 pass of up to max_total_tokens tree nodes, or a drafter step). The tree-attention plugin library is
 built from plugins/tree_attention with CMake and copied into the artifact, next to the engines that
 need it. TensorRT, a GPU and the CUDA toolkit are needed; without them this fails with one line that
-says what to install.
+says what to install. `--flavour tensorrt-rtx` builds with TensorRT for RTX instead, ahead of time and
+without a GPU (engines_rtx.py); `_record_engines` writes either flavour's record into the manifest.
 """
 
 from __future__ import annotations
