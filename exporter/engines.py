@@ -4,12 +4,15 @@ Each graph gets two optimisation profiles: "prefill" (up to the longest prompt) 
 pass of up to max_total_tokens tree nodes, or a drafter step). The tree-attention plugin library is
 built from plugins/tree_attention with CMake and copied into the artifact, next to the engines that
 need it. TensorRT, a GPU and the CUDA toolkit are needed; without them this fails with one line that
-says what to install.
+says what to install. `--flavour tensorrt-rtx` builds with TensorRT for RTX instead, ahead of time and
+without a GPU (engines_rtx.py); `_record_engines` writes either flavour's record into the manifest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -22,6 +25,7 @@ from eaglex.runtime import manifest as contract
 from eaglex.runtime.backends.tensorrt import load_plugin_library
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+FLAVOURS = ("tensorrt", "tensorrt-rtx")
 ENGINE_DIR = "engines"
 PLUGIN_LIBRARY = "libeaglex_tree_attention_trt.so"
 INSTALL_TENSORRT = (
@@ -44,8 +48,17 @@ def build_engines(
     max_prompt: int | None = None,
     timing_cache: str | Path | None = None,
     progress: Callable[[str], Any] = print,
+    flavour: str | None = None,
+    compute_capabilities: str | None = None,
 ) -> Path:
-    """Builds engines for the artifact's graphs and records them in its manifest; returns the artifact."""
+    """Builds engines for the artifact's graphs and records them in its manifest; returns the artifact.
+
+    flavour: "tensorrt" (datacenter TensorRT, on the GPU that will run the engines) or "tensorrt-rtx"
+    (TensorRT for RTX, ahead of time for `compute_capabilities`, e.g. "sm80,sm89"); by default datacenter
+    TensorRT where it is installed, else TensorRT for RTX."""
+    from .engines_rtx import FLAVOUR as RTX
+    from .engines_rtx import build_rtx_engines, parse_capabilities
+
     root = Path(artifact_dir)
     if not (root / contract.NAME).is_file():
         raise EaglexError(
@@ -59,12 +72,107 @@ def build_engines(
         )
     if precision not in PRECISIONS:
         raise EaglexError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    trt = import_tensorrt()
-    _check_gpu()
+    flavour = flavour or default_flavour()
+    if flavour not in FLAVOURS:
+        raise EaglexError(f"unknown flavour {flavour!r}: choose one of {', '.join(FLAVOURS)}")
+    if flavour == RTX:
+        if timing_cache is not None:
+            raise EaglexError("--timing-cache is for --flavour tensorrt: TensorRT for RTX keeps none")
+        capabilities = parse_capabilities(compute_capabilities or _gpu_capability())
+    elif compute_capabilities is not None:
+        raise EaglexError(
+            "--compute-capability is for --flavour tensorrt-rtx: datacenter TensorRT builds for the GPU "
+            "it runs on"
+        )
     max_context = manifest.target.max_context
     max_prompt = min(max_prompt or max_context, max_context)
     max_nodes = manifest.tree.max_total_tokens
+    names = ["target", *(["drafter"] if manifest.drafter is not None else [])]
+    engines = root / ENGINE_DIR
+    if flavour == RTX:
+        graphs = [
+            (
+                name,
+                functools.partial(_load_at_precision, root / getattr(manifest, name).file, precision),
+                optimization_profiles(name, manifest, max_prompt, max_nodes),
+            )
+            for name in names
+        ]
+        fresh = not engines.exists()
+        engines.mkdir(exist_ok=True)
+        try:
+            spec = build_rtx_engines(
+                root, manifest, graphs, precision, max_prompt, capabilities, ENGINE_DIR, progress
+            )
+        except BaseException:
+            if fresh:  # a failed build leaves the artifact as it was
+                shutil.rmtree(engines, ignore_errors=True)
+            raise
+    else:
+        spec = _build_datacenter(
+            root, manifest, names, precision, max_prompt, max_nodes, timing_cache, progress
+        )
+    _record_engines(root, manifest, spec)
+    progress(f"engines in {engines}")
+    return root
 
+
+def default_flavour() -> str:
+    """Datacenter TensorRT where it is installed; else TensorRT for RTX where that is; else one line."""
+    for flavour, module in (("tensorrt", "tensorrt"), ("tensorrt-rtx", "tensorrt_rtx")):
+        if importlib.util.find_spec(module) is not None:
+            return flavour
+    raise EaglexError(
+        "no TensorRT is installed: pip install 'eaglex[tensorrt-rtx]' (TensorRT for RTX, from PyPI, "
+        "builds for RTX and Ampere GPUs without one), or on a machine with an NVIDIA GPU "
+        "pip install 'eaglex[tensorrt]' (datacenter TensorRT, from pypi.nvidia.com)"
+    )
+
+
+def _gpu_capability() -> str:
+    """This machine's GPU as smXY, for TensorRT for RTX when no --compute-capability is given."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        cudart = None
+    if cudart is not None:
+        error, props = cudart.cudaGetDeviceProperties(0)
+        if error == cudart.cudaError_t.cudaSuccess:
+            return f"sm{props.major}{props.minor}"
+    raise EaglexError(
+        "no GPU is visible here: name the GPUs to build for with --compute-capability, e.g. sm89 "
+        "(RTX 40xx), sm86 (RTX 30xx, A10), sm80 (A100), sm120 (RTX 50xx)"
+    )
+
+
+def _load_at_precision(path: Path, precision: str) -> Any:
+    import onnx
+
+    from .precision import lower_precision
+
+    model = onnx.load(str(path))
+    return model if precision == "fp32" else lower_precision(model, precision)
+
+
+def _record_engines(root: Path, manifest: contract.Manifest, spec: contract.EngineSpec) -> None:
+    """The manifest's engine record and the checksums of everything in engines/, saved atomically."""
+    files = {k: v for k, v in manifest.files.items() if not k.startswith(f"{ENGINE_DIR}/")}
+    built = contract.file_table(root, (f"{ENGINE_DIR}/{path.name}" for path in (root / ENGINE_DIR).iterdir()))
+    contract.save(dataclasses.replace(manifest, engines=spec, files={**files, **built}))
+
+
+def _build_datacenter(
+    root: Path,
+    manifest: contract.Manifest,
+    names: list[str],
+    precision: str,
+    max_prompt: int,
+    max_nodes: int,
+    timing_cache: str | Path | None,
+    progress: Callable[[str], Any],
+) -> contract.EngineSpec:
+    trt = import_tensorrt()
+    capability = _check_gpu()
     engines = root / ENGINE_DIR
     engines.mkdir(exist_ok=True)
     progress("building the tree-attention plugin library (CMake, nvcc)")
@@ -75,34 +183,27 @@ def build_engines(
 
     cache_path = Path(timing_cache) if timing_cache else engines / "timing.cache"
     entries: dict[str, contract.EngineFile] = {}
-    graphs = [("target", manifest.target.file)]
-    if manifest.drafter is not None:
-        graphs.append(("drafter", manifest.drafter.file))
-    for name, file in graphs:
+    for name in names:
         progress(f"building the {name} engine ({precision}); this takes minutes")
         profiles = optimization_profiles(name, manifest, max_prompt, max_nodes)
-        with _graph_at_precision(root / file, precision) as onnx_path:
+        with _graph_at_precision(root / getattr(manifest, name).file, precision) as onnx_path:
             plan = _build(trt, logger, onnx_path, profiles, cache_path)
         engine_file = f"{ENGINE_DIR}/{name}.{precision}.engine"
         (root / engine_file).write_bytes(plan)
         entries[name] = contract.EngineFile(file=engine_file, profiles=tuple(p["name"] for p in profiles))
-
-    files = {k: v for k, v in manifest.files.items() if not k.startswith(f"{ENGINE_DIR}/")}
-    built = contract.file_table(root, (f"{ENGINE_DIR}/{path.name}" for path in engines.iterdir()))
-    engine_spec = contract.EngineSpec(
+    return contract.EngineSpec(
         tensorrt_version=trt.__version__,
         precision=precision,
-        plugin_library=f"{ENGINE_DIR}/{PLUGIN_LIBRARY}",
         max_prompt=max_prompt,
+        plugin_library=f"{ENGINE_DIR}/{PLUGIN_LIBRARY}",
         target=entries["target"],
         drafter=entries.get("drafter"),
+        compute_capabilities=(capability,),
     )
-    contract.save(dataclasses.replace(manifest, engines=engine_spec, files={**files, **built}))
-    progress(f"engines in {engines}")
-    return root
 
 
-def _check_gpu() -> None:
+def _check_gpu() -> str:
+    """This machine's GPU as smXY; raises where cuda-python or a GPU is missing."""
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
@@ -111,8 +212,9 @@ def _check_gpu() -> None:
     if error != cudart.cudaError_t.cudaSuccess or count == 0:
         raise EaglexError(
             "no CUDA GPU is visible (cudaGetDeviceCount failed or found none): "
-            "TensorRT engines are built on the GPU that will run them"
+            "TensorRT engines are built on the GPU that will run them (or use --flavour tensorrt-rtx)"
         )
+    return _gpu_capability()
 
 
 def _plugin_library() -> Path:

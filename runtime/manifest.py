@@ -148,22 +148,41 @@ class FileEntry:
 
 @dataclass(frozen=True, kw_only=True)
 class EngineFile:
-    file: str
+    """One graph's engines: `file` for datacenter TensorRT (built on the GPU that runs it), or `files` and
+    the builder's `layers` lists per compute capability for TensorRT for RTX (built ahead of time)."""
+
     profiles: tuple[str, ...]
+    file: str | None = field(default=None, metadata=OMIT_DEFAULT)
+    files: Mapping[str, str] | None = field(default=None, metadata=OMIT_DEFAULT)
+    layers: Mapping[str, str] | None = field(default=None, metadata=OMIT_DEFAULT)
+
+    def __post_init__(self) -> None:
+        _invariant(
+            (self.file is None) != (self.files is None),
+            "engines",
+            "needs one engine file (tensorrt) or files per compute capability (tensorrt-rtx)",
+        )
+
+    def names(self) -> list[str]:
+        """Every file this record names (the file table must list them)."""
+        return [self.file] if self.file else [*(self.files or {}).values(), *(self.layers or {}).values()]
 
 
 @dataclass(frozen=True, kw_only=True)
 class EngineSpec:
-    """TensorRT engines of `eaglex build`. flavour, compute_capability: which TensorRT and GPU built them."""
+    """TensorRT engines of `eaglex build`: which TensorRT built them (flavour, tensorrt_version) and for
+    which GPUs (compute_capabilities); the plugin library serves datacenter TensorRT only."""
 
     tensorrt_version: str
     precision: str = _choice("fp32", "fp16", "bf16")
     max_prompt: int = _range(1, MAX_CONTEXT)
-    plugin_library: str
+    plugin_library: str | None = field(default=None, metadata=OMIT_DEFAULT)
     target: EngineFile
     drafter: EngineFile | None = None
-    flavour: str | None = field(default=None, metadata=OMIT_DEFAULT)
-    compute_capability: str | None = field(default=None, metadata=OMIT_DEFAULT)
+    flavour: str = field(
+        default="tensorrt", metadata={"choices": ("tensorrt", "tensorrt-rtx"), "omit_default": True}
+    )
+    compute_capabilities: tuple[str, ...] = field(default=(), metadata=OMIT_DEFAULT)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,10 +213,10 @@ class Manifest:
             )
             _invariant(self.tree.top_k <= self.drafter.max_top_k, "tree.top_k", "exceeds drafter.max_top_k")
         if self.engines is not None:
-            listed += [("engines.target.file", self.engines.target.file)]
+            listed += [("engines.target", name) for name in self.engines.target.names()]
             listed += [("engines.plugin_library", self.engines.plugin_library)]
             if self.engines.drafter is not None:
-                listed += [("engines.drafter.file", self.engines.drafter.file)]
+                listed += [("engines.drafter", name) for name in self.engines.drafter.names()]
         for where, name in listed:
             _invariant(name is None or name in self.files, where, f"names {name}, which files does not list")
         _invariant(

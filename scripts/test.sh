@@ -9,7 +9,7 @@ if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then
     apt-get update -qq && apt-get install -y -qq cmake g++ >/dev/null
   fi
 fi
-python3 -m pip install --quiet --disable-pip-version-check -e ".[export,dev,bench,serve,ray]"
+python3 -m pip install --quiet --disable-pip-version-check -e ".[export,dev,bench,serve,ray,tensorrt-rtx]"
 ruff check .
 ruff format --check .
 python3 -m pytest -q "$@"

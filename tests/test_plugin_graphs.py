@@ -328,7 +328,8 @@ def test_build_and_tensorrt_run_fail_clearly_without_tensorrt(artifacts):
     from test_cli import assert_user_error, eaglex
 
     _, default, plugin = artifacts
-    assert_user_error(eaglex("build", plugin), "TensorRT is not installed", "pip install", "eaglex[tensorrt]")
+    result = eaglex("build", plugin, "--flavour", "tensorrt")
+    assert_user_error(result, "TensorRT is not installed", "pip install", "eaglex[tensorrt]")
     assert_user_error(eaglex("build", default), "--backend tensorrt")
     assert_user_error(eaglex("run", plugin, "--prompt", "w5", "--backend", "tensorrt"), "eaglex build")
     manifest = json.loads((plugin / "manifest.json").read_text())

@@ -168,9 +168,32 @@ def random_drafter(model_dir: Path) -> Path:
     type=click.Path(path_type=Path),
     help="TensorRT timing cache file to reuse and update [default: ARTIFACT/engines/timing.cache].",
 )
+@click.option(
+    "--flavour",
+    type=click.Choice(["tensorrt", "tensorrt-rtx"]),
+    default=None,
+    help="Datacenter TensorRT (builds on the GPU that will run the engines) or TensorRT for RTX (builds "
+    "ahead of time, no GPU needed, for RTX and Ampere-class GPUs) [default: tensorrt where installed].",
+)
+@click.option(
+    "--compute-capability",
+    "compute_capabilities",
+    default=None,
+    help="With --flavour tensorrt-rtx: the GPUs to build for, e.g. sm80,sm89 (sm75, sm80, sm86, sm89, "
+    "sm120, sm121; one engine each) [default: this machine's GPU].",
+)
 @user_errors
-def build(artifact: Path, precision: str, max_prompt: int | None, timing_cache: Path | None) -> None:
-    """Build TensorRT engines for an artifact exported with --backend tensorrt (needs TensorRT and a GPU)."""
+def build(
+    artifact: Path,
+    precision: str,
+    max_prompt: int | None,
+    timing_cache: Path | None,
+    flavour: str | None,
+    compute_capabilities: str | None,
+) -> None:
+    """Build TensorRT engines for an artifact exported with --backend tensorrt."""
     from eaglex.exporter.engines import build_engines
 
-    click.echo(build_engines(artifact, precision, max_prompt, timing_cache, progress))
+    click.echo(
+        build_engines(artifact, precision, max_prompt, timing_cache, progress, flavour, compute_capabilities)
+    )

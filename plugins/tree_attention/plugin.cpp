@@ -215,7 +215,13 @@ private:
 
 }  // namespace
 
-// The entry point IPluginRegistry::loadLibrary looks up in a plugin library.
+// IPluginRegistry::loadLibrary requires both entry points, setLoggerFinder and getCreators (a library
+// without the first is refused: "SymbolAddress for setLoggerFinder could not be loaded"). The plugin
+// logs nothing, so it keeps no logger finder.
+extern "C" __attribute__((visibility("default"))) void setLoggerFinder(ILoggerFinder* finder) {
+    (void)finder;
+}
+
 extern "C" __attribute__((visibility("default"))) IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
     static TreeAttentionCreator creator;
     static IPluginCreatorInterface* const creators[] = {&creator};

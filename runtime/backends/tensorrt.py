@@ -15,13 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from eaglex.errors import EaglexError
 from eaglex.plugins.tree_attention.mask import mask_feeds
 from eaglex.runtime.manifest import Manifest
+
+if TYPE_CHECKING:
+    from eaglex.runtime.backends.tensorrt_rtx import RtxGraphSession
 
 INSTALL = (
     "the TensorRT backend needs tensorrt and cuda-python on a machine with an NVIDIA GPU: "
@@ -72,13 +75,18 @@ class TrtGraphSession:
     @classmethod
     def from_manifest(
         cls, manifest: Manifest, file: str, layers: int, kv_heads: int, head_dim: int
-    ) -> TrtGraphSession:
+    ) -> TrtGraphSession | RtxGraphSession:
+        """The engine of `file`'s graph; engines of TensorRT for RTX open as an RtxGraphSession."""
         engines = manifest.engines
         if manifest.backend != "tensorrt" or engines is None:
             raise EaglexError(
                 f"{manifest.root} has no TensorRT engines: export it with --backend tensorrt, "
                 f"then run eaglex build {manifest.root}"
             )
+        if engines.flavour == "tensorrt-rtx":
+            from eaglex.runtime.backends.tensorrt_rtx import RtxGraphSession
+
+            return RtxGraphSession.from_manifest(manifest, file, layers, kv_heads, head_dim)
         graph = engines.target if file == manifest.target.file else engines.drafter
         if graph is None:
             raise EaglexError(f"{manifest.root} has no engine for {file}: run eaglex build {manifest.root}")

@@ -102,6 +102,7 @@ int main(int argc, char** argv) {
     using GetCreators = IPluginCreatorInterface* const* (*)(int32_t&);
     auto getCreators = reinterpret_cast<GetCreators>(dlsym(library, "getCreators"));
     check(getCreators != nullptr, "getCreators is exported");
+    check(dlsym(library, "setLoggerFinder") != nullptr, "setLoggerFinder is exported (loadLibrary needs it)");
     if (!getCreators) return failures;
     int32_t count = 0;
     IPluginCreatorInterface* const* creators = getCreators(count);
