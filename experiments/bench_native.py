@@ -1,6 +1,6 @@
 """libeaglex (C) against the Python runtime on one artifact, interleaved: decode tok/s, host time per round
 (decode time outside onnxruntime's Run, per target pass) and achieved weight bandwidth; greedy outputs
-are compared token for token on the way. Writes docs/bench/sections/native.md and a JSON next to it.
+are compared token for token on the way. Writes docs/bench/native.md and a JSON next to it.
 
     python experiments/bench_native.py --artifact /work/artifacts/smollm2 --build BUILD_DIR
 (BUILD_DIR: a CMake build of native/, e.g. cmake -S native -B build && cmake --build build)
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved Python/C repetitions")
-    parser.add_argument("--out", type=Path, default=Path("docs/bench/sections/native.md"))
+    parser.add_argument("--out", type=Path, default=Path("docs/bench/native.md"))
     args = parser.parse_args()
 
     engine = Engine.load(args.artifact, threads=args.threads, checksums=False)

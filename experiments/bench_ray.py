@@ -11,7 +11,7 @@ They take turns (interleaved, the order rotated each round) so that a noisy shar
 them alike. Each turn: N clients send MT-bench chat prompts back to back, non-streaming (exact token
 counts from `usage`), for --seconds. Writes ray.json, ray.md (a table) and ray.png next to --out.
 
-  python experiments/bench_ray.py /work/artifacts/smollm2 --out docs/bench/sections/ray
+  python experiments/bench_ray.py /work/artifacts/smollm2 --out docs/bench/ray
 """
 
 from __future__ import annotations
