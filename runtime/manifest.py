@@ -9,21 +9,29 @@ type hint says what JSON it takes, its `metadata` the allowed range, `__post_ini
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import re
-import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 from eaglex.errors import EaglexError
+from eaglex.runtime.schema import (
+    FORMAT,
+    OMIT_DEFAULT,
+    VERSION,
+    ManifestError,
+    build,
+    choice,
+    invariant,
+    kind,
+    ranged,
+    to_json,
+)
 
-FORMAT = "eaglex-artifact"
-VERSION = 1
 NAME = "manifest.json"
 BACKENDS = ("onnxruntime", "tensorrt")
 DTYPES = ("float32", "float16")
@@ -32,42 +40,17 @@ REEXPORT = "re-export the artifact with eaglex export"
 MAX_DIM = 1 << 20
 MAX_CONTEXT = 1 << 22
 MAX_TREE = 4096
-# An optional field that the file leaves out while it has its default value (older files lack it).
-OMIT_DEFAULT = {"omit_default": True}
-
-
-class ManifestError(EaglexError):
-    """A manifest that breaks the contract: `where` is the field's path (target.num_layers)."""
-
-    def __init__(self, where: str, problem: str):
-        # Keys may hold newlines or lone surrogates: escape them, so the message stays one printable line.
-        where = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in where)
-        super().__init__(f"field {where} {problem}")
-        self.where, self.problem = where, problem
-
-
-def _range(ge: int | None = None, le: int | None = None, default: Any = dataclasses.MISSING) -> Any:
-    return field(default=default, metadata={"ge": ge, "le": le})
-
-
-def _choice(*choices: str, default: Any = dataclasses.MISSING) -> Any:
-    return field(default=default, metadata={"choices": choices})
-
-
-def _invariant(ok: bool, where: str, problem: str) -> None:
-    if not ok:
-        raise ManifestError(where, problem)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Quantization:
-    weights: str = _choice("int8", "int4")
-    method: str = _choice("MatMulNBits")
-    block_size: int = _range(16, 4096)
+    weights: str = choice("int8", "int4")
+    method: str = choice("MatMulNBits")
+    block_size: int = ranged(16, 4096)
     symmetric: bool
-    activations: str = _choice("fp32", "int8")
-    accuracy_level: int = _range(0, 4)
-    quantized_linear_layers: int = _range(1)
+    activations: str = choice("fp32", "int8")
+    accuracy_level: int = ranged(0, 4)
+    quantized_linear_layers: int = ranged(1)
     embeddings: bool
     lm_head: bool
 
@@ -76,24 +59,24 @@ class Quantization:
 class TargetSpec:
     file: str
     source: str
-    architecture: str = _choice("llama", "mistral", "qwen2", "qwen3")
-    dtype: str = _choice(*DTYPES, default="float32")
-    hidden_size: int = _range(1, MAX_DIM)
-    num_layers: int = _range(1, 4096)
-    num_heads: int = _range(1, 4096)
-    num_kv_heads: int = _range(1, 4096)
-    head_dim: int = _range(1, 4096)
-    vocab_size: int = _range(1, MAX_DIM * 16)
-    max_context: int = _range(2, MAX_CONTEXT)
-    feature_layers: tuple[int, ...] = _range(0, 4096)
+    architecture: str = choice("llama", "mistral", "qwen2", "qwen3")
+    dtype: str = choice(*DTYPES, default="float32")
+    hidden_size: int = ranged(1, MAX_DIM)
+    num_layers: int = ranged(1, 4096)
+    num_heads: int = ranged(1, 4096)
+    num_kv_heads: int = ranged(1, 4096)
+    head_dim: int = ranged(1, 4096)
+    vocab_size: int = ranged(1, MAX_DIM * 16)
+    max_context: int = ranged(2, MAX_CONTEXT)
+    feature_layers: tuple[int, ...] = ranged(0, 4096)
     quantization: Quantization | None = None
 
     def __post_init__(self) -> None:
-        _invariant(
+        invariant(
             self.num_heads % self.num_kv_heads == 0, "target.num_heads", "must be a multiple of num_kv_heads"
         )
-        _invariant(len(self.feature_layers) == 3, "target.feature_layers", "must list three layers (EAGLE-3)")
-        _invariant(
+        invariant(len(self.feature_layers) == 3, "target.feature_layers", "must list three layers (EAGLE-3)")
+        invariant(
             max(self.feature_layers) <= self.num_layers, "target.feature_layers", "must be at most num_layers"
         )
 
@@ -102,24 +85,24 @@ class TargetSpec:
 class DrafterSpec:
     file: str
     source: str
-    hidden_size: int = _range(1, MAX_DIM)
-    num_heads: int = _range(1, 4096)
-    num_kv_heads: int = _range(1, 4096)
-    head_dim: int = _range(1, 4096)
-    draft_vocab_size: int = _range(1, MAX_DIM * 16)
-    max_top_k: int = _range(1, 1024)
-    dtype: str = _choice(*DTYPES, default="float32")
+    hidden_size: int = ranged(1, MAX_DIM)
+    num_heads: int = ranged(1, 4096)
+    num_kv_heads: int = ranged(1, 4096)
+    head_dim: int = ranged(1, 4096)
+    draft_vocab_size: int = ranged(1, MAX_DIM * 16)
+    max_top_k: int = ranged(1, 1024)
+    dtype: str = choice(*DTYPES, default="float32")
     quantization: Quantization | None = None
 
     def __post_init__(self) -> None:
-        _invariant(self.max_top_k <= self.draft_vocab_size, "drafter.max_top_k", "exceeds draft_vocab_size")
+        invariant(self.max_top_k <= self.draft_vocab_size, "drafter.max_top_k", "exceeds draft_vocab_size")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TokenSpec:
-    bos_token_id: int | None = _range(0, default=None)
-    eos_token_ids: tuple[int, ...] = _range(0)
-    pad_token_id: int | None = _range(0, default=None)
+    bos_token_id: int | None = ranged(0, default=None)
+    eos_token_ids: tuple[int, ...] = ranged(0)
+    pad_token_id: int | None = ranged(0, default=None)
     has_chat_template: bool = False
 
 
@@ -127,22 +110,20 @@ class TokenSpec:
 class TreeSpec:
     """The default draft tree. speculative: False where tuning found plain decoding faster on the machine."""
 
-    top_k: int = _range(1, 1024)
-    depth: int = _range(1, MAX_TREE)
-    total_tokens: int = _range(1, MAX_TREE)
-    max_total_tokens: int = _range(1, MAX_TREE)
+    top_k: int = ranged(1, 1024)
+    depth: int = ranged(1, MAX_TREE)
+    total_tokens: int = ranged(1, MAX_TREE)
+    max_total_tokens: int = ranged(1, MAX_TREE)
     speculative: bool = field(default=True, metadata=OMIT_DEFAULT)
 
     def __post_init__(self) -> None:
-        _invariant(
-            self.total_tokens <= self.max_total_tokens, "tree.total_tokens", "exceeds max_total_tokens"
-        )
-        _invariant(self.depth <= max(1, self.total_tokens - 1), "tree.depth", "exceeds total_tokens - 1")
+        invariant(self.total_tokens <= self.max_total_tokens, "tree.total_tokens", "exceeds max_total_tokens")
+        invariant(self.depth <= max(1, self.total_tokens - 1), "tree.depth", "exceeds total_tokens - 1")
 
 
 @dataclass(frozen=True, kw_only=True)
 class FileEntry:
-    bytes: int = _range(0)
+    bytes: int = ranged(0)
     sha256: str
 
 
@@ -157,7 +138,7 @@ class EngineFile:
     layers: Mapping[str, str] | None = field(default=None, metadata=OMIT_DEFAULT)
 
     def __post_init__(self) -> None:
-        _invariant(
+        invariant(
             (self.file is None) != (self.files is None),
             "engines",
             "needs one engine file (tensorrt) or files per compute capability (tensorrt-rtx)",
@@ -174,8 +155,8 @@ class EngineSpec:
     which GPUs (compute_capabilities); the plugin library serves datacenter TensorRT only."""
 
     tensorrt_version: str
-    precision: str = _choice("fp32", "fp16", "bf16")
-    max_prompt: int = _range(1, MAX_CONTEXT)
+    precision: str = choice("fp32", "fp16", "bf16")
+    max_prompt: int = ranged(1, MAX_CONTEXT)
     plugin_library: str | None = field(default=None, metadata=OMIT_DEFAULT)
     target: EngineFile
     drafter: EngineFile | None = None
@@ -188,7 +169,7 @@ class EngineSpec:
 @dataclass(frozen=True, kw_only=True)
 class Manifest:
     root: Path = field(metadata={"in_file": False})  # the artifact folder
-    backend: str = _choice(*BACKENDS, default="onnxruntime")
+    backend: str = choice(*BACKENDS, default="onnxruntime")
     target: TargetSpec
     drafter: DrafterSpec | None = None
     tokens: TokenSpec
@@ -199,27 +180,27 @@ class Manifest:
 
     def __post_init__(self) -> None:
         for name, entry in self.files.items():
-            _invariant(_safe_name(name), f"files.{name}", "is not a relative path inside the artifact")
-            _invariant(
+            invariant(_safe_name(name), f"files.{name}", "is not a relative path inside the artifact")
+            invariant(
                 bool(re.fullmatch("[0-9a-f]{64}", entry.sha256)), f"files.{name}.sha256", "is not a sha256"
             )
         listed = [("target.file", self.target.file), ("kv_compact", self.kv_compact)]
         if self.drafter is not None:
             listed += [("drafter.file", self.drafter.file), ("drafter", "embed_tokens.npy")]
-            _invariant(
+            invariant(
                 self.drafter.hidden_size == self.target.hidden_size,
                 "drafter.hidden_size",
                 "differs from target's",
             )
-            _invariant(self.tree.top_k <= self.drafter.max_top_k, "tree.top_k", "exceeds drafter.max_top_k")
+            invariant(self.tree.top_k <= self.drafter.max_top_k, "tree.top_k", "exceeds drafter.max_top_k")
         if self.engines is not None:
             listed += [("engines.target", name) for name in self.engines.target.names()]
             listed += [("engines.plugin_library", self.engines.plugin_library)]
             if self.engines.drafter is not None:
                 listed += [("engines.drafter", name) for name in self.engines.drafter.names()]
         for where, name in listed:
-            _invariant(name is None or name in self.files, where, f"names {name}, which files does not list")
-        _invariant(
+            invariant(name is None or name in self.files, where, f"names {name}, which files does not list")
+        invariant(
             self.tree.max_total_tokens <= self.target.max_context,
             "tree.max_total_tokens",
             "exceeds max_context",
@@ -233,7 +214,7 @@ class Manifest:
         return sum(entry.bytes for name, entry in self.files.items() if name.startswith(file))
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, **_to_json(self)}
+        return {"format": FORMAT, "version": VERSION, **to_json(self)}
 
 
 def _safe_name(name: str) -> bool:
@@ -246,83 +227,14 @@ def _safe_name(name: str) -> bool:
     return not ({"", ".", ".."} & set(parts)) and not any(c in name for c in "\\\0")
 
 
-def _to_json(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {
-            f.name: _to_json(getattr(value, f.name))
-            for f in dataclasses.fields(value)
-            if f.metadata.get("in_file", True)
-            and not (f.metadata.get("omit_default") and getattr(value, f.name) == f.default)
-        }
-    if isinstance(value, Mapping):
-        return {k: _to_json(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_to_json(v) for v in value]
-    return value
-
-
-def _kind(value: Any) -> str:
-    text = json.dumps(value)
-    return f"{text if len(text) <= 40 else text[:37] + '...'} ({type(value).__name__})"
-
-
-def _parse(hint: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
-    """One JSON value as the type `hint` says, checked against the field's range or choices."""
-    if get_origin(hint) in (Union, types.UnionType):
-        if value is None and type(None) in get_args(hint):
-            return None
-        (hint,) = [a for a in get_args(hint) if a is not type(None)]
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if get_origin(hint) is tuple:
-        if not isinstance(value, list):
-            raise ManifestError(where, f"must be a list, got {_kind(value)}")
-        return tuple(_parse(get_args(hint)[0], v, f"{where}[{i}]", meta) for i, v in enumerate(value))
-    if get_origin(hint) is Mapping:
-        if not isinstance(value, dict):
-            raise ManifestError(where, f"must be an object, got {_kind(value)}")
-        return {k: _parse(get_args(hint)[1], v, f"{where}.{k}", meta) for k, v in value.items()}
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ManifestError(
-            where, f"must be {'an integer' if hint is int else hint.__name__}, got {_kind(value)}"
-        )
-    low, high, choices = meta.get("ge"), meta.get("le"), meta.get("choices")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ManifestError(where, f"must be {bounds}, got {value}")
-    if choices and value not in choices:
-        raise ManifestError(where, f"must be one of {', '.join(choices)}, got {_kind(value)}")
-    return value
-
-
-def _build(cls: type, data: Any, where: str, **extra: Any) -> Any:
-    """A dataclass from a JSON object: every required key present, no unknown key, every value valid."""
-    if not isinstance(data, dict):
-        raise ManifestError(where or "(top level)", f"must be an object, got {_kind(data)}")
-    hints = get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("in_file", True)}
-    prefix = f"{where}." if where else ""
-    if unknown := sorted(set(data) - set(known)):
-        raise ManifestError(f"{prefix}{unknown[0]}", f"is not part of format version {VERSION}")
-    values = dict(extra)
-    for name, f in known.items():
-        if name in data:
-            values[name] = _parse(hints[name], data[name], prefix + name, f.metadata)
-        elif f.default is dataclasses.MISSING:
-            raise ManifestError(prefix + name, "is missing")
-    return cls(**values)
-
-
 def from_json(data: Any, root: Path) -> Manifest:
     """The manifest in `data` (parsed JSON); ManifestError names the first field that breaks the contract."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ManifestError("format", f"must be {FORMAT!r}: this is not an eaglex manifest")
     if type(data.get("version")) is not int or data["version"] != VERSION:  # true == 1 in Python
-        raise ManifestError(
-            "version", f"is {_kind(data.get('version'))}, this eaglex reads version {VERSION}"
-        )
+        raise ManifestError("version", f"is {kind(data.get('version'))}, this eaglex reads version {VERSION}")
     rest = {k: v for k, v in data.items() if k not in ("format", "version")}
-    return _build(Manifest, rest, "", root=root)
+    return build(Manifest, rest, "", root=root)
 
 
 def read_text(path: Path, what: str = "the artifact") -> str:

@@ -117,7 +117,8 @@ class EngineHealth:
 
         runtime = self.engine.engine
         manifest = runtime.manifest
-        token = manifest.bos_token_id if manifest.bos_token_id is not None else manifest.eos_token_ids[0]
+        tokens = manifest.tokens
+        token = tokens.bos_token_id if tokens.bos_token_id is not None else tokens.eos_token_ids[0]
         config = runtime.default_config(max_new_tokens=1, temperature=0.0, speculative=False)
         try:
             await asyncio.wait_for(self._drain(self.engine.stream([token], config)), self.timeout_s)
