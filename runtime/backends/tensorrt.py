@@ -150,31 +150,11 @@ class TrtGraphSession:
         self.cuda_graphs = cuda_graphs
 
     def _profile(self, arrays: Mapping[str, np.ndarray]) -> int:
-        """The last profile whose ranges hold every input's shape (decode before prefill)."""
-        for profile in reversed(range(len(self.contexts))):
-            fits = True
-            for name, array in arrays.items():
-                if self.engine.is_shape_inference_io(name):
-                    continue
-                low, _, high = self.engine.get_tensor_profile_shape(name, profile)
-                fits &= all(a <= s <= b for a, s, b in zip(low, array.shape, high, strict=True))
-            if fits:
-                return profile
-        shapes = {n: a.shape for n, a in arrays.items()}
-        raise EaglexError(
-            f"no optimisation profile of the engine takes the shapes {shapes}: rebuild with "
-            "eaglex build --max-prompt, or use a smaller tree"
-        )
+        return pick_profile(self.engine, len(self.contexts), arrays)
 
     def _buffer(self, profile: int, name: str, nbytes: int) -> int:
-        address, size = self.buffers.get((profile, name), (0, 0))
-        if nbytes > size:  # grow (x2) and forget graphs that captured the old address
-            if address:
-                self.cuda("cudaFree", address)
-            size = max(nbytes, 2 * size, 256)
-            address = self.cuda("cudaMalloc", size)
-            self.buffers[(profile, name)] = (address, size)
-            self.contexts[profile].set_tensor_address(name, address)
+        address, grown = grow_buffer(self.cuda, self.buffers, self.contexts[profile], profile, name, nbytes)
+        if grown:  # forget the CUDA graphs that captured the old address
             self.graphs = {k: g for k, g in self.graphs.items() if k[0] != profile}
         return address
 
@@ -250,3 +230,43 @@ class TrtGraphSession:
                     d2d,
                     self.stream,
                 )
+
+
+def pick_profile(engine: Any, profiles: int, arrays: Mapping[str, np.ndarray]) -> int:
+    """The last optimisation profile whose ranges hold every input's shape (decode before prefill)."""
+    for profile in reversed(range(profiles)):
+        fits = True
+        for name, array in arrays.items():
+            if engine.is_shape_inference_io(name):
+                continue
+            low, _, high = engine.get_tensor_profile_shape(name, profile)
+            fits &= all(a <= s <= b for a, s, b in zip(low, array.shape, high, strict=True))
+        if fits:
+            return profile
+    shapes = {n: a.shape for n, a in arrays.items()}
+    raise EaglexError(
+        f"no optimisation profile of the engine takes the shapes {shapes}: rebuild with "
+        "eaglex build --max-prompt, or use a smaller tree"
+    )
+
+
+def grow_buffer(
+    cuda: Any,
+    buffers: dict[tuple[int, str], tuple[int, int]],
+    context: Any,
+    profile: int,
+    name: str,
+    nbytes: int,
+) -> tuple[int, bool]:
+    """The device buffer of input or output `name` in `profile`, and whether it had to grow: a buffer is
+    reused while `nbytes` fit, else freed and reallocated at least twice as large and bound anew."""
+    address, size = buffers.get((profile, name), (0, 0))
+    if nbytes <= size:
+        return address, False
+    if address:
+        cuda("cudaFree", address)
+    size = max(nbytes, 2 * size, 256)
+    address = cuda("cudaMalloc", size)
+    buffers[(profile, name)] = (address, size)
+    context.set_tensor_address(name, address)
+    return address, True

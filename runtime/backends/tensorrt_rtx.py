@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from eaglex.errors import EaglexError
-from eaglex.runtime.backends.tensorrt import _Cuda, _numpy_dtype
+from eaglex.runtime.backends.tensorrt import _Cuda, _numpy_dtype, grow_buffer, pick_profile
 from eaglex.runtime.manifest import EngineFile, Manifest
 
 INSTALL = (
@@ -111,31 +111,10 @@ class RtxGraphSession:
         self.host_values: dict[str, np.ndarray] = {}  # shape-tensor inputs live in host memory
 
     def _profile(self, arrays: Mapping[str, np.ndarray]) -> int:
-        for profile in reversed(range(len(self.contexts))):
-            fits = True
-            for name, array in arrays.items():
-                if self.engine.is_shape_inference_io(name):
-                    continue
-                low, _, high = self.engine.get_tensor_profile_shape(name, profile)
-                fits &= all(a <= s <= b for a, s, b in zip(low, array.shape, high, strict=True))
-            if fits:
-                return profile
-        shapes = {n: a.shape for n, a in arrays.items()}
-        raise EaglexError(
-            f"no optimisation profile of the engine takes the shapes {shapes}: rebuild with "
-            "eaglex build --max-prompt, or use a smaller tree"
-        )
+        return pick_profile(self.engine, len(self.contexts), arrays)
 
     def _buffer(self, profile: int, name: str, nbytes: int) -> int:
-        address, size = self.buffers.get((profile, name), (0, 0))
-        if nbytes > size:
-            if address:
-                self.cuda("cudaFree", address)
-            size = max(nbytes, 2 * size, 256)
-            address = self.cuda("cudaMalloc", size)
-            self.buffers[(profile, name)] = (address, size)
-            self.contexts[profile].set_tensor_address(name, address)
-        return address
+        return grow_buffer(self.cuda, self.buffers, self.contexts[profile], profile, name, nbytes)[0]
 
     def run(self, feeds: Mapping[str, np.ndarray], cache_len: int, mask: np.ndarray) -> dict[str, np.ndarray]:
         total = mask.shape[1]
