@@ -1,12 +1,20 @@
 """Load test of `eaglex serve` on loopback: N concurrent streaming chat clients for a bounded time each.
 
-Starts `eaglex serve ARTIFACT` on a free 127.0.0.1 port (or uses --url), then for each concurrency level
-runs that many clients, each sending MT-bench first turns one after another (greedy, --max-tokens), until
---seconds have passed or --max-requests are done. Reports per level: aggregate tokens/s (completion tokens
-over the level's wall time), p50/p95 time to first token, p50/p95 time per output token after the first,
-errors, and the server's RSS at the start and end of the level; writes JSON, a markdown table and a plot.
+Starts `eaglex serve ARTIFACT` on a free 127.0.0.1 port (or llama.cpp's own OpenAI-compatible server,
+llama-cpp-python[server], on a GGUF with --llamacpp, or uses --url), then for each concurrency level runs
+that many clients, each sending prompts one after another (greedy, --max-tokens), until --seconds have
+passed or --max-requests are done. Prompts: MT-bench first turns, or the first turns of the ShareGPT
+conversations the drafter trainer held out (--prompt-set sharegpt-heldout). Reports per level: aggregate
+tokens/s (completion tokens over the level's wall time), p50/p95 time to first token, p50/p95 time per
+output token after the first, errors, and the server's RSS at the start and end of the level; writes JSON,
+a markdown table and a plot.
 
     python experiments/load_test_serve.py /work/artifacts/smollm2 --levels 1,2,4,8,16 --seconds 60 --out DIR
+    python experiments/load_test_serve.py /work/artifacts/smollm2 --llamacpp ~/.cache/eaglex/gguf/X.gguf ...
+
+llama.cpp's server runs as a user would start it: its defaults plus the same threads and n_ctx 2048 (it
+decodes one request at a time; the others wait in its queue: --interrupt_requests False, since by default a
+new request cuts off the one streaming), with OMP_WAIT_POLICY=passive.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -35,7 +44,8 @@ async def one_request(http: httpx.AsyncClient, url: str, model: str, text: str, 
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    start, first, tokens = time.perf_counter(), None, 0
+    # Tokens: the usage chunk's count; llama-cpp-python's server sends none, but streams a chunk per token.
+    start, first, tokens, chunks = time.perf_counter(), None, 0, 0
     async with http.stream("POST", f"{url}/chat/completions", json=body) as response:
         if response.status_code != 200:
             await response.aread()
@@ -46,10 +56,11 @@ async def one_request(http: httpx.AsyncClient, url: str, model: str, text: str, 
             event = json.loads(line[6:])
             if event.get("usage"):
                 tokens = event["usage"]["completion_tokens"]
-            elif event["choices"] and event["choices"][0]["delta"].get("content") and first is None:
-                first = time.perf_counter()
+            elif event["choices"] and event["choices"][0]["delta"].get("content"):
+                chunks += 1
+                first = first or time.perf_counter()
     end = time.perf_counter()
-    first = first or end
+    first, tokens = first or end, tokens or chunks
     return {"ttft": first - start, "tpot": (end - first) / max(tokens - 1, 1), "tokens": tokens, "end": end}
 
 
@@ -98,18 +109,47 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def server_command(args, port: int) -> list[str]:
+    if args.llamacpp:
+        threads = str(args.threads)
+        return [
+            *(sys.executable, "-m", "llama_cpp.server", "--model", str(args.llamacpp), "--port", str(port)),
+            *("--host", "127.0.0.1", "--n_threads", threads, "--n_threads_batch", threads),
+            *("--n_ctx", "2048", "--model_alias", "model", "--verbose", "False"),
+            *("--interrupt_requests", "False"),  # its default cancels a stream when another request comes
+        ]
+    return [
+        *(sys.executable, "-m", "eaglex.cli", "serve", args.artifact, "--port", str(port)),
+        *("--threads", str(args.threads), "--max-batch", str(args.max_batch), "--model-name", "model"),
+        *("--max-queue", "256", "--rows-per-pass", str(args.rows_per_pass)),
+    ]
+
+
+def prompt_texts(args) -> list[str]:
+    if args.prompt_set == "mt-bench":
+        return [p.text for p in load_prompts("mt-bench", args.prompts)]
+    import runpy
+
+    from eaglex.runtime.engine import Engine
+
+    script = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "drafter_acceptance.py"))
+    engine = Engine.load(args.artifact, threads=1, checksums=False)  # its tokenizer sizes the prompts
+    return [p.text for p in script["heldout_prompts"](engine, args.prompts, 2048 - 2 * args.max_tokens)]
+
+
 def start_server(args) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "eaglex.cli", "serve", args.artifact, "--port", str(port)]
-    command += ["--threads", str(args.threads), "--max-batch", str(args.max_batch), "--model-name", "model"]
-    command += ["--max-queue", "256", "--rows-per-pass", str(args.rows_per_pass)]
-    server = subprocess.Popen(command)
+    quiet = subprocess.DEVNULL if args.llamacpp else None  # uvicorn's access log, a line per request
+    # OpenMP threads that sleep at barriers, as in eaglex bench (bench/llamacpp.py says why): the load
+    # clients share the two cores, and spinning llama.cpp threads then took up to seconds per token.
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive")}
+    server = subprocess.Popen(server_command(args, port), stderr=quiet, env=env)
     url = f"http://127.0.0.1:{port}/v1"
     for _ in range(600):
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/models", timeout=1).status_code == 200:  # both servers have it
                 return server, url
         except httpx.HTTPError:
             time.sleep(0.2)
@@ -162,6 +202,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact")
     parser.add_argument("--url", help="an already running server's /v1 URL (its model id must be 'model')")
+    parser.add_argument("--llamacpp", type=Path, help="a GGUF: load-test llama.cpp's server instead")
+    parser.add_argument("--prompt-set", choices=("mt-bench", "sharegpt-heldout"), default="mt-bench")
     parser.add_argument("--levels", default="1,2,4,8,16")
     parser.add_argument("--seconds", type=float, default=60.0, help="per level")
     parser.add_argument("--max-requests", type=int, default=200, help="per level")
@@ -172,7 +214,7 @@ def main() -> None:
     parser.add_argument("--rows-per-pass", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("serve-load"))
     args = parser.parse_args()
-    texts = [p.text for p in load_prompts("mt-bench", args.prompts)]
+    texts = prompt_texts(args)
     server, url = (None, args.url) if args.url else start_server(args)
     rows = []
     try:
