@@ -34,9 +34,17 @@ class Method(Protocol):
 
 
 class EaglexMethod:
-    def __init__(self, engine: Engine, speculative: bool, temperature: float = 0.0, **tree: int):
+    """label: which artifact, when a run holds several (e.g. "int4"). reference: the method whose output
+    this one must reproduce, when not the run's first (a quantized artifact's EAGLE-3 reproduces its own
+    plain decoding, not the float32 one)."""
+
+    def __init__(
+        self, engine: Engine, speculative: bool, temperature: float = 0.0, label: str = "", **tree: int
+    ):
         self.engine, self.speculative, self.temperature, self.tree = engine, speculative, temperature, tree
-        self.name = "eaglex EAGLE-3" if speculative else "eaglex plain"
+        suffix = f" {label}" if label else ""
+        self.name = ("eaglex EAGLE-3" if speculative else "eaglex plain") + suffix
+        self.reference = f"eaglex plain{suffix}" if label else None
         config = engine.default_config(speculative=speculative, **tree)
         shape = f"tree top_k {config.top_k} depth {config.depth} total_tokens {config.total_tokens}"
         self.setup = f"onnxruntime CPU, {engine.threads} threads, " + (shape if speculative else "no drafter")

@@ -79,7 +79,8 @@ def run_suite(
     warmup: bool = True,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Returns {set: {method: summary}}. The first method is the reference whose outputs the others are
-    compared with (at temperature 0 every exact method must reproduce it)."""
+    compared with (at temperature 0 every exact method must reproduce it), unless a method names its own
+    `reference`, which must run before it."""
     if warmup:  # first calls pay for allocations and page faults; keep them out of every number
         first = next(iter(prompts.values()))[0]
         for method in methods:
@@ -90,10 +91,11 @@ def run_suite(
         totals = results.setdefault(name, {m.name: Totals() for m in methods})
         for prompt in items:
             ids = engine.encode(prompt.text, prompt.chat)
-            reference: list[int] | None = None
+            outputs: dict[str, list[int]] = {}
             for method in methods:
                 decode = method(ids, max_new_tokens)
-                reference = decode.tokens if reference is None else reference
+                outputs[method.name] = decode.tokens
+                reference = outputs.get(getattr(method, "reference", None) or methods[0].name)
                 totals[method.name].add(decode, decode.tokens == reference)
                 progress.step(f"{name} {method.name}")
     return {name: {m: t.summary() for m, t in per_method.items()} for name, per_method in results.items()}

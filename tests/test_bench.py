@@ -41,6 +41,8 @@ def test_bench_writes_json_table_and_plot(artifact, tmp_path):
         "--compare",
         "--peers",
         "transformers",  # genai's and llama.cpp's builds take minutes: tests/test_peers.py covers them
+        "--also",
+        artifact,  # a second artifact joins the run under its precision's name
         "--out",
         tmp_path,
     )
@@ -54,6 +56,7 @@ def test_bench_writes_json_table_and_plot(artifact, tmp_path):
         # Greedy EAGLE-3 and transformers reproduce eaglex plain decoding token for token.
         assert per_method["eaglex EAGLE-3"]["same_output_as_reference"] == 2
         assert per_method["transformers"]["same_output_as_reference"] == 2
+        assert per_method["eaglex EAGLE-3 fp32"]["same_output_as_reference"] == 2
         assert all(s["tokens_per_second"] > 0 for s in per_method.values())
     assert "| mt-bench | 2 |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
@@ -157,3 +160,38 @@ def test_run_decodes_plain_by_default_where_tune_found_it_faster(artifact, tmp_p
         assert mode("--spec") == mode("--depth", "2") == "EAGLE-3"
         assert mode("--no-spec") == "plain"
         assert_user_error(eaglex("run", copy, "--prompt", "w5", "--spec", "--no-spec"), "--spec", "--no-spec")
+
+
+def test_a_method_with_its_own_reference_is_checked_against_it():
+    """`bench --also`: an int4 artifact's EAGLE-3 must reproduce int4 plain decoding, not float32's."""
+    from eaglex.bench.methods import Decode
+    from eaglex.bench.suite import run_suite
+
+    class Fixed:
+        def __init__(self, name: str, tokens: list[int], reference: str | None = None):
+            self.name, self.tokens, self.reference, self.setup = name, tokens, reference, ""
+
+        def __call__(self, prompt: list[int], max_new_tokens: int) -> Decode:
+            return Decode(self.tokens, 1.0, len(self.tokens), 0)
+
+    class Encoder:
+        def encode(self, text: str, chat: bool) -> list[int]:
+            return [1, 2]
+
+    methods = [
+        Fixed("eaglex plain", [5, 6, 7]),
+        Fixed("eaglex plain int4", [5, 6, 8], "eaglex plain int4"),
+        Fixed("eaglex EAGLE-3 int4", [5, 6, 8], "eaglex plain int4"),
+        Fixed("eaglex EAGLE-3 int4 broken", [5, 6, 9], "eaglex plain int4"),
+        Fixed("peer", [5, 6, 8]),
+    ]
+    prompts = {"mt-bench": [Prompt("mt-bench", "1", "hello")] * 2}
+    results = run_suite(Encoder(), methods, prompts, 8, warmup=False)["mt-bench"]  # type: ignore[arg-type]
+    same = {name: summary["same_output_as_reference"] for name, summary in results.items()}
+    assert same == {
+        "eaglex plain": 2,
+        "eaglex plain int4": 2,
+        "eaglex EAGLE-3 int4": 2,
+        "eaglex EAGLE-3 int4 broken": 0,
+        "peer": 0,  # no reference of its own: compared with the first method
+    }

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from eaglex.cli.common import progress, user_errors
 from eaglex.errors import EaglexError
+
+if TYPE_CHECKING:
+    from eaglex.runtime.engine import Engine
 
 POSITIVE = click.IntRange(min=1)
 
@@ -45,6 +49,13 @@ POSITIVE = click.IntRange(min=1)
     help="With --compare: which peers to run.",
 )
 @click.option(
+    "--also",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Another artifact of the same model (e.g. int4; repeatable): its plain and EAGLE-3 decoding join "
+    "the run, the EAGLE-3 output checked against its own plain output.",
+)
+@click.option(
     "--out",
     type=click.Path(path_type=Path),
     default=None,
@@ -60,6 +71,7 @@ def bench(
     threads: int,
     compare: bool,
     peers: str,
+    also: tuple[Path, ...],
     out: Path | None,
 ) -> None:
     """Acceptance length, tokens/s and speedup per benchmark set, methods interleaved prompt by prompt."""
@@ -78,10 +90,15 @@ def bench(
     peer_names = parse_peers(peers) if compare else []
 
     engine = Engine.load(artifact, threads=threads)
-    if engine.drafter is None:
-        raise EaglexError(f"{artifact} has no drafter: export it with --drafter to benchmark EAGLE-3")
+    others = [Engine.load(path, threads=threads) for path in also]
+    for path, e in zip((artifact, *also), (engine, *others), strict=True):
+        if e.drafter is None:
+            raise EaglexError(f"{path} has no drafter: export it with --drafter to benchmark EAGLE-3")
     prompts = {name: load_prompts(name, limit) for name in sets.split(",")}
     methods = [EaglexMethod(engine, False, temperature), EaglexMethod(engine, True, temperature)]
+    for path, other in zip(also, others, strict=True):
+        label = artifact_label(other, path, [m.name for m in methods])
+        methods += [EaglexMethod(other, s, temperature, label) for s in (False, True)]
     if compare:
         methods += peer_methods(engine, threads, peer_names, progress)
     for method in methods:
@@ -91,6 +108,7 @@ def bench(
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "artifact": str(artifact),
+        "also": [str(path) for path in also],
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
         "threads": threads,
@@ -104,6 +122,14 @@ def bench(
     plot(results, out / "results.png", sweep)
     click.echo(markdown_table(results))
     progress(f"wrote {out}/results.json, results.md, results.png")
+
+
+def artifact_label(engine: Engine, path: Path, taken: list[str]) -> str:
+    """A short name for an extra artifact in the results: its weights' precision ("int4", "int4 a8"), or its
+    folder's name when that is already used."""
+    quant = engine.manifest.target.quantization
+    label = "fp32" if quant is None else quant.weights + (" a8" if quant.activations == "int8" else "")
+    return path.name if f"eaglex plain {label}" in taken else label
 
 
 @click.command()
