@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from eaglex.runtime.accept import accept_greedy, accept_sampling
+from eaglex.runtime.accept import RowArgmax, accept_greedy, accept_sampling
 from eaglex.runtime.backends.base import GraphSession
 from eaglex.runtime.draft import EagleDrafter
 from eaglex.runtime.generate import GenerationConfig, GenerationStats, _stop_at
@@ -173,7 +173,7 @@ class PackedStep:
         tree, config = seq.tree, seq.config
         assert tree is not None
         if config.temperature == 0:
-            path, bonus = accept_greedy(tree, logits.argmax(-1))
+            path, bonus = accept_greedy(tree, RowArgmax(logits))
         else:
             path, bonus = accept_sampling(
                 tree, logits, config.temperature, config.top_p, seq.rng, config.sample_top_k

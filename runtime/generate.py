@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from eaglex.runtime.accept import accept_greedy, accept_sampling
+from eaglex.runtime.accept import RowArgmax, accept_greedy, accept_sampling
 from eaglex.runtime.backends.base import GraphSession
 from eaglex.runtime.draft import EagleDrafter
 from eaglex.runtime.ngram import graft, lookup
@@ -107,7 +107,7 @@ def generate(
         stats.verify_seconds += verified - drafted
         logits = out["logits"][0]
         if greedy:
-            path, bonus = accept_greedy(tree, logits.argmax(-1))
+            path, bonus = accept_greedy(tree, RowArgmax(logits))
         else:
             path, bonus = accept_sampling(
                 tree, logits, config.temperature, config.top_p, rng, config.sample_top_k

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from speculative_stats import Accept, chi_square, critical_value, flawed_rule
 
-from eaglex.runtime.accept import accept_greedy, accept_sampling
+from eaglex.runtime.accept import RowArgmax, accept_greedy, accept_sampling
 from eaglex.runtime.sampling import probabilities
 from eaglex.runtime.tree import DraftTree, DraftTreeBuilder, chain_tree
 
@@ -61,6 +61,18 @@ def test_greedy_deep_path():
     argmax = rng.integers(64, 128, size=60)  # tokens no node has: the walk only follows the chosen path
     argmax[path[:-1]] = tree.tokens[path[1:]]
     assert_accepts(accept_greedy(tree, argmax), path, int(argmax[leaf]))
+
+
+def test_row_argmax_reads_only_the_visited_rows_and_agrees_with_the_full_argmax():
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        tree = random_tree(rng, 30, vocab=12)
+        logits = rng.normal(size=(30, 12)).astype(np.float32)
+        lazy = RowArgmax(logits)
+        path, bonus = accept_greedy(tree, lazy)
+        expected = accept_greedy(tree, logits.argmax(-1))
+        assert path.tolist() == expected[0].tolist() and bonus == expected[1]
+        assert set(lazy.known) == set(path.tolist())  # the path's rows, the last giving the bonus
 
 
 def test_sampling_at_temperature_zero_is_greedy():

@@ -147,9 +147,10 @@ void probabilities(const float *logits, int64_t vocab, float temperature, float 
                    std::vector<double> &probs);
 int64_t sample(const std::vector<double> &weights, Rng &rng);
 int64_t argmax(const float *values, int64_t n);
-// Accepted node indices (root first) and the bonus token.
-void accept_greedy(const DraftTree &tree, const std::vector<int64_t> &target_argmax,
-                   std::vector<int64_t> &path, int64_t &bonus);
+// Accepted node indices (root first) and the bonus token. Greedy reads the argmax of the visited nodes'
+// logit rows only (runtime/accept.py's RowArgmax): 2-4 rows of a 24-node tree, not all of them.
+void accept_greedy(const DraftTree &tree, const float *logits, int64_t vocab, std::vector<int64_t> &path,
+                   int64_t &bonus);
 void accept_sampling(const DraftTree &tree, const float *logits, int64_t vocab, float temperature,
                      float top_p, int32_t top_k, Rng &rng, std::vector<int64_t> &path, int64_t &bonus);
 

@@ -51,7 +51,7 @@ int Engine::generate(const std::vector<int64_t> &prompt, const Settings &s, eagl
   const int64_t feature_width = 3 * manifest.hidden_size;
   auto is_stop = [&](int64_t t) { return std::find(s.stop.begin(), s.stop.end(), t) != s.stop.end(); };
   Rng rng(s.seed);
-  std::vector<int64_t> generated, new_tokens, path, argmaxes;
+  std::vector<int64_t> generated, new_tokens, path;
   std::vector<float> features;
   std::vector<double> probs;
   auto deliver = [&](const std::vector<int64_t> &chunk) {
@@ -94,9 +94,7 @@ int Engine::generate(const std::vector<int64_t> &prompt, const Settings &s, eagl
     logits = out[0].GetTensorData<float>();
     int64_t bonus;
     if (greedy) {
-      argmaxes.resize(size_t(t));
-      for (int64_t i = 0; i < t; ++i) argmaxes[size_t(i)] = argmax(logits + i * vocab, vocab);
-      accept_greedy(tree, argmaxes, path, bonus);
+      accept_greedy(tree, logits, vocab, path, bonus);
     } else {
       accept_sampling(tree, logits, vocab, s.temperature, s.top_p, s.top_k, rng, path, bonus);
     }

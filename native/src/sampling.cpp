@@ -142,11 +142,11 @@ bool for_children(const DraftTree &tree, int64_t node, F &&visit) {
 
 }  // namespace
 
-void accept_greedy(const DraftTree &tree, const std::vector<int64_t> &target_argmax,
-                   std::vector<int64_t> &path, int64_t &bonus) {
+void accept_greedy(const DraftTree &tree, const float *logits, int64_t vocab, std::vector<int64_t> &path,
+                   int64_t &bonus) {
   path.assign(1, 0);
   while (true) {
-    int64_t node = path.back(), want = target_argmax[size_t(node)], next = -1;
+    int64_t node = path.back(), want = argmax(logits + node * vocab, vocab), next = -1;
     for_children(tree, node, [&](int64_t c) { return tree.tokens[size_t(c)] == want ? (next = c, true) : false; });
     if (next < 0) {
       bonus = want;
