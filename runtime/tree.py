@@ -52,6 +52,8 @@ class DraftTree:
         precede children."""
         if size < 1:
             raise ValueError(f"a draft tree keeps at least its root, got size {size}")
+        if size >= len(self.tokens):
+            return self  # frozen: nothing to copy or check again
         return DraftTree(self.tokens[:size], self.parents[:size], self.depths[:size])
 
     def children(self, node: int) -> np.ndarray:
