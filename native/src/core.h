@@ -73,8 +73,11 @@ class Graph {
         int threads, bool spin);
   // Runs the graph on new rows written to cache slots [cache_len, mask.total()); returns the outputs
   // other than the caches, in the order of `outputs`.
+  // shapes: when given, one per output: float outputs written into buffers this graph keeps and reuses
+  // (valid until the next call), instead of tensors onnxruntime allocates per call.
   std::vector<Ort::Value> run(std::vector<Feed> &feeds, const Mask &mask,
-                              const std::vector<const char *> &outputs);
+                              const std::vector<const char *> &outputs,
+                              const std::vector<std::vector<int64_t>> *shapes = nullptr);
   // Rows `slots` (absolute, ascending) move to start, start+1, ... (runtime/kv_cache.py's keep).
   void keep(int64_t start, const std::vector<int64_t> &slots);
   int64_t capacity = 0;
@@ -92,6 +95,7 @@ class Graph {
   std::vector<const char *> in_names_, out_names_;
   std::vector<Ort::Value> in_values_, out_values_;
   std::vector<float> bias_;
+  std::vector<std::vector<float>> out_buffers_;
 };
 
 // Wraps a host buffer as a tensor (no copy): the buffer must outlive the call.

@@ -14,14 +14,17 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 const std::vector<const char *> TARGET_OUTPUTS{"logits", "features"};
 
 std::vector<Ort::Value> run_target(Graph &target, std::vector<int64_t> &tokens, std::vector<int64_t> &positions,
-                                   std::vector<int64_t> &logit_rows, const Mask &mask) {
+                                   std::vector<int64_t> &logit_rows, const Mask &mask, int64_t vocab,
+                                   int64_t feature_width) {
   Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
   const int64_t n = int64_t(tokens.size());
   std::vector<Feed> feeds;
   feeds.push_back({"input_ids", tensor(cpu, tokens.data(), tokens.size(), {1, n})});
   feeds.push_back({"position_ids", tensor(cpu, positions.data(), positions.size(), {1, n})});
   feeds.push_back({"logit_index", tensor(cpu, logit_rows.data(), logit_rows.size(), {int64_t(logit_rows.size())})});
-  return target.run(feeds, mask, TARGET_OUTPUTS);
+  const int64_t rows = int64_t(logit_rows.size());
+  const std::vector<std::vector<int64_t>> shapes{{1, rows, vocab}, {1, n, feature_width}};
+  return target.run(feeds, mask, TARGET_OUTPUTS, &shapes);
 }
 
 // The accepted tokens and the bonus, cut after the first stop token and at the length budget (_stop_at).
@@ -65,7 +68,7 @@ int Engine::generate(const std::vector<int64_t> &prompt, const Settings &s, eagl
   for (int64_t i = 0; i < n; ++i) positions[size_t(i)] = i;
   Mask causal{n, 0, n, std::vector<uint8_t>(size_t(n * n), 0)};
   for (int64_t i = 0; i < n; ++i) std::fill_n(causal.block.begin() + i * n, i + 1, 1);
-  auto out = run_target(target, tokens, positions, logit_rows, causal);
+  auto out = run_target(target, tokens, positions, logit_rows, causal, vocab, feature_width);
   const float *logits = out[0].GetTensorData<float>();
   if (!greedy) probabilities(logits, vocab, s.temperature, s.top_p, s.top_k, probs);
   int64_t root = greedy ? argmax(logits, vocab) : sample(probs, rng);
@@ -90,7 +93,8 @@ int Engine::generate(const std::vector<int64_t> &prompt, const Settings &s, eagl
     positions.resize(size_t(t)), logit_rows.resize(size_t(t));
     for (int64_t i = 0; i < t; ++i)
       positions[size_t(i)] = cache_len + tree.depths[size_t(i)], logit_rows[size_t(i)] = i;
-    out = run_target(target, tree.tokens, positions, logit_rows, tree.attention_mask(cache_len));
+    out = run_target(target, tree.tokens, positions, logit_rows, tree.attention_mask(cache_len), vocab,
+                     feature_width);
     logits = out[0].GetTensorData<float>();
     int64_t bonus;
     if (greedy) {

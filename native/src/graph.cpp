@@ -79,7 +79,8 @@ Graph::Graph(Ort::Env &env, const std::string &path, int64_t layers, int64_t kv_
 }
 
 std::vector<Ort::Value> Graph::run(std::vector<Feed> &feeds, const Mask &mask,
-                                   const std::vector<const char *> &outputs) {
+                                   const std::vector<const char *> &outputs,
+                                   const std::vector<std::vector<int64_t>> *shapes) {
   const int64_t total = mask.total(), rows = mask.rows;
   if (total > capacity)
     throw Error(EAGLEX_ERR_RUNTIME, std::to_string(total) + " rows exceed the KV cache of " +
@@ -102,7 +103,18 @@ std::vector<Ort::Value> Graph::run(std::vector<Feed> &feeds, const Mask &mask,
   in_values_.push_back(tensor(cpu_, &seqlens_k, 1, {1}));
   in_names_.push_back("total_sequence_length");
   in_values_.push_back(tensor(cpu_, &total_length, 1, {}));
-  for (size_t i = 0; i < outputs.size(); ++i) out_values_.emplace_back(nullptr);  // onnxruntime allocates
+  if (shapes) {
+    out_buffers_.resize(outputs.size());
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      const std::vector<int64_t> &shape = (*shapes)[i];
+      size_t count = 1;
+      for (int64_t d : shape) count *= size_t(d);
+      if (out_buffers_[i].size() < count) out_buffers_[i].resize(count);
+      out_values_.push_back(tensor(cpu_, out_buffers_[i].data(), count, shape));
+    }
+  } else {
+    for (size_t i = 0; i < outputs.size(); ++i) out_values_.emplace_back(nullptr);  // onnxruntime allocates
+  }
   // The cache tensors go by pointer: Run takes arrays of values, so they are moved in and back out.
   for (size_t t = 0; t < kv_inputs_.size(); ++t) {
     in_names_.push_back(kv_input_names_[t].c_str()), in_values_.push_back(std::move(kv_inputs_[t]));
