@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from test_batch import alone, concurrently, prompts
+from test_cli import assert_user_error, eaglex
 
 from eaglex.bench.tune_batch import BatchCosts, pick
 from eaglex.errors import EaglexError
@@ -68,6 +69,11 @@ def test_pick_takes_trees_at_small_batches_and_plain_decoding_where_rows_cost_to
     assert capped.total_tokens == 2 and capped.speculative
     # A tree larger than its pool is not scored: top_k 1 at depth 1 grows 2 nodes, not 4.
     assert pick({(1, 1, 4): 3.0}, costs, (1,), 64)[0].speculative is False
+
+
+def test_tune_refuses_batch_sizes_that_are_not_increasing_positive_integers(tmp_path):
+    for bad in ("4,2", "0,1", "1,x"):
+        assert_user_error(eaglex("tune", tmp_path, "--batch-sizes", bad), "--batch-sizes", "increasing")
 
 
 def test_tuned_tree_is_the_entry_at_or_below_the_batch_size():
