@@ -15,6 +15,7 @@ drafts whoever shares its pass): aggregate tokens/s = b * (accepted + 1) / (pass
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,63 +105,79 @@ def measure(
                 "per pass: lower --batch-sizes or --rows-per-pass"
             )
         seqs = [Sequence([1] * cached, GenerationConfig(), i * cached, cached, 1 << 30) for i in range(b)]
-        top = b * cached
+        timer = _BatchTimer(runner, seqs, b * cached, capacity - b * cached, reps)
         progress(f"batch {b}: timing packed target passes ({cached} cached tokens per sequence)")
         for t in (1, *(t for t in sizes if b * t <= rows_per_pass)):
-            verify[b, t] = _time_pass(runner, seqs, t, top, reps)
+            verify[b, t] = timer.target_pass(t)
         progress(f"batch {b}: timing the drafter (commit and tree growth)")
         for k in top_ks:
-            commit[b, k], by_depth = _time_drafter(
-                runner, seqs, k, max_depth, top, capacity, rows_per_pass, reps
-            )
+            commit[b, k], by_depth = timer.drafter(k, max_depth, max(1, rows_per_pass // b))
             grow |= {(b, k, d): seconds for d, seconds in by_depth.items()}
     return BatchCosts(verify, grow, commit)
 
 
-def _time_pass(runner: PackedStep, seqs: list[Sequence], nodes: int, top: int, reps: int) -> float:
-    """Seconds of one packed target pass over a tree of `nodes` per sequence (a chain: rows cost the same
-    whatever their shape), each sequence reset to its state before the pass for every repetition."""
-    tree, cached = chain_tree(np.ones(nodes, np.int64)), seqs[0].size
+@dataclass
+class _BatchTimer:
+    """Times the scheduler's calls for these sequences, each repetition from the state a serving step meets.
 
-    def reset() -> None:
-        for seq in seqs:
-            seq.tree, seq.committed, seq.generated, seq.done = tree, cached, [1], False
+    Their regions hold `size` cached tokens each; the pass's rows go at `top`, tree levels below top + room.
+    Drafter calls are timed after a target pass, as in serving (the target's threads still spin then, and
+    drafter calls timed alone ran at half the time they take in a decoding round: bench/tune.py)."""
 
-    reset()
-    segments = [verify_segment(seq) for seq in seqs]
-    return _median_seconds(lambda: runner.target_pass(segments, top), reps, reset)
+    runner: PackedStep
+    seqs: list[Sequence]
+    top: int
+    room: int
+    reps: int
 
+    def _pass(self, nodes: int) -> tuple[Callable[[], None], Callable[[], object]]:
+        """(reset, call): one packed target pass over a tree of `nodes` per sequence (a chain: rows cost the
+        same whatever their shape) and the reset of every sequence to its state before that pass."""
+        tree, cached = chain_tree(np.ones(nodes, np.int64)), self.seqs[0].size
 
-def _time_drafter(
-    runner: PackedStep,
-    seqs: list[Sequence],
-    top_k: int,
-    max_depth: int,
-    top: int,
-    capacity: int,
-    rows_per_pass: int,
-    reps: int,
-) -> tuple[float, dict[int, float]]:
-    """Seconds of the drafter call that commits two rows per sequence, and of growing every sequence's tree
-    to each depth (from the top-k that commit leaves), trees of the pass's share of `rows_per_pass`."""
-    drafter = runner.drafter
-    assert drafter is not None
-    cached = seqs[0].size
-    rows = (np.ones(2, np.int64), np.zeros((2, 3 * drafter.embeddings.shape[1]), np.float32))
+        def reset() -> None:
+            for seq in self.seqs:
+                seq.tree, seq.committed, seq.generated, seq.done = tree, cached, [1], False
 
-    def two_rows_pending() -> None:
-        for seq in seqs:
-            seq.config, seq.drafted, seq.pending = GenerationConfig(top_k=top_k), cached - 2, rows
+        reset()
+        segments = [verify_segment(seq) for seq in self.seqs]
+        return reset, lambda: self.runner.target_pass(segments, self.top)
 
-    two_rows_pending()
-    commit = _median_seconds(lambda: runner.extend(seqs, top), reps, two_rows_pending)
-    nodes = [max(1, rows_per_pass // len(seqs))] * len(seqs)
-    grow = {}
-    for depth in range(1, max_depth + 1):
-        for seq in seqs:
-            seq.config = GenerationConfig(top_k=top_k, depth=depth)
-        grow[depth] = _median_seconds(lambda: runner.grow(seqs, nodes, top, capacity - top), reps)
-    return commit, grow
+    def target_pass(self, nodes: int) -> float:
+        reset, call = self._pass(nodes)
+        return _median_seconds(call, self.reps, reset)
+
+    def drafter(self, top_k: int, max_depth: int, nodes: int) -> tuple[float, dict[int, float]]:
+        """Seconds of the drafter call that commits two rows per sequence, and of growing every sequence's
+        tree of `nodes` nodes to each depth from the top-k that commit leaves."""
+        drafter, seqs = self.runner.drafter, self.seqs
+        assert drafter is not None
+        cached = seqs[0].size
+        rows = (np.ones(2, np.int64), np.zeros((2, 3 * drafter.embeddings.shape[1]), np.float32))
+        reset_pass, plain_pass = self._pass(1)
+        config = GenerationConfig(top_k=top_k)
+
+        def after_a_pass() -> None:
+            reset_pass()
+            plain_pass()
+            for seq in seqs:
+                seq.config, seq.drafted, seq.pending = config, cached - 2, rows
+
+        def after_commit() -> None:
+            after_a_pass()
+            self.runner.extend(seqs, self.top)
+
+        def grow_trees() -> None:
+            self.runner.grow(seqs, [nodes] * len(seqs), self.top, self.room)
+
+        after_a_pass()
+        commit = _median_seconds(lambda: self.runner.extend(seqs, self.top), self.reps, after_a_pass)
+        grow = {}
+        for depth in range(1, max_depth + 1):
+            config = GenerationConfig(top_k=top_k, depth=depth)  # what after_a_pass gives the sequences
+            after_commit()
+            grow[depth] = _median_seconds(grow_trees, self.reps, after_commit)
+        return commit, grow
 
 
 def to_json(choices: list[Choice], costs: BatchCosts, rows_per_pass: int) -> dict:
