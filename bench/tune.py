@@ -282,6 +282,8 @@ def tune(
     limit = engine.manifest.tree.max_total_tokens
     sizes = tuple(s for s in SIZES if s <= limit)
     top_ks = tuple(k for k in TOP_KS if k <= engine.manifest.drafter.max_top_k)  # type: ignore[union-attr]
+    for batch in batches:  # each fits the context, or fails before the long work
+        tune_batch.region_tokens(engine, batch, rows_per_pass)
     room = engine.target.capacity - new_tokens - MAX_DEPTH * max(top_ks)  # drafter scratch rows too
     lengths = {p: len(engine.encode(p.text, p.chat)) for p in calibration_prompts(per_set)}
     prompts = [p for p, length in lengths.items() if length <= room]

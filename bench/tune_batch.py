@@ -77,6 +77,19 @@ def pick(
     return choices
 
 
+def region_tokens(engine: Engine, batch: int, rows_per_pass: int) -> int:
+    """Cached tokens each of `batch` sequences may hold while timing: the pass's rows and the tree levels go
+    above the regions. Tune calls this before its long work, so a batch size that does not fit fails early."""
+    capacity = _capacity(engine)
+    tokens = (capacity - 2 * rows_per_pass) // batch
+    if tokens < 2:
+        raise EaglexError(
+            f"the artifact's context of {capacity} holds no {batch} sequences next to {rows_per_pass} rows "
+            "per pass: lower --batch-sizes or --rows-per-pass"
+        )
+    return tokens
+
+
 def measure(
     engine: Engine,
     batches: tuple[int, ...],
@@ -92,18 +105,12 @@ def measure(
     drafter = engine.drafter
     assert drafter is not None
     runner = PackedStep(engine.target, drafter, set())
-    capacity = min(engine.target.capacity, drafter.session.capacity)
+    capacity = _capacity(engine)
     verify: dict[tuple[int, int], float] = {}
     grow: dict[tuple[int, int, int], float] = {}
     commit: dict[tuple[int, int], float] = {}
     for b in batches:
-        # Each sequence's region holds `cached` tokens; the pass's rows and the tree levels go above them.
-        cached = min(context, (capacity - 2 * rows_per_pass) // b)
-        if cached < 2:
-            raise EaglexError(
-                f"the artifact's context of {capacity} holds no {b} sequences next to {rows_per_pass} rows "
-                "per pass: lower --batch-sizes or --rows-per-pass"
-            )
+        cached = min(context, region_tokens(engine, b, rows_per_pass))
         seqs = [Sequence([1] * cached, GenerationConfig(), i * cached, cached, 1 << 30) for i in range(b)]
         timer = _BatchTimer(runner, seqs, b * cached, capacity - b * cached, reps)
         progress(f"batch {b}: timing packed target passes ({cached} cached tokens per sequence)")
@@ -114,6 +121,11 @@ def measure(
             commit[b, k], by_depth = timer.drafter(k, max_depth, max(1, rows_per_pass // b))
             grow |= {(b, k, d): seconds for d, seconds in by_depth.items()}
     return BatchCosts(verify, grow, commit)
+
+
+def _capacity(engine: Engine) -> int:
+    assert engine.drafter is not None
+    return min(engine.target.capacity, engine.drafter.session.capacity)
 
 
 @dataclass

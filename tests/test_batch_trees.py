@@ -71,9 +71,14 @@ def test_pick_takes_trees_at_small_batches_and_plain_decoding_where_rows_cost_to
     assert pick({(1, 1, 4): 3.0}, costs, (1,), 64)[0].speculative is False
 
 
-def test_tune_refuses_batch_sizes_that_are_not_increasing_positive_integers(tmp_path):
+def test_tune_refuses_batch_sizes_that_are_not_increasing_or_do_not_fit(engine, tmp_path):
     for bad in ("4,2", "0,1", "1,x"):
         assert_user_error(eaglex("tune", tmp_path, "--batch-sizes", bad), "--batch-sizes", "increasing")
+    # 2 sequences next to 2 x 127 rows exceed the 256-token context: refused before calibration starts.
+    copy = shutil.copytree(engine.manifest.root, tmp_path / "copy")
+    process = eaglex("tune", copy, "--batch-sizes", "1,2", "--rows-per-pass", "127")
+    assert_user_error(process, "holds no 2 sequences", "--rows-per-pass")
+    assert "calibration" not in process.stderr and not (copy / "tune.json").exists()
 
 
 def test_tuned_tree_is_the_entry_at_or_below_the_batch_size():
