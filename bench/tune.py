@@ -262,14 +262,28 @@ def decode(engine: Engine, prompts: list[Prompt], shape: Shape | None, new_token
 
 
 def tune(
-    artifact: Path, threads: int, per_set: int, new_tokens: int, reps: int, check: int, progress
+    artifact: Path,
+    threads: int,
+    per_set: int,
+    new_tokens: int,
+    reps: int,
+    check: int,
+    progress,
+    batches: tuple[int, ...] = (),
+    rows_per_pass: int = 64,
 ) -> dict:
+    """The best tree for one sequence (checked by decoding) and, per batch size in `batches`, for the
+    serving scheduler's packed passes of at most `rows_per_pass` rows (predicted: bench/tune_batch.py)."""
+    from eaglex.bench import tune_batch  # here: it times with this module's helper
+
     engine = Engine.load(artifact, threads=threads)
     if engine.drafter is None:
         raise EaglexError(f"{artifact} has no drafter: there is no tree to tune")
     limit = engine.manifest.tree.max_total_tokens
     sizes = tuple(s for s in SIZES if s <= limit)
     top_ks = tuple(k for k in TOP_KS if k <= engine.manifest.drafter.max_top_k)  # type: ignore[union-attr]
+    for batch in batches:  # each fits the context, or fails before the long work
+        tune_batch.region_tokens(engine, batch, rows_per_pass)
     room = engine.target.capacity - new_tokens - MAX_DEPTH * max(top_ks)  # drafter scratch rows too
     lengths = {p: len(engine.encode(p.text, p.chat)) for p in calibration_prompts(per_set)}
     prompts = [p for p, length in lengths.items() if length <= room]
@@ -281,6 +295,10 @@ def tune(
     verify = verify_cost(engine, sizes, reps, context)
     draft, commit = draft_cost(engine, list(range(1, 65)), top_ks, reps, context)
     accepted = acceptance(engine, prompts, top_ks, sizes, new_tokens, progress)
+    costs = tune_batch.measure(
+        engine, batches, sizes, top_ks, MAX_DEPTH, reps, context, rows_per_pass, progress
+    )
+    by_batch = tune_batch.pick(accepted, costs, batches, rows_per_pass)
     # The loop's own work per round (masks, acceptance, cache compaction), from plain decoding.
     plain = decode(engine, prompts, None, new_tokens)
     host = max(plain.seconds_per_round - verify_cost(engine, (1,), reps, context)[1], 0.0)
@@ -327,16 +345,23 @@ def tune(
             "cache_tokens_for_costs": context,
         },
         "sweep": sweep,
+        "by_batch": tune_batch.to_json(by_batch, costs, rows_per_pass),
     }
 
 
 def write_tree(artifact: Path, result: dict) -> None:
     """Stores the tuned tree in the manifest (`run` and `bench` use it by default), and whether it beats
-    plain decoding (where it does not, `run` decodes plain by default), and the details in tune.json; each
-    file is replaced atomically."""
+    plain decoding (where it does not, `run` decodes plain by default), the serving trees per batch size,
+    and the details in tune.json; each file is replaced atomically."""
     manifest = contract.load(artifact, checksums=False)  # tune has just loaded and checked it
     partial = artifact / "tune.json.partial"
     partial.write_text(json.dumps(result, indent=2))
     partial.replace(artifact / "tune.json")
-    tree = dataclasses.replace(manifest.tree, **result["best"], speculative=result["speculative"])
+    fields = ("batch", "speculative", "top_k", "depth", "total_tokens")
+    by_batch = tuple(
+        contract.BatchTree(**{f: choice[f] for f in fields}) for choice in result["by_batch"]["choices"]
+    )
+    tree = dataclasses.replace(
+        manifest.tree, **result["best"], speculative=result["speculative"], by_batch=by_batch
+    )
     contract.save(dataclasses.replace(manifest, tree=tree))

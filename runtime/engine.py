@@ -164,15 +164,21 @@ class Engine:
 
     def default_config(self, **overrides: object) -> GenerationConfig:
         """The artifact's tree settings, with any field overridden (None means keep the default).
-        Speculation is on unless the manifest says plain decoding is faster here (`eaglex tune`)."""
+        Speculation is on unless the manifest says plain decoding is faster here (`eaglex tune`). Where no
+        tree setting is overridden, the batch scheduler may use the tree tuned for its batch size instead."""
         tree = self.manifest.tree
         names = {f.name for f in dataclasses.fields(GenerationConfig)}
         if unknown := sorted(set(overrides) - names):
             raise EaglexError(f"unknown generation setting {unknown[0]!r}: use {', '.join(sorted(names))}")
+        given = {k: v for k, v in overrides.items() if v is not None}
         config = GenerationConfig(
-            top_k=tree.top_k, depth=tree.depth, total_tokens=tree.total_tokens, speculative=tree.speculative
+            top_k=tree.top_k,
+            depth=tree.depth,
+            total_tokens=tree.total_tokens,
+            speculative=tree.speculative,
+            adaptive_tree=not {"top_k", "depth", "total_tokens", "speculative"} & set(given),
         )
-        return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        return dataclasses.replace(config, **given)
 
     def weight_bytes_read(self, stats: GenerationStats) -> int:
         """Weight bytes streamed from memory during decoding: each target pass and drafter call reads its

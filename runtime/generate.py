@@ -29,6 +29,9 @@ class GenerationConfig:
     total_tokens: int = 24  # tree: nodes verified per target pass, root included
     speculative: bool = True
     ngram: int = 0  # prompt lookup: up to this many tokens copied from the context join each tree (0: off)
+    # Serving (runtime/scheduler.py): the tree may follow the artifact's tuned tree for the current batch size
+    # (manifest tree.by_batch). Engine.default_config sets it where the caller names no tree setting.
+    adaptive_tree: bool = False
 
     def __post_init__(self) -> None:
         check_generation_settings(**self.__dict__)

@@ -107,18 +107,44 @@ class TokenSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BatchTree:
+    """The tree `eaglex tune` picked for `batch` sequences sharing each packed pass of the serving scheduler
+    (speculative: False where plain decoding was faster at that batch size)."""
+
+    batch: int = ranged(1, MAX_TREE)
+    speculative: bool
+    top_k: int = ranged(1, 1024)
+    depth: int = ranged(1, MAX_TREE)
+    total_tokens: int = ranged(1, MAX_TREE)
+
+    def __post_init__(self) -> None:
+        where = f"tree.by_batch[batch {self.batch}]"
+        invariant(self.depth <= max(1, self.total_tokens - 1), f"{where}.depth", "exceeds total_tokens - 1")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TreeSpec:
-    """The default draft tree. speculative: False where tuning found plain decoding faster on the machine."""
+    """The default draft tree. speculative: False where tuning found plain decoding faster on the machine.
+    by_batch: the serving scheduler's trees per batch size, increasing batch sizes (empty: not tuned)."""
 
     top_k: int = ranged(1, 1024)
     depth: int = ranged(1, MAX_TREE)
     total_tokens: int = ranged(1, MAX_TREE)
     max_total_tokens: int = ranged(1, MAX_TREE)
     speculative: bool = field(default=True, metadata=OMIT_DEFAULT)
+    by_batch: tuple[BatchTree, ...] = field(default=(), metadata=OMIT_DEFAULT)
 
     def __post_init__(self) -> None:
         invariant(self.total_tokens <= self.max_total_tokens, "tree.total_tokens", "exceeds max_total_tokens")
         invariant(self.depth <= max(1, self.total_tokens - 1), "tree.depth", "exceeds total_tokens - 1")
+        batches = [entry.batch for entry in self.by_batch]
+        invariant(batches == sorted(set(batches)), "tree.by_batch", "must list increasing batch sizes")
+        for entry in self.by_batch:
+            invariant(
+                entry.total_tokens <= self.max_total_tokens,
+                f"tree.by_batch[batch {entry.batch}].total_tokens",
+                "exceeds max_total_tokens",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,6 +219,9 @@ class Manifest:
                 "differs from target's",
             )
             invariant(self.tree.top_k <= self.drafter.max_top_k, "tree.top_k", "exceeds drafter.max_top_k")
+            for entry in self.tree.by_batch:
+                where = f"tree.by_batch[batch {entry.batch}].top_k"
+                invariant(entry.top_k <= self.drafter.max_top_k, where, "exceeds drafter.max_top_k")
         if self.engines is not None:
             listed += [("engines.target", name) for name in self.engines.target.names()]
             listed += [("engines.plugin_library", self.engines.plugin_library)]

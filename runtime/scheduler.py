@@ -2,8 +2,9 @@
 thread that runs packed steps (runtime/batch.py) while requests join and leave between them.
 
 Each step: admit waiting requests whose region fits (first come, first served, like vLLM's scheduler
-without preemption), drop cancelled ones, commit drafter rows, grow every decoding sequence's tree (its size
-shrinks as the batch grows: rows per pass are a budget shared by speculation and batching), then one target
+without preemption), drop cancelled ones, commit drafter rows, grow every decoding sequence's tree (the one
+`eaglex tune` picked for this batch size, runtime/batch_trees.py, or plain decoding; never over the pass's
+share of `rows_per_pass`: rows are a budget shared by speculation and batching), then one target
 pass over all trees plus prompt chunks up to `prefill_chunk` rows. Tokens go to each request's sink as soon
 as its pass accepts them. Thread-safe: `submit` from any thread, `stream` from any asyncio loop.
 """
@@ -23,6 +24,7 @@ import numpy as np
 
 from eaglex.errors import EaglexError
 from eaglex.runtime.batch import PackedStep, Sequence, prefill_segment, verify_segment
+from eaglex.runtime.batch_trees import follow, tuned_tree
 from eaglex.runtime.engine import Engine
 from eaglex.runtime.generate import GenerationConfig, GenerationStats
 from eaglex.runtime.prefix_cache import Cached, PrefixCache
@@ -122,6 +124,7 @@ class BatchEngine:
         self.engine = engine
         self.max_batch, self.max_queue = max_batch, max_queue
         self.prefill_chunk, self.rows_per_pass = prefill_chunk, rows_per_pass
+        self.trees = engine.manifest.tree.by_batch  # tuned per batch size (eaglex tune); may be empty
         self.step_runner = PackedStep(engine.target, engine.drafter, engine.stop_tokens)
         capacity = engine.target.capacity
         if engine.drafter is not None:
@@ -299,8 +302,9 @@ class BatchEngine:
         seqs = [r.seq for r in self.active]
         top, runner = self.regions.top, self.step_runner
         clock = time.perf_counter()
-        runner.extend(seqs, top)
         decoding = [s for s in seqs if not s.prefilling]
+        self._follow_tuned_trees(len(decoding))  # before extend: its top-k seeds the trees
+        runner.extend(seqs, top)
         sizes = self.tree_sizes(decoding)
         runner.grow(decoding, sizes, top, self.capacity - top)
         drafted = time.perf_counter()
@@ -318,6 +322,15 @@ class BatchEngine:
             seq.stats.verify_seconds += done - drafted
             seq.stats.decode_seconds += done - clock
         self._deliver(segments, emitted, len(decoding))
+
+    def _follow_tuned_trees(self, batch: int) -> None:
+        """Decoding sequences whose request names no tree of its own take the one tuned for this batch size
+        (`tree_sizes` still cuts it to the pass's row budget); the others keep their own settings."""
+        tuned = tuned_tree(self.trees, batch)
+        for request in self.active:
+            seq = request.seq
+            if tuned is not None and request.config.adaptive_tree and not seq.prefilling:
+                seq.config = follow(request.config, tuned)
 
     def tree_sizes(self, decoding: list[Sequence]) -> list[int]:
         """Nodes per tree: each sequence's own setting, cut so that the pass stays near `rows_per_pass`

@@ -50,6 +50,7 @@ def check_generation_settings(
     speculative: Any,
     ngram: Any = 0,
     sample_top_k: Any = 0,
+    adaptive_tree: Any = False,
 ) -> None:
     """Types and ranges of GenerationConfig's fields (its __post_init__ calls this)."""
     values = {"max_new_tokens": max_new_tokens, "top_k": top_k, "depth": depth, "total_tokens": total_tokens}
@@ -64,5 +65,6 @@ def check_generation_settings(
         check_integer("seed", seed, 0)
         if seed > MAX_SEED:
             raise EaglexError(f"--seed must fit in 64 bits (at most 2**64 - 1), got {seed}")
-    if not isinstance(speculative, bool):
-        raise EaglexError(f"speculative must be True or False, got {speculative!r}")
+    for name, value in (("speculative", speculative), ("adaptive_tree", adaptive_tree)):
+        if not isinstance(value, bool):
+            raise EaglexError(f"{name} must be True or False, got {value!r}")

@@ -66,15 +66,25 @@ def test_tune_writes_the_best_tree_into_the_manifest(artifact, tmp_path):
     tuned = tmp_path / "tuned"
     shutil.copytree(artifact, tuned)
     process = eaglex(
-        "tune", tuned, "--prompts-per-set", "1", "--new-tokens", "8", "--reps", "1", "--check", "2"
-    )
+        "tune", tuned, "--prompts-per-set", "1", "--new-tokens", "8", "--reps", "1", "--check", "2",
+        "--batch-sizes", "1,4", "--rows-per-pass", "16",
+    )  # fmt: skip
     assert process.returncode == 0, process.stderr
     result = json.loads((tuned / "tune.json").read_text())
+    fields = ("batch", "speculative", "top_k", "depth", "total_tokens")
+    by_batch = [{f: choice[f] for f in fields} for choice in result["by_batch"]["choices"]]
     assert json.loads((tuned / "manifest.json").read_text())["tree"] == {
         **result["best"],
         "speculative": result["speculative"],
         "max_total_tokens": 128,
+        "by_batch": by_batch,
     }
+    # Per batch size: a tree whose b copies fit the 16 rows of a pass, or plain decoding (one node).
+    assert [row["batch"] for row in by_batch] == [1, 4]
+    for row in by_batch:
+        assert row["batch"] * row["total_tokens"] <= 16 and (row["total_tokens"] > 1) == row["speculative"]
+    assert "| 4 | " in process.stdout and "batch 4: timing packed target passes" in process.stderr
+    assert Engine.load(tuned, threads=1).manifest.tree.by_batch[1].batch == 4
     # Plain decoding stays the default exactly where it beat every checked tree.
     fastest_tree = max(row["measured_tokens_per_second"] for row in result["measured"])
     assert result["speculative"] == (fastest_tree > result["plain_tokens_per_second"])

@@ -17,6 +17,19 @@ if TYPE_CHECKING:
 POSITIVE = click.IntRange(min=1)
 
 
+def batch_sizes(_ctx, _param, value: str) -> tuple[int, ...]:
+    """--batch-sizes: increasing positive integers separated by commas, or 'none'."""
+    if value.strip().lower() == "none":
+        return ()
+    try:
+        sizes = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1 or list(sizes) != sorted(set(sizes)):
+        raise click.BadParameter(f"{value!r} is not increasing positive integers like 1,2,4,8 (or none)")
+    return sizes
+
+
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option(
@@ -159,15 +172,42 @@ def artifact_label(engine: Engine, path: Path, taken: list[str]) -> str:
     show_default=True,
     help="Best predicted shapes to confirm by decoding.",
 )
+@click.option(
+    "--batch-sizes",
+    default="1,2,4,8",
+    callback=batch_sizes,
+    show_default=True,
+    help="Batch sizes of eaglex serve to pick a tree for (predicted from timed packed passes; 'none': skip).",
+)
+@click.option(
+    "--rows-per-pass",
+    default=64,
+    type=POSITIVE,
+    show_default=True,
+    help="Rows per packed pass, as eaglex serve's option: trees per batch size stay within it.",
+)
 @user_errors
-def tune(artifact: Path, threads: int, prompts_per_set: int, new_tokens: int, reps: int, check: int) -> None:
+def tune(
+    artifact: Path,
+    threads: int,
+    prompts_per_set: int,
+    new_tokens: int,
+    reps: int,
+    check: int,
+    batch_sizes: tuple[int, ...],
+    rows_per_pass: int,
+) -> None:
     """Pick the draft tree (top_k, depth, total_tokens) that decodes fastest on this machine; store it in
-    the artifact's manifest so run and bench use it by default."""
+    the artifact's manifest so run and bench use it by default, with the tree eaglex serve uses per batch
+    size."""
     from eaglex.bench.tune import tune as tune_tree
     from eaglex.bench.tune import write_tree
 
-    result = tune_tree(artifact, threads, prompts_per_set, new_tokens, reps, check, progress)
+    result = tune_tree(
+        artifact, threads, prompts_per_set, new_tokens, reps, check, progress, batch_sizes, rows_per_pass
+    )
     write_tree(artifact, result)
+    print_by_batch(result["by_batch"]["choices"])
     for row in result["measured"]:
         ms = {k: 1000 * v for k, v in row["round_seconds"].items()}
         parts = ", ".join(
@@ -187,6 +227,18 @@ def tune(artifact: Path, threads: int, prompts_per_set: int, new_tokens: int, re
             "default: plain decoding, which is faster than every draft tree on this machine with this "
             "drafter; eaglex run --spec still decodes with the best tree"
         )
+
+
+def print_by_batch(choices: list[dict]) -> None:
+    """The serving trees per batch size: a small table of predicted aggregate tokens/s."""
+    if not choices:
+        return
+    click.echo("eaglex serve, predicted tok/s of all sequences together:")
+    click.echo("| batch | top_k/depth/total_tokens | tok/s | plain tok/s |\n|---|---|---|---|")
+    for c in choices:
+        tree = f"{c['top_k']}/{c['depth']}/{c['total_tokens']}" if c["speculative"] else "plain"
+        rates = f"{c['tokens_per_second']:.1f} | {c['plain_tokens_per_second']:.1f}"
+        click.echo(f"| {c['batch']} | {tree} | {rates} |")
 
 
 @click.command("eval")

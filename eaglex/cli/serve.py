@@ -70,6 +70,7 @@ def serve(
     except ImportError as e:
         raise EaglexError(f"eaglex serve needs {e.name}: pip install 'eaglex[serve]'") from None
     from eaglex.runtime.artifact_source import artifact_name, resolve_artifact
+    from eaglex.runtime.batch_trees import describe
     from eaglex.runtime.engine import Engine
     from eaglex.runtime.scheduler import BatchEngine
 
@@ -82,6 +83,7 @@ def serve(
         f"serving {name} on http://{host}:{port}/v1 (batch {max_batch}, queue {max_queue}, "
         f"{batch.context_limit} tokens per request)"
     )
+    progress(describe(batch.trees, rows_per_pass))
     uvicorn.run(create_app(batch, name, max_tokens), host=host, port=port, log_level="warning")
 
 
