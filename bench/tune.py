@@ -298,7 +298,11 @@ def tune(
     costs = tune_batch.measure(
         engine, batches, sizes, top_ks, MAX_DEPTH, reps, context, rows_per_pass, progress
     )
+    quantization = engine.manifest.target.quantization
+    lossless = quantization is None or quantization.lossless_speculation
     by_batch = tune_batch.pick(accepted, costs, batches, rows_per_pass)
+    if not lossless:  # timed and reported, but the server decodes plain
+        by_batch = [dataclasses.replace(choice, speculative=False) for choice in by_batch]
     # The loop's own work per round (masks, acceptance, cache compaction), from plain decoding.
     plain = decode(engine, prompts, None, new_tokens)
     host = max(plain.seconds_per_round - verify_cost(engine, (1,), reps, context)[1], 0.0)
@@ -307,8 +311,9 @@ def tune(
     decoded = {s: decode(engine, prompts, s, new_tokens) for s in shapes[:check]}
     measured = {s: d.tokens_per_second for s, d in decoded.items()}
     best = max(measured, key=measured.get)
-    # Plain decoding stays the default where it beats every checked tree.
-    speculative = measured[best] > plain.tokens_per_second
+    # Plain decoding stays the default where it beats every checked tree, or where speculation would not
+    # reproduce it (int8 activations).
+    speculative = lossless and measured[best] > plain.tokens_per_second
     # Each checked shape's round, measured against the model's parts: where a prediction misses.
     parts = {
         s: {
@@ -330,6 +335,7 @@ def tune(
     return {
         "best": {"top_k": best.top_k, "depth": best.depth, "total_tokens": best.total_tokens},
         "speculative": speculative,
+        "lossless_speculation": lossless,
         "plain_tokens_per_second": plain.tokens_per_second,
         "host_seconds_per_round": host,
         "measured": [

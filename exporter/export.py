@@ -6,6 +6,7 @@ when the whole export succeeded.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -125,7 +126,7 @@ def export_artifact(
                 if drafter is not None
                 else None,
                 tokens=contract.TokenSpec(**{**tokens, "eos_token_ids": tuple(tokens["eos_token_ids"])}),
-                tree=tree_params,
+                tree=_lossless_default(tree_params, quantization.get("target")),
                 kv_compact="kv_compact.onnx" if backend == "onnxruntime" else None,
                 files=contract.file_table(work, (p.name for p in work.iterdir() if p.is_file())),
             )
@@ -136,6 +137,14 @@ def export_artifact(
         raise
     stage(f"wrote {out_dir}")
     return out_dir
+
+
+def _lossless_default(tree: contract.TreeSpec, target: contract.Quantization | None) -> contract.TreeSpec:
+    """Plain decoding by default where speculation would not reproduce it (int8 activations); `eaglex run
+    --spec` still speculates on request."""
+    if target is None or target.lossless_speculation:
+        return tree
+    return dataclasses.replace(tree, speculative=False)
 
 
 def _tree_params(tree: Mapping[str, int] | None, max_context: int) -> contract.TreeSpec:

@@ -151,12 +151,16 @@ def quantize_artifact(
                 work / drafter.file, drafter_scheme, "topk_logprobs", embeddings, "int8"
             )
             drafter = dataclasses.replace(drafter, quantization=quantized)
+        tree = manifest.tree
+        if not target.quantization.lossless_speculation:  # type: ignore[union-attr]
+            tree = dataclasses.replace(tree, speculative=False)  # plain by default: see the manifest
         contract.save(
             dataclasses.replace(
                 manifest,
                 root=work,
                 target=target,
                 drafter=drafter,
+                tree=tree,
                 files=contract.file_table(work, manifest.files),
             )
         )

@@ -75,6 +75,19 @@ def test_export_quantize_flag(models, tmp_path):
     )
 
 
+def test_int8_activations_default_to_plain_decoding(models, tmp_path):
+    """With int8 activations speculative output differs from plain decoding: such an artifact decodes
+    plain unless asked (`run --spec`), whether quantized afterwards or at export."""
+    assert Engine.load(models["int8"]).default_config().speculative is False
+    assert Engine.load(models["int4"]).default_config().speculative is True  # float32 activations
+    out = tmp_path / "int4a8"
+    args = ["export", "--model", str(models["model"]), "--drafter", str(models["drafter"]), "--out", str(out)]
+    args += ["--max-context", str(MAX_CONTEXT), "--quantize", "int4", "--activations", "int8"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "manifest.json").read_text())["tree"]["speculative"] is False
+
+
 def test_float_embeddings_keep_table_and_lm_head(models):
     artifact = models["int8-fp32"]
     manifest = Engine.load(artifact).manifest.to_json()

@@ -138,10 +138,14 @@ def bench(
 
 
 def artifact_label(engine: Engine, path: Path, taken: list[str]) -> str:
-    """A short name for an extra artifact in the results: its weights' precision ("int4", "int4 a8"), or its
-    folder's name when that is already used."""
+    """A short name for an extra artifact in the results: its weights' precision ("int4", "int4 a8", and the
+    drafter's where it differs: "fp32 int4-drafter"), or its folder's name when that is already used."""
     quant = engine.manifest.target.quantization
     label = "fp32" if quant is None else quant.weights + (" a8" if quant.activations == "int8" else "")
+    drafter = engine.manifest.drafter.quantization if engine.manifest.drafter else None
+    weights = [q.weights if q else "fp32" for q in (quant, drafter)]
+    if engine.manifest.drafter and weights[0] != weights[1]:
+        label += f" {weights[1]}-drafter"
     return path.name if f"eaglex plain {label}" in taken else label
 
 
@@ -222,6 +226,12 @@ def tune(
     click.echo(f"plain decoding: {result['plain_tokens_per_second']:.1f} tok/s; best tree: {result['best']}")
     if result["speculative"]:
         click.echo("default: speculative decoding with the best tree")
+    elif not result["lossless_speculation"]:
+        click.echo(
+            "default: plain decoding: with int8 activations speculative output differs from plain decoding "
+            "(export with --activations fp32 to keep it lossless); eaglex run --spec still decodes with "
+            "the best tree"
+        )
     else:
         click.echo(
             "default: plain decoding, which is faster than every draft tree on this machine with this "
