@@ -95,6 +95,7 @@ class Metrics:
     ttft_sum: float = 0.0
     ttft_count: int = 0
     batch: int = 0  # sequences in the last pass
+    tree_nodes: float = 0.0  # nodes verified per decoding sequence in the last pass (1: plain decoding)
     busy_seconds: float = 0.0  # time spent in steps
     started: float = field(default_factory=time.perf_counter)
 
@@ -306,6 +307,7 @@ class BatchEngine:
         self._follow_tuned_trees(len(decoding))  # before extend: its top-k seeds the trees
         runner.extend(seqs, top)
         sizes = self.tree_sizes(decoding)
+        self.metrics.tree_nodes = sum(sizes) / len(sizes) if sizes else 0.0
         runner.grow(decoding, sizes, top, self.capacity - top)
         drafted = time.perf_counter()
         segments = [verify_segment(s) for s in decoding]

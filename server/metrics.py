@@ -14,6 +14,12 @@ def prometheus_text(batch: BatchEngine) -> str:
         ("requests_rejected_total", "counter", "Requests refused because the queue was full.", m.rejected),
         ("queue_depth", "gauge", "Requests waiting for a batch slot.", batch.queue_depth),
         ("batch_size", "gauge", "Sequences in the running batch.", len(batch.active)),
+        (
+            "tree_nodes",
+            "gauge",
+            "Draft-tree nodes verified per decoding sequence in the last pass (1: plain decoding).",
+            m.tree_nodes,
+        ),
         ("generated_tokens_total", "counter", "Tokens generated.", m.tokens),
         ("target_passes_total", "counter", "Packed target passes.", m.passes),
         ("busy_seconds_total", "counter", "Seconds spent running passes.", m.busy_seconds),

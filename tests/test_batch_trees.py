@@ -152,6 +152,8 @@ def test_the_scheduler_decodes_plain_from_the_tabulated_batch_size_and_stays_los
     try:
         assert "1: k2 d3 t6, 3: plain" in describe(batch.trees, batch.rows_per_pass)
         assert concurrently(batch, items) == expected
+        last = [nodes for _, nodes in seen[-1][1]]  # /metrics shows the last pass's mean tree size
+        assert batch.metrics.tree_nodes == sum(last) / len(last)
     finally:
         batch.close()
     for batch_size, rows in seen:
