@@ -97,9 +97,13 @@ async def level(url: str, model: str, texts: list[str], clients: int, seconds: f
     }
 
 
-async def warm_up(url: str, text: str, max_tokens: int) -> None:
+async def warm_up(url: str, texts: list[str], max_tokens: int, clients: int) -> None:
+    """`clients` requests at once (different prompts), so that the server has run the batch sizes and
+    prompt lengths of the levels before the memory baseline is taken."""
     async with httpx.AsyncClient(timeout=600) as http:
-        await one_request(http, url, "model", text, max_tokens)
+        await asyncio.gather(
+            *(one_request(http, url, "model", texts[i % len(texts)], max_tokens) for i in range(clients))
+        )
 
 
 def rss_mb(pid: int) -> float:
@@ -213,13 +217,17 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--rows-per-pass", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("serve-load"))
+    parser.add_argument(
+        "--warmup-clients", type=int, default=1, help="concurrent requests before the first level"
+    )
     args = parser.parse_args()
     texts = prompt_texts(args)
     server, url = (None, args.url) if args.url else start_server(args)
     rows = []
     try:
-        # One request first, so model loading and first-call allocations are not part of level 1.
-        asyncio.run(warm_up(url, texts[0], args.max_tokens))
+        # Requests first (--warmup-clients at once), so model loading and first-call allocations are not
+        # part of level 1 and the memory baseline is taken after the shapes of the levels have been run.
+        asyncio.run(warm_up(url, texts, args.max_tokens, args.warmup_clients))
         for clients in (int(c) for c in args.levels.split(",")):
             rss_start = rss_mb(server.pid) if server else float("nan")
             row = asyncio.run(level(url, "model", texts, clients, args.seconds, args))
