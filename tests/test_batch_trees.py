@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_batch import alone, concurrently, prompts
+from test_batch import alone, concurrently, engine, prompts
 from test_cli import assert_user_error, eaglex
 
 from eaglex.bench.tune_batch import BatchCosts, pick
@@ -18,27 +18,10 @@ from eaglex.errors import EaglexError
 from eaglex.runtime import manifest as contract
 from eaglex.runtime.batch import PackedStep
 from eaglex.runtime.batch_trees import describe, tuned_tree
-from eaglex.runtime.engine import Engine
 from eaglex.runtime.manifest import BatchTree
 from eaglex.runtime.scheduler import BatchEngine
 
-MAX_CONTEXT = 256
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model, tmp_path_factory):
-    from eaglex.exporter.checkpoints import write_random_drafter
-    from eaglex.exporter.export import export_artifact
-
-    model = tiny_model("llama")
-    tmp = tmp_path_factory.mktemp("batch-trees")
-    drafter = write_random_drafter(model, tmp / "drafter", draft_vocab_size=64)
-    artifact = export_artifact(
-        model, tmp / "artifact", drafter_dir=drafter, max_context=MAX_CONTEXT, progress=lambda _: None
-    )
-    engine = Engine.load(artifact, threads=1)
-    engine.stop_tokens = set()  # a random model emits its EOS ids by chance; compare raw continuations
-    return engine
+__all__ = ["engine"]  # test_batch's tiny artifact with a random drafter, as a fixture here too
 
 
 def synthetic_costs(batches, pass_seconds) -> BatchCosts:
