@@ -6,7 +6,6 @@ when the whole export succeeded.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -26,7 +25,7 @@ from .fuse import fuse_graph
 from .graphs import MAX_TOP_K, export_drafter_graph, export_target_graph
 from .kv_compact import write_kv_compact_graph
 from .precision import lower_precision
-from .quantize import SCHEMES, quantize_graph
+from .quantize import SCHEMES, plain_where_lossy, quantize_graph
 from .target import Target, TargetConfig
 from .tokens import copy_tokenizer, special_tokens
 from .workdir import check_out_dir, clear_stale, make_work_dir, move_into_place
@@ -126,7 +125,7 @@ def export_artifact(
                 if drafter is not None
                 else None,
                 tokens=contract.TokenSpec(**{**tokens, "eos_token_ids": tuple(tokens["eos_token_ids"])}),
-                tree=_lossless_default(tree_params, quantization.get("target")),
+                tree=plain_where_lossy(tree_params, quantization.get("target")),
                 kv_compact="kv_compact.onnx" if backend == "onnxruntime" else None,
                 files=contract.file_table(work, (p.name for p in work.iterdir() if p.is_file())),
             )
@@ -137,14 +136,6 @@ def export_artifact(
         raise
     stage(f"wrote {out_dir}")
     return out_dir
-
-
-def _lossless_default(tree: contract.TreeSpec, target: contract.Quantization | None) -> contract.TreeSpec:
-    """Plain decoding by default where speculation would not reproduce it (int8 activations); `eaglex run
-    --spec` still speculates on request."""
-    if target is None or target.lossless_speculation:
-        return tree
-    return dataclasses.replace(tree, speculative=False)
 
 
 def _tree_params(tree: Mapping[str, int] | None, max_context: int) -> contract.TreeSpec:

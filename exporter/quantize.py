@@ -151,16 +151,13 @@ def quantize_artifact(
                 work / drafter.file, drafter_scheme, "topk_logprobs", embeddings, "int8"
             )
             drafter = dataclasses.replace(drafter, quantization=quantized)
-        tree = manifest.tree
-        if not target.quantization.lossless_speculation:  # type: ignore[union-attr]
-            tree = dataclasses.replace(tree, speculative=False)  # plain by default: see the manifest
         contract.save(
             dataclasses.replace(
                 manifest,
                 root=work,
                 target=target,
                 drafter=drafter,
-                tree=tree,
+                tree=plain_where_lossy(manifest.tree, target.quantization),
                 files=contract.file_table(work, manifest.files),
             )
         )
@@ -171,6 +168,14 @@ def quantize_artifact(
         shutil.rmtree(work, ignore_errors=True)
         raise
     return out
+
+
+def plain_where_lossy(tree: contract.TreeSpec, target: contract.Quantization | None) -> contract.TreeSpec:
+    """The tree with plain decoding as the default where speculation would not reproduce plain decoding
+    (int8 activations, Quantization.lossless_speculation); `eaglex run --spec` still speculates on request."""
+    if target is None or target.lossless_speculation:
+        return tree
+    return dataclasses.replace(tree, speculative=False)
 
 
 def streamed_weight_bytes(path: Path) -> int:
