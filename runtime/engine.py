@@ -14,7 +14,7 @@ from eaglex.runtime.backends.base import GraphSession
 from eaglex.runtime.draft import EagleDrafter
 from eaglex.runtime.generate import GenerationConfig, GenerationStats, generate
 from eaglex.runtime.manifest import REEXPORT, Manifest, load
-from eaglex.runtime.settings import check_integer, is_integer
+from eaglex.runtime.settings import RUNTIMES, check_integer, is_integer
 from eaglex.runtime.tokenizer import StreamDecoder, Tokenizer
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -92,21 +92,44 @@ class Engine:
     )
 
     def __init__(
-        self, manifest: Manifest, threads: int = 2, backend: str = "onnxruntime", device: str = "auto"
+        self,
+        manifest: Manifest,
+        threads: int = 2,
+        backend: str = "onnxruntime",
+        device: str = "auto",
+        runtime: str = "python",
     ):
         """device: where onnxruntime runs, "cpu", "cuda" or "auto" (the GPU when onnxruntime-gpu sees one
-        and the artifact is float16); the TensorRT backend always runs on the GPU."""
+        and the artifact is float16); the TensorRT backend always runs on the GPU.
+        runtime: whose loop decodes, "python" (runtime/generate.py), "native" (libeaglex, built on first
+        use: runtime/native.py) or "auto" (native where it is built and can run the artifact). A native
+        engine has no Python sessions (target and drafter are None) and cannot serve batches."""
         if backend not in BACKENDS:
             raise EaglexError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        if runtime not in RUNTIMES:
+            raise EaglexError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
         check_integer("threads", threads, 1, 1024)
         self.manifest, self.threads = manifest, threads
+        self.tokenizer = Tokenizer(manifest.root)
+        self.stop_tokens = set(manifest.tokens.eos_token_ids)
+        self._busy = threading.Lock()  # held while a generation runs: its caches are in use
+        self.native = None
+        if runtime != "python":
+            from eaglex.runtime.native import choose
+
+            self.native = choose(runtime, manifest, backend, device, threads)
+        self.runtime = "native" if self.native is not None else "python"
+        self.target: GraphSession | None = None
+        self.drafter: EagleDrafter | None = None
+        if self.native is not None:
+            self.device = "cpu"
+            return
         self.device = "cuda"
         if backend == "onnxruntime":
             from eaglex.runtime.backends.onnxruntime import resolve_device
 
             self.device = resolve_device(device, manifest.target.dtype, manifest.kv_compact is not None)
         target = manifest.target
-        self.tokenizer = Tokenizer(manifest.root)
         self.target = open_session(
             manifest,
             backend,
@@ -118,7 +141,6 @@ class Engine:
             device=self.device,
             widths={"logits": target.vocab_size, "features": 3 * target.hidden_size},
         )
-        self.drafter: EagleDrafter | None = None
         if manifest.drafter is not None:
             spec = manifest.drafter
             # The two sessions take turns. Spinning drafter threads would hold the cores while the target
@@ -146,8 +168,6 @@ class Engine:
                 f"{manifest.path(target.file)} holds {self.target.capacity} cache rows but the manifest's "
                 f"target.max_context is {target.max_context}: the artifact is inconsistent; {REEXPORT}"
             )
-        self.stop_tokens = set(manifest.tokens.eos_token_ids)
-        self._busy = threading.Lock()  # held while a generation runs: its caches are in use
 
     @classmethod
     def load(
@@ -157,10 +177,11 @@ class Engine:
         backend: str = "onnxruntime",
         checksums: bool = True,
         device: str = "auto",
+        runtime: str = "python",
     ) -> Engine:
         if not isinstance(artifact_dir, str | Path):
             raise EaglexError(f"the artifact must be a folder path, got {type(artifact_dir).__name__}")
-        return cls(load(artifact_dir, checksums), threads, backend, device)
+        return cls(load(artifact_dir, checksums), threads, backend, device, runtime)
 
     def default_config(self, **overrides: object) -> GenerationConfig:
         """The artifact's tree settings, with any field overridden (None means keep the default).
@@ -211,15 +232,15 @@ class Engine:
             raise EaglexError("the prompt must be a list of integer token ids (Engine.encode makes one)")
         if not len(prompt):
             raise EaglexError("the prompt is empty: give at least one token of text")
-        if len(prompt) >= self.target.capacity:
+        if len(prompt) >= limits.target.max_context:
             raise EaglexError(
                 f"the prompt has {len(prompt)} tokens but the artifact's context limit is "
-                f"{self.target.capacity} (prompt plus at least one new token): shorten the prompt or "
+                f"{limits.target.max_context} (prompt plus at least one new token): shorten the prompt or "
                 "re-export with a larger --max-context"
             )
         if bad := [t for t in prompt if not 0 <= t < limits.target.vocab_size]:
             raise EaglexError(f"token id {bad[0]} is outside the vocabulary of {limits.target.vocab_size}")
-        if config.speculative and self.drafter is not None:
+        if config.speculative and limits.drafter is not None:
             if not 1 <= config.top_k <= max_top_k:
                 raise EaglexError(
                     f"--top-k must be between 1 and {max_top_k} for this artifact, got {config.top_k}"
@@ -236,7 +257,9 @@ class Engine:
                     f"--depth must be between 1 and {most} (a tree of {config.total_tokens} nodes, "
                     f"--total-tokens, is no deeper), got {config.depth}"
                 )
-        drafted = config.total_tokens if config.speculative and self.drafter is not None else 1
+        if config.ngram and self.native is not None:
+            raise EaglexError("prompt lookup (--ngram) runs in the Python loop only: use --runtime python")
+        drafted = config.total_tokens if config.speculative and limits.drafter is not None else 1
         if not 0 <= config.ngram <= limits.tree.max_total_tokens - drafted:
             raise EaglexError(
                 f"--ngram must be between 0 and {limits.tree.max_total_tokens - drafted} (the artifact's "
@@ -258,6 +281,10 @@ class Engine:
         if not self._busy.acquire(blocking=False):
             raise EaglexError(self.BUSY)
         try:
+            if self.native is not None:
+                yield from self.native.generate(prompt, config, self.stop_tokens, stats)
+                return
+            assert self.target is not None
             drafter = self.drafter if config.speculative else None
             yield from generate(self.target, drafter, prompt, config, self.stop_tokens, stats)
         finally:

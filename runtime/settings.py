@@ -15,6 +15,7 @@ from eaglex.runtime.sampling import validate_sampling
 
 INTEGERS = {"max_new_tokens": 1, "top_k": 1, "depth": 1, "total_tokens": 1}  # name -> least value
 MAX_SEED = 2**64 - 1  # numpy's generators take seeds of up to 64 bits without folding them
+RUNTIMES = ("auto", "python", "native")  # whose loop decodes: Engine(runtime=...), runtime/native.py
 
 
 def flag(name: str) -> str:

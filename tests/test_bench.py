@@ -163,7 +163,7 @@ def test_run_decodes_plain_by_default_where_tune_found_it_faster(artifact, tmp_p
     def mode(*flags):
         process = eaglex("run", copy, "--prompt", "w5 w6", "--max-new-tokens", "3", *flags)
         assert process.returncode == 0, process.stderr
-        return re.search(r"\[(\S+) on \w+\]", process.stderr).group(1)
+        return re.search(r"\[(\S+) on \w+, (python|native) loop\]", process.stderr).group(1)
 
     assert mode() == ("EAGLE-3" if default else "plain")
     if recorded is False:

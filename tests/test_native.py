@@ -9,10 +9,8 @@ single-threaded outputs. The build is cached under ~/.cache/eaglex/native-build,
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,46 +19,29 @@ from speculative_stats import chi_square, critical_value
 
 from eaglex.runtime.engine import Engine
 
-ROOT = Path(__file__).parents[1]
-SOURCES = [ROOT / "native", ROOT / "include", ROOT / "examples"]
 MAX_CONTEXT = 160
 PROMPTS = [[5, 17, 42], [1, 9, 33, 70, 2, 101, 64], [120, 3]]
 TREES = [(4, 3, 10), (8, 5, 24), (1, 4, 5), (16, 2, 40)]  # (top_k, depth, total_tokens)
 
 
-def _source_hash() -> str:
-    digest = hashlib.sha256(sys.executable.encode())
-    for folder in SOURCES:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 @pytest.fixture(scope="session")
 def native_build() -> Path:
-    """The CMake build of native/ (the library, the C test program, the example), cached by source hash."""
+    """The CMake build of native/ (the library, the C test program, the example), cached by source hash
+    in the folder the Python runtime loads libeaglex from (runtime/native_build.py)."""
+    from eaglex.errors import EaglexError
+    from eaglex.runtime.native_build import NO_HEADERS, build
+
     missing = [tool for tool in ("cmake", "c++", "cc") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"no {', '.join(missing)}: apt-get install cmake g++ (scripts/test.sh does as root)")
-    build = Path.home() / ".cache" / "eaglex" / "native-build" / _source_hash()
-    if not (build / "eaglex_c_test").is_file():
-        configure = [
-            "cmake",
-            "-S",
-            str(ROOT / "native"),
-            "-B",
-            str(build),
-            f"-DEAGLEX_PYTHON={sys.executable}",
-        ]
-        for command in (configure, ["cmake", "--build", str(build), "-j", "2"]):
-            result = subprocess.run(command, capture_output=True, text=True)
-            if "could not fetch onnxruntime headers" in result.stdout + result.stderr:
-                pytest.skip(
-                    "onnxruntime headers unavailable: apt-get download of trixie's libonnxruntime-dev failed"
-                )
-            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return build
+    try:
+        return build(progress=lambda _: None)
+    except EaglexError as e:
+        if NO_HEADERS in str(e):
+            pytest.skip(
+                "onnxruntime headers unavailable: apt-get download of trixie's libonnxruntime-dev failed"
+            )
+        raise
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import click
 
 from eaglex.cli.common import progress, user_errors
 from eaglex.errors import EaglexError
+from eaglex.runtime.settings import RUNTIMES
 
 
 def speculation(spec: bool, no_spec: bool, *tree_flags: int | None) -> bool | None:
@@ -64,6 +65,14 @@ def speculation(spec: bool, no_spec: bool, *tree_flags: int | None) -> bool | No
     help="Where onnxruntime runs. auto: the GPU when onnxruntime-gpu finds one and the artifact was "
     "exported with --precision fp16, else the CPU.",
 )
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="auto",
+    show_default=True,
+    help="Whose loop decodes: python, native (libeaglex, built on first use) or auto (native where it is "
+    "built and can run the artifact; python for --ngram).",
+)
 @user_errors
 def run(
     artifact: Path,
@@ -82,6 +91,7 @@ def run(
     threads: int,
     backend: str,
     device: str,
+    runtime: str,
 ) -> None:
     """Generate text from an artifact, streaming it as it is accepted."""
     from eaglex.runtime.engine import Engine
@@ -89,8 +99,10 @@ def run(
 
     if spec and no_spec:
         raise EaglexError("--spec and --no-spec contradict each other: pass one of them")
-    engine = Engine.load(artifact, threads=threads, backend=backend, device=device)
-    if spec and engine.drafter is None:
+    if ngram and runtime == "auto":
+        runtime = "python"  # prompt lookup is the Python loop's
+    engine = Engine.load(artifact, threads=threads, backend=backend, device=device, runtime=runtime)
+    if spec and engine.manifest.drafter is None:
         raise EaglexError(f"{artifact} has no drafter, so --spec cannot apply: export it with --drafter")
     config = engine.default_config(
         max_new_tokens=max_new_tokens,
@@ -108,11 +120,12 @@ def run(
     for piece in engine.stream_text(engine.encode(prompt, chat), config, stats):
         click.echo(piece, nl=False)
     click.echo()
-    mode = "EAGLE-3" if engine.drafter is not None and config.speculative else "plain"
+    mode = "EAGLE-3" if engine.manifest.drafter is not None and config.speculative else "plain"
     mode += " + prompt lookup" if config.ngram else ""
     bandwidth = engine.weight_bytes_read(stats) / max(stats.decode_seconds, 1e-9) / 1e9
     progress(
-        f"[{mode} on {engine.device}] {stats.new_tokens} tokens in {time.perf_counter() - started:.2f} s "
+        f"[{mode} on {engine.device}, {engine.runtime} loop] {stats.new_tokens} tokens in "
+        f"{time.perf_counter() - started:.2f} s "
         f"(prefill {stats.prompt_tokens} tokens {stats.prefill_seconds:.2f} s) | "
         f"decode {stats.tokens_per_second:.1f} tok/s, "
         f"{bandwidth:.2f} GB/s of weights | mean acceptance length {stats.acceptance_length:.2f} | "
