@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from eaglex.bench.methods import Decode
@@ -130,9 +131,11 @@ class GenaiMethod:
         return Decode(tokens, time.perf_counter() - first, passes, passes * self.bytes_per_pass)
 
 
-def genai_methods(
+def genai_recipes(
     hf_dir: Path, threads: int, stop_tokens: Collection[int], progress: Callable[[str], object] = print
-) -> list[GenaiMethod]:
+) -> list[Callable[[], GenaiMethod]]:
+    """One recipe (bench/isolate.py) per kind; genai's builds are made here, on first use."""
     return [
-        GenaiMethod(model_dir(hf_dir, kind, progress), kind, threads, stop_tokens) for kind in KINDS.values()
+        partial(GenaiMethod, model_dir(hf_dir, kind, progress), kind, threads, set(stop_tokens))
+        for kind in KINDS.values()
     ]

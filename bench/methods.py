@@ -39,15 +39,24 @@ class EaglexMethod:
     plain decoding, not the float32 one)."""
 
     def __init__(
-        self, engine: Engine, speculative: bool, temperature: float = 0.0, label: str = "", **tree: int
+        self,
+        engine: Engine,
+        speculative: bool,
+        temperature: float = 0.0,
+        label: str = "",
+        reference: str | None = None,
+        **tree: int,
     ):
         self.engine, self.speculative, self.temperature, self.tree = engine, speculative, temperature, tree
         suffix = f" {label}" if label else ""
         self.name = ("eaglex EAGLE-3" if speculative else "eaglex plain") + suffix
-        self.reference = f"eaglex plain{suffix}" if label else None
+        self.reference = reference
         config = engine.default_config(speculative=speculative, **tree)
         shape = f"tree top_k {config.top_k} depth {config.depth} total_tokens {config.total_tokens}"
-        self.setup = f"onnxruntime CPU, {engine.threads} threads, " + (shape if speculative else "no drafter")
+        loop = "libeaglex loop" if engine.runtime == "native" else "Python loop"
+        self.setup = f"onnxruntime CPU, {loop}, {engine.threads} threads, " + (
+            shape if speculative else "no drafter"
+        )
 
     def __call__(self, prompt: list[int], max_new_tokens: int) -> Decode:
         stats = GenerationStats()
@@ -67,6 +76,21 @@ class EaglexMethod:
             stats.draft_seconds,
             stats.verify_seconds,
         )
+
+
+def eaglex_method(
+    artifact: Path,
+    threads: int,
+    runtime: str,
+    speculative: bool,
+    temperature: float,
+    label: str = "",
+    reference: str | None = None,
+) -> EaglexMethod:
+    """An EaglexMethod with an engine of its own (a recipe for bench/isolate.py; the parent process has
+    checked the artifact's files already)."""
+    engine = Engine.load(artifact, threads=threads, checksums=False, runtime=runtime)
+    return EaglexMethod(engine, speculative, temperature, label, reference)
 
 
 class _FirstTokenClock:

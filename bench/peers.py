@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
-from eaglex.bench.methods import Method, TransformersMethod
+from eaglex.bench.isolate import Recipe
+from eaglex.bench.methods import TransformersMethod
 from eaglex.errors import EaglexError
 from eaglex.extras import require
-from eaglex.runtime.engine import Engine
+from eaglex.runtime.manifest import Manifest
 
 # Each peer with what it needs installed (keys of eaglex.extras.EXTRAS): genai's model builder reads the
 # Hugging Face weights with torch and transformers.
@@ -30,29 +32,29 @@ def parse_peers(names: str) -> list[str]:
     return peers
 
 
-def peer_methods(
-    engine: Engine,
+def peer_recipes(
+    manifest: Manifest,
     threads: int,
     peers: Sequence[str] = tuple(PEERS),
     progress: Callable[[str], object] = print,
-) -> list[Method]:
-    source = Path(engine.manifest.target.source)
+) -> list[Recipe]:
+    """The peers' methods as recipes (bench/isolate.py): models are built or fetched here, once, and each
+    method is loaded where it will run."""
+    source = Path(manifest.target.source)
+    stop = set(manifest.tokens.eos_token_ids)
     if {"transformers", "onnxruntime-genai"} & set(peers) and not (source / "config.json").is_file():
         raise EaglexError(
             f"--compare needs the target's Hugging Face folder {source} (named in the manifest)"
         )
-    methods: list[Method] = []
+    recipes: list[Recipe] = []
     if "transformers" in peers:
-        methods += [
-            TransformersMethod(source, threads, engine.stop_tokens),
-            TransformersMethod(source, threads, engine.stop_tokens, prompt_lookup=True),
-        ]
+        recipes += [partial(TransformersMethod, source, threads, stop, lookup) for lookup in (False, True)]
     if "onnxruntime-genai" in peers:
-        from eaglex.bench.genai import genai_methods
+        from eaglex.bench.genai import genai_recipes
 
-        methods += genai_methods(source, threads, engine.stop_tokens, progress)
+        recipes += genai_recipes(source, threads, stop, progress)
     if "llama.cpp" in peers:
-        from eaglex.bench.llamacpp import llamacpp_methods
+        from eaglex.bench.llamacpp import llamacpp_recipes
 
-        methods += llamacpp_methods(engine, threads)
-    return methods
+        recipes += llamacpp_recipes(manifest, threads)
+    return recipes

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from eaglex.bench.llamacpp import LlamaCppModel, gguf_path, llamacpp_methods
+from eaglex.bench.llamacpp import LlamaCppModel, gguf_path, llamacpp_recipes
 from eaglex.runtime.engine import Engine
 from eaglex.runtime.generate import GenerationStats
 
@@ -29,7 +29,8 @@ def test_f32_gguf_decodes_what_eaglex_fp32_decodes(engine):
 
 
 def test_q4_1_method_and_teacher_forced_logits(engine):
-    (method,) = llamacpp_methods(engine, threads=2, kinds=("q4_1",))
+    (recipe,) = llamacpp_recipes(engine.manifest, threads=2, kinds=("q4_1",))
+    method = recipe()
     prompt = engine.encode("What is the capital of Australia?", chat=True)
     decode = method(prompt, 8)
     assert len(decode.tokens) == 8 and decode.passes == 7

@@ -10,9 +10,10 @@ import click
 
 from eaglex.cli.common import progress, user_errors
 from eaglex.errors import EaglexError
+from eaglex.runtime.settings import RUNTIMES
 
 if TYPE_CHECKING:
-    from eaglex.runtime.engine import Engine
+    from eaglex.runtime.manifest import Manifest
 
 POSITIVE = click.IntRange(min=1)
 
@@ -49,6 +50,19 @@ def batch_sizes(_ctx, _param, value: str) -> tuple[int, ...]:
 @click.option("--temperature", default=0.0, show_default=True, help="eaglex methods only; peers are greedy.")
 @click.option("--threads", default=2, show_default=True)
 @click.option(
+    "--runtime",
+    default="auto",
+    show_default=True,
+    help="Whose loop decodes eaglex's methods: python, native (libeaglex, built on first use) or auto "
+    "(native where it is built); several, comma-separated, run side by side (e.g. python,native).",
+)
+@click.option(
+    "--in-process",
+    is_flag=True,
+    help="Run every method in this process instead of one process each (their thread pools then share "
+    "the cores: llama.cpp's threads sleep at barriers so as not to starve the others).",
+)
+@click.option(
     "--compare",
     is_flag=True,
     help="Also run peers on the same weights and prompts (see --peers): transformers generate and its "
@@ -82,6 +96,8 @@ def bench(
     max_new_tokens: int,
     temperature: float,
     threads: int,
+    runtime: str,
+    in_process: bool,
     compare: bool,
     peers: str,
     also: tuple[Path, ...],
@@ -89,34 +105,58 @@ def bench(
 ) -> None:
     """Acceptance length, tokens/s and speedup per benchmark set, methods interleaved prompt by prompt."""
     import json
+    from functools import partial
 
+    from eaglex.bench import isolate
     from eaglex.bench.datasets import load_prompts
-    from eaglex.bench.methods import EaglexMethod
-    from eaglex.bench.peers import parse_peers, peer_methods
+    from eaglex.bench.methods import eaglex_method
+    from eaglex.bench.peers import parse_peers, peer_recipes
     from eaglex.bench.report import markdown_table, plot
     from eaglex.bench.suite import run_suite
     from eaglex.extras import require
     from eaglex.runtime.engine import Engine
+    from eaglex.runtime.manifest import load
 
     # Every optional package this run will use is checked now, not after minutes of decoding.
     require(["bench"], "eaglex bench (its plot)")
     peer_names = parse_peers(peers) if compare else []
+    runtimes = [name.strip() for name in runtime.split(",")]
+    if not runtimes or set(runtimes) - set(RUNTIMES) or len(set(runtimes)) < len(runtimes):
+        raise EaglexError(f"--runtime {runtime!r}: name each of {', '.join(RUNTIMES)} at most once")
 
-    engine = Engine.load(artifact, threads=threads)
-    others = [Engine.load(path, threads=threads) for path in also]
-    for path, e in zip((artifact, *also), (engine, *others), strict=True):
-        if e.drafter is None:
+    engine = Engine.load(artifact, threads=threads)  # checks the files; encodes the prompts
+    manifests = [engine.manifest, *(load(path) for path in also)]
+    for path, manifest in zip((artifact, *also), manifests, strict=True):
+        if manifest.drafter is None:
             raise EaglexError(f"{path} has no drafter: export it with --drafter to benchmark EAGLE-3")
     prompts = {name: load_prompts(name, limit) for name in sets.split(",")}
-    methods = [EaglexMethod(engine, False, temperature), EaglexMethod(engine, True, temperature)]
-    for path, other in zip(also, others, strict=True):
-        label = artifact_label(other, path, [m.name for m in methods])
-        methods += [EaglexMethod(other, s, temperature, label) for s in (False, True)]
+
+    # Method names: "eaglex plain", "eaglex EAGLE-3 int4 native", ...; an --also artifact's methods must
+    # reproduce its own plain decoding (its weights differ), the first artifact's the run's first method.
+    def suffix(label: str, name: str) -> str:
+        return f"{label} {name}".strip() if len(runtimes) > 1 else label
+
+    recipes, names = [], []
+    for i, (path, manifest) in enumerate(zip((artifact, *also), manifests, strict=True)):
+        label = artifact_label(manifest, path, names) if i else ""
+        reference = f"eaglex plain {suffix(label, runtimes[0])}" if label else None
+        for name in runtimes:
+            for speculative in (False, True):
+                method = (path, threads, name, speculative, temperature, suffix(label, name), reference)
+                recipes.append(partial(eaglex_method, *method))
+                names.append(f"eaglex {'EAGLE-3' if speculative else 'plain'} {suffix(label, name)}".strip())
     if compare:
-        methods += peer_methods(engine, threads, peer_names, progress)
-    for method in methods:
-        progress(f"{method.name}: {method.setup}")
-    results = run_suite(engine, methods, prompts, max_new_tokens)
+        recipes += peer_recipes(engine.manifest, threads, peer_names, progress)
+    progress(f"loading {len(recipes)} methods" + ("" if in_process else ", one process each"))
+    methods = [recipe() for recipe in recipes] if in_process else isolate.start(recipes)
+    try:
+        for method in methods:
+            progress(f"{method.name}: {method.setup}")
+        results = run_suite(engine, methods, prompts, max_new_tokens)
+    finally:
+        for method in methods:
+            if isinstance(method, isolate.Isolated):
+                method.close()
     out = out or Path("bench-results") / time.strftime("%Y-%m-%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     record = {
@@ -137,14 +177,14 @@ def bench(
     progress(f"wrote {out}/results.json, results.md, results.png")
 
 
-def artifact_label(engine: Engine, path: Path, taken: list[str]) -> str:
+def artifact_label(manifest: Manifest, path: Path, taken: list[str]) -> str:
     """A short name for an extra artifact in the results: its weights' precision ("int4", "int4 a8", and the
     drafter's where it differs: "fp32 int4-drafter"), or its folder's name when that is already used."""
-    quant = engine.manifest.target.quantization
+    quant = manifest.target.quantization
     label = "fp32" if quant is None else quant.weights + (" a8" if quant.activations == "int8" else "")
-    drafter = engine.manifest.drafter.quantization if engine.manifest.drafter else None
+    drafter = manifest.drafter.quantization if manifest.drafter else None
     weights = [q.weights if q else "fp32" for q in (quant, drafter)]
-    if engine.manifest.drafter and weights[0] != weights[1]:
+    if manifest.drafter and weights[0] != weights[1]:
         label += f" {weights[1]}-drafter"
     return path.name if f"eaglex plain {label}" in taken else label
 
