@@ -49,6 +49,7 @@ def export_artifact(
     quantize_embeddings: bool = True,
     quantize_activations: str | None = None,
     precision: str = "fp32",
+    quantize_symmetric: bool = False,
 ) -> Path:
     """Export a Hugging Face target (and optionally an EAGLE-3 drafter) to an artifact folder.
 
@@ -59,7 +60,8 @@ def export_artifact(
     "int8" or "int4" weight-only quantization of the target (exporter/quantize.py); quantize_drafter: the
     same for the drafter (None: as the target, "none": float32); quantize_embeddings: quantize the token
     embedding table and the lm_heads too; quantize_activations: "fp32" or "int8" inside the target's
-    quantized layers (None: fp32 for int4, int8 for int8; only fp32 keeps speculation lossless).
+    quantized layers (None: fp32 for int4, int8 for int8; only fp32 keeps speculation lossless);
+    quantize_symmetric: the target's blocks without zero points (exporter/quantize.quantize_graph).
     precision: "fp32" or "fp16" graphs (fp16 for onnxruntime's CUDA execution provider, whose attention
     kernel has no float32 version; exporter/precision.py keeps RoPE and norm statistics in float32).
     Returns out_dir.
@@ -67,6 +69,8 @@ def export_artifact(
     if backend not in BACKENDS:
         raise EaglexError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     quantize_drafter = _check_quantization(quantize, quantize_drafter, backend, drafter_dir)
+    if quantize_symmetric and quantize is None:
+        raise EaglexError("--symmetric applies to quantized weights: add --quantize int4 (or int8)")
     _check_precision(precision, backend, quantize)
     check_out_dir(Path(out_dir), overwrite)
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
@@ -94,14 +98,14 @@ def export_artifact(
             stage("tracing drafter")
             export_drafter_graph(drafter, work / "drafter.onnx", max_context, backend)
         quantization = {}
-        for role, file, scheme, logits, activations in (
-            ("target", "target.onnx", quantize, "logits", quantize_activations),
-            ("drafter", "drafter.onnx", quantize_drafter, "topk_logprobs", "int8"),  # it only proposes
+        for role, file, scheme, logits, activations, symmetric in (
+            ("target", "target.onnx", quantize, "logits", quantize_activations, quantize_symmetric),
+            ("drafter", "drafter.onnx", quantize_drafter, "topk_logprobs", "int8", False),  # it only proposes
         ):
             if scheme is not None:
                 stage(f"quantizing {role} to {scheme}")
                 quantization[role] = quantize_graph(
-                    work / file, scheme, logits, quantize_embeddings, activations
+                    work / file, scheme, logits, quantize_embeddings, activations, symmetric=symmetric
                 )
         if backend == "onnxruntime" and precision == "fp32":
             _fuse(work, drafter is not None)

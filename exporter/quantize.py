@@ -46,12 +46,16 @@ def quantize_graph(
     embeddings: bool = True,
     activations: str | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    symmetric: bool = False,
 ) -> contract.Quantization:
     """Rewrites the graph at `path` (+ `path`.data) in place; returns its manifest `quantization` entry.
 
     logits_output: the graph output the lm_head feeds ("logits", or the drafter's "topk_logprobs"): the
     lm_head is found from it, so `embeddings=False` can keep it (and the embedding table) in float32.
     activations: "fp32" or "int8" inside the quantized layers (None: DEFAULT_ACTIVATIONS[scheme]).
+    symmetric: no zero points, as onnxruntime-genai quantizes. A zero point per block (the default, as
+    Q4_1) fits the skewed blocks of small models better, but its bytes cost a one-row int4 pass ~6% of its
+    MatMulNBits time (docs/BENCHMARKS.md).
     """
     if scheme not in SCHEMES:
         raise EaglexError(f"unknown quantization {scheme!r}: choose one of {', '.join(SCHEMES)}")
@@ -62,7 +66,7 @@ def quantize_graph(
         raise EaglexError(f"quantization block size must be a power of two >= 16, got {block_size}")
     bits = SCHEMES[scheme]
     with _quiet_quantizer():
-        return _quantize(path, bits, scheme, logits_output, embeddings, activations, block_size)
+        return _quantize(path, bits, scheme, logits_output, embeddings, activations, block_size, symmetric)
 
 
 def _quantize(
@@ -73,6 +77,7 @@ def _quantize(
     embeddings: bool,
     activations: str,
     block_size: int,
+    symmetric: bool,
 ) -> contract.Quantization:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -80,14 +85,14 @@ def _quantize(
     lm_head = _lm_head(model.graph, logits_output)
     if embeddings:
         _untie(model.graph, lm_head)
-        gathered = _quantize_embedding_gathers(model.graph, bits, block_size)
+        gathered = _quantize_embedding_gathers(model.graph, bits, block_size, symmetric)
     else:
         gathered = 0
     quantizer = MatMulNBitsQuantizer(
         model,
         bits=bits,
         block_size=block_size,
-        is_symmetric=False,  # a zero point per block, as Q4_1: it fits the skewed blocks of small models
+        is_symmetric=symmetric,
         accuracy_level=ACTIVATIONS[activations],
         nodes_to_exclude=[] if embeddings else [lm_head.name],
         op_types_to_quantize=("MatMul",),
@@ -102,7 +107,7 @@ def _quantize(
         weights=scheme,
         method="MatMulNBits",
         block_size=block_size,
-        symmetric=False,
+        symmetric=symmetric,
         activations=activations,
         accuracy_level=ACTIVATIONS[activations],
         quantized_linear_layers=linear,
@@ -120,11 +125,12 @@ def quantize_artifact(
     activations: str | None = None,
     overwrite: bool = False,
     progress: Callable[[str], object] = print,
+    symmetric: bool = False,
 ) -> Path:
     """A quantized copy of a float32 onnxruntime artifact, without tracing the model again (`eaglex export
     --quantize` does the same in one go). drafter_scheme: None quantizes the drafter as the target, "none"
-    keeps it float32. activations: the target's (see quantize_graph). The copy is built next to `out` and
-    renamed into place when complete."""
+    keeps it float32. activations, symmetric: the target's (see quantize_graph). The copy is built next to
+    `out` and renamed into place when complete."""
     manifest = contract.load(source)
     check_out_dir(Path(out), overwrite)
     source, out = Path(source).resolve(), Path(out).resolve()
@@ -143,7 +149,10 @@ def quantize_artifact(
         target, drafter = manifest.target, manifest.drafter
         progress(f"quantizing target to {scheme}")
         target = dataclasses.replace(
-            target, quantization=quantize_graph(work / target.file, scheme, "logits", embeddings, activations)
+            target,
+            quantization=quantize_graph(
+                work / target.file, scheme, "logits", embeddings, activations, symmetric=symmetric
+            ),
         )
         if drafter is not None and drafter_scheme != "none":
             progress(f"quantizing drafter to {drafter_scheme}")
@@ -233,7 +242,7 @@ def _untie(graph: onnx.GraphProto, lm_head: onnx.NodeProto) -> None:
         graph.node.remove(transpose)
 
 
-def _quantize_embedding_gathers(graph: onnx.GraphProto, bits: int, block_size: int) -> int:
+def _quantize_embedding_gathers(graph: onnx.GraphProto, bits: int, block_size: int, symmetric: bool) -> int:
     """Gather(table [V, H], ids) -> GatherBlockQuantized over uint8 blocks along H (packed low nibble first
     at 4 bits), quantized by onnxruntime's own block kernel. Returns how many Gathers were rewritten."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -242,7 +251,7 @@ def _quantize_embedding_gathers(graph: onnx.GraphProto, bits: int, block_size: i
     )
 
     quantizer = DefaultWeightOnlyQuantizer(
-        DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=False, bits=bits)
+        DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, bits=bits)
     )
     initializers = {t.name: t for t in graph.initializer}
     count = 0

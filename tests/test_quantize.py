@@ -41,6 +41,7 @@ def models(tiny_model, tmp_path_factory) -> dict[str, Path]:
         "fp32": fp32,
         "int8": quantize_artifact(fp32, tmp / "int8", "int8", activations="int8", **quiet),
         "int4": quantize_artifact(fp32, tmp / "int4", "int4", **quiet),
+        "int4-sym": quantize_artifact(fp32, tmp / "int4-sym", "int4", symmetric=True, **quiet),
         "int8-fp32": quantize_artifact(
             fp32, tmp / "int8-fp32", "int8", "none", embeddings=False, activations="fp32", **quiet
         ),
@@ -107,7 +108,23 @@ def test_quantized_graphs_are_smaller(models):
     assert streamed["int4"] < streamed["int8"] < streamed["fp32"] / 2
 
 
-@pytest.mark.parametrize("scheme", ["int4", "int8-fp32"])  # float32 activations: lossless
+def test_symmetric_blocks_have_no_zero_points(models, tmp_path):
+    """--symmetric: MatMulNBits without its zero-point input (fewer bytes per pass), recorded as such."""
+    graph = onnx.load(str(models["int4-sym"] / "target.onnx"), load_external_data=False).graph
+    linear = [node for node in graph.node if node.op_type == "MatMulNBits"]
+    assert linear and all(len(node.input) == 3 for node in linear)  # A, B, scales: no zero_points
+    asymmetric = onnx.load(str(models["int4"] / "target.onnx"), load_external_data=False).graph
+    assert all(len(node.input) == 4 for node in asymmetric.node if node.op_type == "MatMulNBits")
+    bytes_read = {k: streamed_weight_bytes(models[k] / "target.onnx") for k in ("int4", "int4-sym")}
+    assert bytes_read["int4-sym"] < bytes_read["int4"]
+    quantization = json.loads((models["int4-sym"] / "manifest.json").read_text())["target"]["quantization"]
+    assert quantization["symmetric"] is True
+    args = ["export", "--model", str(models["model"]), "--out", str(tmp_path / "x"), "--symmetric"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--symmetric applies to quantized weights" in result.output
+
+
+@pytest.mark.parametrize("scheme", ["int4", "int4-sym", "int8-fp32"])  # float32 activations: lossless
 def test_speculative_greedy_equals_quantized_plain(models, scheme):
     engine = Engine.load(models[scheme], threads=1)
     engine.stop_tokens = set()  # a random model emits its EOS ids by chance; compare raw continuations
