@@ -53,6 +53,15 @@ class EaglexMethod:
         self.reference = reference
         config = engine.default_config(speculative=speculative, **tree)
         shape = f"tree top_k {config.top_k} depth {config.depth} total_tokens {config.total_tokens}"
+        # Weight bytes per call as genai's and llama.cpp's are counted: every weight a one-token pass reads
+        # (an embedding table it only gathers from is left out; the manifest's file sizes include it).
+        from eaglex.exporter.quantize import streamed_weight_bytes
+
+        manifest = engine.manifest
+        self.target_bytes = streamed_weight_bytes(manifest.path(manifest.target.file))
+        self.drafter_bytes = (
+            streamed_weight_bytes(manifest.path(manifest.drafter.file)) if manifest.drafter else 0
+        )
         loop = "libeaglex loop" if engine.runtime == "native" else "Python loop"
         self.setup = f"onnxruntime CPU, {loop}, {engine.threads} threads, " + (
             shape if speculative else "no drafter"
@@ -72,7 +81,7 @@ class EaglexMethod:
             tokens,
             stats.decode_seconds,
             stats.target_passes,
-            self.engine.weight_bytes_read(stats),
+            stats.target_passes * self.target_bytes + stats.drafter_calls * self.drafter_bytes,
             stats.draft_seconds,
             stats.verify_seconds,
         )

@@ -55,7 +55,8 @@ def plot(results: Results, path: Path, tree_sweep: list[dict[str, float]] | None
 
     sets, methods = list(results), list(next(iter(results.values())))
     panels = 3 if tree_sweep else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2))
+    height = 4.2 + (0.16 * len(methods) if len(methods) > 8 else 0)  # room for the legend below
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, height))
     ax = axes[0]
     pairs = [(first(r, SPEC), first(r, PLAIN)) for r in results.values()]
     if all(spec and plain for spec, plain in pairs):
@@ -81,7 +82,10 @@ def plot(results: Results, path: Path, tree_sweep: list[dict[str, float]] | None
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(sets))], sets)
     ax.set_ylabel("decode tokens/s")
     ax.set_title("tokens/s per method")
-    ax.legend(fontsize=7)
+    if len(methods) <= 8:
+        ax.legend(fontsize=7)
+    else:  # many methods: below the plot, where it hides no bar
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     if tree_sweep:
         ax = axes[2]
         sizes = [row["total_tokens"] for row in tree_sweep]

@@ -82,9 +82,10 @@ def main() -> None:
         gaps += [b - a for a, b in itertools.pairwise(stamps)]
         tokens, seconds = tokens + len(out) - 1, seconds + stamps[-1] - stamps[0]
         outputs.append(out)
-    digest = hash(tuple(map(tuple, outputs))) & 0xFFFF
+    digest = hash(tuple(map(tuple, outputs))) & 0xFFFF  # equal digests: equal outputs
+    name = f"eaglex {engine.runtime}" if args.kind == "eaglex" else "genai"
     print(
-        f"{args.kind} {engine.runtime if args.kind == 'eaglex' else ''} {args.path.name}: median {1000 * statistics.median(gaps):.2f} ms/token, "
+        f"{name} {args.path.name}: median {1000 * statistics.median(gaps):.2f} ms/token, "
         f"{tokens / seconds:.1f} tok/s over {tokens} tokens, output #{digest:04x}"
     )
 

@@ -49,7 +49,7 @@ def export_artifact(
     quantize_embeddings: bool = True,
     quantize_activations: str | None = None,
     precision: str = "fp32",
-    quantize_symmetric: bool = False,
+    quantize_symmetric: bool | None = None,
 ) -> Path:
     """Export a Hugging Face target (and optionally an EAGLE-3 drafter) to an artifact folder.
 
@@ -61,7 +61,7 @@ def export_artifact(
     same for the drafter (None: as the target, "none": float32); quantize_embeddings: quantize the token
     embedding table and the lm_heads too; quantize_activations: "fp32" or "int8" inside the target's
     quantized layers (None: fp32 for int4, int8 for int8; only fp32 keeps speculation lossless);
-    quantize_symmetric: the target's blocks without zero points (exporter/quantize.quantize_graph).
+    quantize_symmetric: the target's blocks without zero points (None: by scheme, quantize_graph).
     precision: "fp32" or "fp16" graphs (fp16 for onnxruntime's CUDA execution provider, whose attention
     kernel has no float32 version; exporter/precision.py keeps RoPE and norm statistics in float32).
     Returns out_dir.
@@ -69,8 +69,9 @@ def export_artifact(
     if backend not in BACKENDS:
         raise EaglexError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     quantize_drafter = _check_quantization(quantize, quantize_drafter, backend, drafter_dir)
-    if quantize_symmetric and quantize is None:
-        raise EaglexError("--symmetric applies to quantized weights: add --quantize int4 (or int8)")
+    if quantize_symmetric is not None and quantize is None:
+        flag = "--symmetric" if quantize_symmetric else "--zero-points"
+        raise EaglexError(f"{flag} applies to quantized weights: add --quantize int4 (or int8)")
     _check_precision(precision, backend, quantize)
     check_out_dir(Path(out_dir), overwrite)
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
@@ -100,7 +101,7 @@ def export_artifact(
         quantization = {}
         for role, file, scheme, logits, activations, symmetric in (
             ("target", "target.onnx", quantize, "logits", quantize_activations, quantize_symmetric),
-            ("drafter", "drafter.onnx", quantize_drafter, "topk_logprobs", "int8", False),  # it only proposes
+            ("drafter", "drafter.onnx", quantize_drafter, "topk_logprobs", "int8", None),  # it only proposes
         ):
             if scheme is not None:
                 stage(f"quantizing {role} to {scheme}")

@@ -37,6 +37,10 @@ ACTIVATIONS = {"fp32": 1, "int8": 4}  # -> MatMulNBits accuracy_level
 # Lossless by default. onnxruntime 1.32 has a fast float32-activation kernel for 4-bit weights only (8-bit
 # ones take ~10x longer), so int8 weights are fast only with `activations="int8"`, which is not lossless.
 DEFAULT_ACTIVATIONS = {"int4": "fp32", "int8": "fp32"}
+# int4 without zero points: on SmolLM2 as close to float32 as with them (greedy match 65.6% against 63.5%
+# over 20 prompts) and ~6% less MatMulNBits time per pass, as onnxruntime-genai quantizes
+# (docs/BENCHMARKS.md). int8 keeps a zero point per block: not measured otherwise.
+DEFAULT_SYMMETRIC = {"int4": True, "int8": False}
 
 
 def quantize_graph(
@@ -46,20 +50,20 @@ def quantize_graph(
     embeddings: bool = True,
     activations: str | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
-    symmetric: bool = False,
+    symmetric: bool | None = None,
 ) -> contract.Quantization:
     """Rewrites the graph at `path` (+ `path`.data) in place; returns its manifest `quantization` entry.
 
     logits_output: the graph output the lm_head feeds ("logits", or the drafter's "topk_logprobs"): the
     lm_head is found from it, so `embeddings=False` can keep it (and the embedding table) in float32.
     activations: "fp32" or "int8" inside the quantized layers (None: DEFAULT_ACTIVATIONS[scheme]).
-    symmetric: no zero points, as onnxruntime-genai quantizes. A zero point per block (the default, as
-    Q4_1) fits the skewed blocks of small models better, but its bytes cost a one-row int4 pass ~6% of its
-    MatMulNBits time (docs/BENCHMARKS.md).
+    symmetric: blocks without zero points (None: DEFAULT_SYMMETRIC[scheme]). A zero point per block (as
+    Q4_1) costs bytes: ~6% of an int4 pass's MatMulNBits time.
     """
     if scheme not in SCHEMES:
         raise EaglexError(f"unknown quantization {scheme!r}: choose one of {', '.join(SCHEMES)}")
     activations = activations or DEFAULT_ACTIVATIONS[scheme]
+    symmetric = DEFAULT_SYMMETRIC[scheme] if symmetric is None else symmetric
     if activations not in ACTIVATIONS:
         raise EaglexError(f"unknown activations {activations!r}: choose one of {', '.join(ACTIVATIONS)}")
     if block_size < 16 or block_size & (block_size - 1):
@@ -85,7 +89,7 @@ def _quantize(
     lm_head = _lm_head(model.graph, logits_output)
     if embeddings:
         _untie(model.graph, lm_head)
-        gathered = _quantize_embedding_gathers(model.graph, bits, block_size, symmetric)
+        gathered = _quantize_embedding_gathers(model.graph, bits, block_size)
     else:
         gathered = 0
     quantizer = MatMulNBitsQuantizer(
@@ -125,7 +129,7 @@ def quantize_artifact(
     activations: str | None = None,
     overwrite: bool = False,
     progress: Callable[[str], object] = print,
-    symmetric: bool = False,
+    symmetric: bool | None = None,
 ) -> Path:
     """A quantized copy of a float32 onnxruntime artifact, without tracing the model again (`eaglex export
     --quantize` does the same in one go). drafter_scheme: None quantizes the drafter as the target, "none"
@@ -242,7 +246,7 @@ def _untie(graph: onnx.GraphProto, lm_head: onnx.NodeProto) -> None:
         graph.node.remove(transpose)
 
 
-def _quantize_embedding_gathers(graph: onnx.GraphProto, bits: int, block_size: int, symmetric: bool) -> int:
+def _quantize_embedding_gathers(graph: onnx.GraphProto, bits: int, block_size: int) -> int:
     """Gather(table [V, H], ids) -> GatherBlockQuantized over uint8 blocks along H (packed low nibble first
     at 4 bits), quantized by onnxruntime's own block kernel. Returns how many Gathers were rewritten."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -251,7 +255,10 @@ def _quantize_embedding_gathers(graph: onnx.GraphProto, bits: int, block_size: i
     )
 
     quantizer = DefaultWeightOnlyQuantizer(
-        DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, bits=bits)
+        # Zero points always: a gather reads one row, so they cost nothing, and onnxruntime's
+        # GatherBlockQuantized reads symmetric 4-bit blocks differently from how its quantizer writes them
+        # (greedy match with float32 fell to 0 on SmolLM2).
+        DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=False, bits=bits)
     )
     initializers = {t.name: t for t in graph.initializer}
     count = 0

@@ -40,8 +40,8 @@ def models(tiny_model, tmp_path_factory) -> dict[str, Path]:
         "drafter": drafter,
         "fp32": fp32,
         "int8": quantize_artifact(fp32, tmp / "int8", "int8", activations="int8", **quiet),
-        "int4": quantize_artifact(fp32, tmp / "int4", "int4", **quiet),
-        "int4-sym": quantize_artifact(fp32, tmp / "int4-sym", "int4", symmetric=True, **quiet),
+        "int4": quantize_artifact(fp32, tmp / "int4", "int4", symmetric=False, **quiet),
+        "int4-sym": quantize_artifact(fp32, tmp / "int4-sym", "int4", **quiet),  # symmetric by default
         "int8-fp32": quantize_artifact(
             fp32, tmp / "int8-fp32", "int8", "none", embeddings=False, activations="fp32", **quiet
         ),
@@ -69,10 +69,11 @@ def test_export_quantize_flag(models, tmp_path):
     target = ops(out / "target.onnx")
     assert target["MatMulNBits"] == 21 and target["GatherBlockQuantized"] == 1 and target["MatMul"] == 0
     assert ops(out / "drafter.onnx")["MatMul"] == 0
-    # The same graphs as quantizing the float32 export afterwards.
+    # The same graphs as quantizing the float32 export afterwards (int4: symmetric by default).
+    assert manifest["target"]["quantization"]["symmetric"] is True
     assert (
         manifest["files"]["target.onnx.data"]
-        == Engine.load(models["int4"]).manifest.to_json()["files"]["target.onnx.data"]
+        == Engine.load(models["int4-sym"]).manifest.to_json()["files"]["target.onnx.data"]
     )
 
 
@@ -109,7 +110,8 @@ def test_quantized_graphs_are_smaller(models):
 
 
 def test_symmetric_blocks_have_no_zero_points(models, tmp_path):
-    """--symmetric: MatMulNBits without its zero-point input (fewer bytes per pass), recorded as such."""
+    """int4 by default (--symmetric): MatMulNBits without its zero-point input (fewer bytes per pass),
+    recorded as such; --zero-points keeps one per block."""
     graph = onnx.load(str(models["int4-sym"] / "target.onnx"), load_external_data=False).graph
     linear = [node for node in graph.node if node.op_type == "MatMulNBits"]
     assert linear and all(len(node.input) == 3 for node in linear)  # A, B, scales: no zero_points
@@ -119,9 +121,9 @@ def test_symmetric_blocks_have_no_zero_points(models, tmp_path):
     assert bytes_read["int4-sym"] < bytes_read["int4"]
     quantization = json.loads((models["int4-sym"] / "manifest.json").read_text())["target"]["quantization"]
     assert quantization["symmetric"] is True
-    args = ["export", "--model", str(models["model"]), "--out", str(tmp_path / "x"), "--symmetric"]
+    args = ["export", "--model", str(models["model"]), "--out", str(tmp_path / "x"), "--zero-points"]
     result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2 and "--symmetric applies to quantized weights" in result.output
+    assert result.exit_code == 2 and "--zero-points applies to quantized weights" in result.output
 
 
 @pytest.mark.parametrize("scheme", ["int4", "int4-sym", "int8-fp32"])  # float32 activations: lossless
