@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define EAGLEX_ABI_VERSION 1
+#define EAGLEX_ABI_VERSION 2
 
 #if defined(_WIN32)
 #define EAGLEX_API __declspec(dllexport)
@@ -66,6 +66,9 @@ typedef struct {
   /* tree fields 0 = the artifact's tuned tree (manifest "tree") */
   int32_t speculative; /* 0 = plain decoding (the drafter is not used) */
   int32_t stop_at_eos; /* 1 = stop after the artifact's eos token ids (default); 0 = ignore them */
+  /* ABI 2: */
+  int32_t ngram; /* prompt lookup: up to this many tokens copied from the context join each draft tree
+                    (0 = off, the default; at most the artifact's max_total_tokens less the drafted nodes) */
 } eaglex_config;
 
 /* What a generation did. */

@@ -257,8 +257,6 @@ class Engine:
                     f"--depth must be between 1 and {most} (a tree of {config.total_tokens} nodes, "
                     f"--total-tokens, is no deeper), got {config.depth}"
                 )
-        if config.ngram and self.native is not None:
-            raise EaglexError("prompt lookup (--ngram) runs in the Python loop only: use --runtime python")
         drafted = config.total_tokens if config.speculative and limits.drafter is not None else 1
         if not 0 <= config.ngram <= limits.tree.max_total_tokens - drafted:
             raise EaglexError(

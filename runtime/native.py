@@ -6,8 +6,8 @@ percent of decoding speed, which `eaglex run --runtime native` and `eaglex bench
 The graphs, the onnxruntime and the algorithm are the same; tests/test_native_python.py pins the tokens
 to the Python loop's.
 
-libeaglex runs onnxruntime-flavoured float32 artifacts on the CPU (`unsupported` says why not otherwise)
-and has no prompt lookup (`--ngram`). A generation runs in a worker thread (the C call releases the GIL)
+libeaglex runs onnxruntime-flavoured float32 artifacts on the CPU (`unsupported` says why not otherwise),
+prompt lookup (`--ngram`) included. A generation runs in a worker thread (the C call releases the GIL)
 and hands each pass's tokens to the caller's iterator through a queue, so streaming works as in Python.
 """
 
@@ -25,7 +25,7 @@ from eaglex.runtime.generate import GenerationConfig, GenerationStats
 from eaglex.runtime.manifest import Manifest
 from eaglex.runtime.native_build import LIBRARY, build, built_library
 
-ABI_VERSION = 1  # include/eaglex.h EAGLEX_ABI_VERSION
+ABI_VERSION = 2  # include/eaglex.h EAGLEX_ABI_VERSION
 OK, CANCELLED = 0, 6
 VERIFY_SIZES = 1  # the Python loader has already checked the files as asked (checksums or sizes)
 
@@ -42,6 +42,7 @@ class Config(ctypes.Structure):
         ("tree_total_tokens", ctypes.c_int32),
         ("speculative", ctypes.c_int32),
         ("stop_at_eos", ctypes.c_int32),
+        ("ngram", ctypes.c_int32),  # ABI 2
     ]
 
 
@@ -187,4 +188,5 @@ class NativeLoop:
             tree_total_tokens=config.total_tokens,
             speculative=int(config.speculative and self.has_drafter),
             stop_at_eos=int(stop_at_eos),
+            ngram=config.ngram,
         )

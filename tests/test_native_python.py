@@ -15,6 +15,8 @@ from eaglex.runtime.generate import GenerationStats
 from eaglex.runtime.manifest import load
 from eaglex.runtime.native import choose, unsupported
 
+NAMES = ("top_k", "depth", "total_tokens")
+
 
 @pytest.fixture(scope="module")
 def engines(native_build, artifact) -> tuple[Engine, Engine]:  # noqa: F811
@@ -33,8 +35,7 @@ def passes(engine: Engine, prompt: list[int], **overrides) -> tuple[list[list[in
 @pytest.mark.parametrize("tree", [None, *TREES])
 def test_native_streams_the_python_loops_passes(engines, tree):
     python, native = engines
-    names = ("top_k", "depth", "total_tokens")
-    settings = {"speculative": False} if tree is None else dict(zip(names, tree, strict=True))
+    settings = {"speculative": False} if tree is None else dict(zip(NAMES, tree, strict=True))
     for prompt in PROMPTS:
         expected, want = passes(python, prompt, max_new_tokens=40, **settings)
         got, stats = passes(native, prompt, max_new_tokens=40, **settings)
@@ -44,6 +45,21 @@ def test_native_streams_the_python_loops_passes(engines, tree):
         )  # fmt: skip
         assert stats.accepted_lengths == want.accepted_lengths
         assert stats.decode_seconds > 0
+
+
+@pytest.mark.parametrize("tree", [None, (4, 3, 12)])
+def test_prompt_lookup_grafts_the_same_trees(engines, tree):
+    """--ngram on libeaglex (ABI 2): the same looked-up paths, grafted the same way, accepted the same."""
+    python, native = engines
+    settings = {"speculative": False} if tree is None else dict(zip(NAMES, tree, strict=True))
+    grafted = 0
+    for phrase in PROMPTS:
+        prompt = [*phrase, 40, 41] * 3 + phrase[:1]  # a continuation that repeats it is found by lookup
+        expected, _ = passes(python, prompt, max_new_tokens=40, ngram=6, **settings)
+        got, stats = passes(native, prompt, max_new_tokens=40, ngram=6, **settings)
+        assert got == expected
+        grafted += stats.verified_tokens - stats.target_passes  # accepted beyond the bonus tokens
+    assert grafted > 0, "repetitive prompts should get looked-up drafts accepted"
 
 
 def test_sampling_is_reproducible_for_a_seed(engines):
@@ -69,10 +85,7 @@ def test_closing_a_stream_early_frees_the_engine(engines):
     ]
 
 
-def test_what_the_c_loop_cannot_do_is_refused(engines, artifact):  # noqa: F811
-    _, native = engines
-    with pytest.raises(EaglexError, match="--runtime python"):
-        native.generate(PROMPTS[0], native.default_config(ngram=2))
+def test_what_the_c_loop_cannot_do_is_refused(artifact):  # noqa: F811
     manifest = load(artifact, checksums=False)
     assert unsupported(manifest, "onnxruntime", "cpu") is None
     assert "CPU only" in unsupported(manifest, "onnxruntime", "cuda")

@@ -71,7 +71,7 @@ def speculation(spec: bool, no_spec: bool, *tree_flags: int | None) -> bool | No
     default="auto",
     show_default=True,
     help="Whose loop decodes: python, native (libeaglex, built on first use) or auto (native where it is "
-    "built and can run the artifact; python for --ngram).",
+    "built and can run the artifact).",
 )
 @user_errors
 def run(
@@ -99,8 +99,6 @@ def run(
 
     if spec and no_spec:
         raise EaglexError("--spec and --no-spec contradict each other: pass one of them")
-    if ngram and runtime == "auto":
-        runtime = "python"  # prompt lookup is the Python loop's
     engine = Engine.load(artifact, threads=threads, backend=backend, device=device, runtime=runtime)
     if spec and engine.manifest.drafter is None:
         raise EaglexError(f"{artifact} has no drafter, so --spec cannot apply: export it with --drafter")

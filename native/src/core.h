@@ -112,6 +112,11 @@ struct DraftTree {
   Mask attention_mask(int64_t prefix) const;  // the target's verify mask over `prefix` committed slots
 };
 DraftTree chain_tree(int64_t root);
+// Prompt lookup (runtime/ngram.py): up to `length` tokens that followed the latest earlier occurrence of the
+// context's last n tokens, n from max_ngram down to min_ngram; and that path grafted under the root.
+std::vector<int64_t> lookup(const std::vector<int64_t> &context, size_t length, int64_t max_ngram = 3,
+                            int64_t min_ngram = 2);
+void graft(DraftTree &tree, const std::vector<int64_t> &path);
 
 class TreeBuilder {
  public:

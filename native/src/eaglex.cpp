@@ -143,6 +143,12 @@ Settings Engine::check(const int32_t *prompt, size_t n_prompt, const eaglex_conf
       throw bad("tree_total_tokens must be between 1 and " + std::to_string(m.tree_max_total_tokens) +
                 ", got " + std::to_string(s.tree_total_tokens));
   }
+  const int64_t drafted = s.speculative ? s.tree_total_tokens : 1;
+  if (cfg.ngram < 0 || cfg.ngram > m.tree_max_total_tokens - drafted)
+    throw bad("ngram must be between 0 and " + std::to_string(m.tree_max_total_tokens - drafted) + " (the "
+              "artifact's " + std::to_string(m.tree_max_total_tokens) + " tree tokens less the " +
+              std::to_string(drafted) + " drafted), got " + std::to_string(cfg.ngram));
+  s.ngram = cfg.ngram;
   if (cfg.stop_at_eos) s.stop = m.eos_token_ids;
   return s;
 }

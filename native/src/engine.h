@@ -16,6 +16,7 @@ struct Settings {
   uint64_t seed = 0;
   int64_t tree_top_k = 1, tree_depth = 1, tree_total_tokens = 1;
   bool speculative = false;
+  int64_t ngram = 0;  // prompt lookup: tokens copied from the context per tree (runtime/ngram.py)
   std::vector<int64_t> stop;
 };
 

@@ -54,7 +54,7 @@ int Engine::generate(const std::vector<int64_t> &prompt, const Settings &s, eagl
   const int64_t feature_width = 3 * manifest.hidden_size;
   auto is_stop = [&](int64_t t) { return std::find(s.stop.begin(), s.stop.end(), t) != s.stop.end(); };
   Rng rng(s.seed);
-  std::vector<int64_t> generated, new_tokens, path;
+  std::vector<int64_t> generated, new_tokens, path, context;
   std::vector<float> features;
   std::vector<double> probs;
   auto deliver = [&](const std::vector<int64_t> &chunk) {
@@ -88,6 +88,11 @@ int Engine::generate(const std::vector<int64_t> &prompt, const Settings &s, eagl
     clock = Clock::now();
     DraftTree tree = drafter ? drafter->propose(root, s.tree_top_k, s.tree_depth, s.tree_total_tokens)
                              : chain_tree(root);
+    if (s.ngram) {
+      context.assign(prompt.begin(), prompt.end());
+      context.insert(context.end(), generated.begin(), generated.end());
+      graft(tree, lookup(context, size_t(s.ngram)));
+    }
     tree.truncate(size_t(capacity - cache_len));  // parents precede children, so a prefix is a tree
     const int64_t t = int64_t(tree.size());
     positions.resize(size_t(t)), logit_rows.resize(size_t(t));

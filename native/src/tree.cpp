@@ -25,6 +25,41 @@ void DraftTree::truncate(size_t n) {
   if (n < size()) tokens.resize(n), parents.resize(n), depths.resize(n);
 }
 
+std::vector<int64_t> lookup(const std::vector<int64_t> &context, size_t length, int64_t max_ngram,
+                            int64_t min_ngram) {
+  const int64_t size = int64_t(context.size());
+  for (int64_t n = std::min(max_ngram, size - 1); n >= min_ngram; --n) {
+    const auto tail = context.end() - n;
+    // The latest window context[i, i + n) that ends before the tail: the most recent text recurs likeliest.
+    for (int64_t i = size - 1 - n; i >= 0; --i)
+      if (std::equal(tail, context.end(), context.begin() + i)) {
+        const auto follow = context.begin() + i + n;
+        return {follow, follow + std::min<int64_t>(int64_t(length), context.end() - follow)};
+      }
+  }
+  return {};
+}
+
+void graft(DraftTree &tree, const std::vector<int64_t> &path) {
+  const int64_t existing = int64_t(tree.size());
+  int64_t node = 0;
+  for (int64_t token : path) {
+    if (node < existing) {  // still inside the drafted tree: follow a child that holds the token
+      int64_t match = -1;
+      for (int64_t child = node + 1; child < existing && match < 0; ++child)
+        if (tree.parents[size_t(child)] == node && tree.tokens[size_t(child)] == token) match = child;
+      if (match >= 0) {
+        node = match;
+        continue;
+      }
+    }
+    tree.tokens.push_back(token);
+    tree.parents.push_back(node);
+    tree.depths.push_back(tree.depths[size_t(node)] + 1);
+    node = int64_t(tree.size()) - 1;
+  }
+}
+
 Mask DraftTree::attention_mask(int64_t prefix) const {
   const int64_t n = int64_t(size());
   Mask mask{n, prefix, n, std::vector<uint8_t>(size_t(n * n), 0)};

@@ -1,7 +1,7 @@
 /* The C API from C, driven by tests/test_native.py.
  *   c_api_test generate ARTIFACT THREADS key=value...  prompts (token ids, one per line) on stdin; prints
  *       "ids: ..." and "stats: ..." per prompt. keys: max_new temperature top_p top_k seed tree_top_k
- *       tree_depth tree_total speculative stop_at_eos verify(0 sha256, 1 sizes)
+ *       tree_depth tree_total speculative stop_at_eos ngram verify(0 sha256, 1 sizes)
  *   c_api_test threads ARTIFACT ROUNDS  prompts on stdin; two engines in two threads at once, each output
  *       compared with the single-threaded one ("threads: ok")
  *   c_api_test errors ARTIFACT DAMAGED_ARTIFACT  bad input returns the documented codes ("errors: ok")
@@ -64,6 +64,7 @@ static int parse_config(eaglex_config *cfg, int *verify, int argc, char **argv) 
     else if (!strcmp(k, "tree_total")) cfg->tree_total_tokens = atoi(v);
     else if (!strcmp(k, "speculative")) cfg->speculative = atoi(v);
     else if (!strcmp(k, "stop_at_eos")) cfg->stop_at_eos = atoi(v);
+    else if (!strcmp(k, "ngram")) cfg->ngram = atoi(v);
     else if (!strcmp(k, "verify")) *verify = atoi(v);
     else return fprintf(stderr, "unknown setting %s\n", k), 0;
   }
@@ -201,6 +202,10 @@ static int errors_mode(const char *artifact, const char *damaged) {
   expect("tree_top_k 1000", eaglex_generate(e, prompt, 3, &bad, NULL, NULL, NULL), EAGLEX_ERR_SETTINGS);
   bad = cfg, bad.tree_total_tokens = 100000;
   expect("tree_total 100000", eaglex_generate(e, prompt, 3, &bad, NULL, NULL, NULL), EAGLEX_ERR_SETTINGS);
+  bad = cfg, bad.ngram = -1;
+  expect("ngram -1", eaglex_generate(e, prompt, 3, &bad, NULL, NULL, NULL), EAGLEX_ERR_SETTINGS);
+  bad = cfg, bad.ngram = 100000;
+  expect("ngram 100000", eaglex_generate(e, prompt, 3, &bad, NULL, NULL, NULL), EAGLEX_ERR_SETTINGS);
   expect("empty prompt", eaglex_generate(e, prompt, 0, &cfg, NULL, NULL, NULL), EAGLEX_ERR_PROMPT);
   int32_t outside[2] = {1, eaglex_vocab_size(e)};
   expect("token outside vocabulary", eaglex_generate(e, outside, 2, &cfg, NULL, NULL, NULL), EAGLEX_ERR_PROMPT);
