@@ -47,9 +47,11 @@ class EaglexMethod:
         reference: str | None = None,
         **tree: int,
     ):
+        """tree: GenerationConfig's tree settings (top_k, depth, total_tokens) and ngram (prompt lookup)."""
         self.engine, self.speculative, self.temperature, self.tree = engine, speculative, temperature, tree
         suffix = f" {label}" if label else ""
-        self.name = ("eaglex EAGLE-3" if speculative else "eaglex plain") + suffix
+        lookup = " + lookup" if tree.get("ngram") else ""
+        self.name = ("eaglex EAGLE-3" if speculative else "eaglex plain") + lookup + suffix
         self.reference = reference
         config = engine.default_config(speculative=speculative, **tree)
         shape = f"tree top_k {config.top_k} depth {config.depth} total_tokens {config.total_tokens}"
@@ -66,6 +68,8 @@ class EaglexMethod:
         self.setup = f"onnxruntime CPU, {loop}, {engine.threads} threads, " + (
             shape if speculative else "no drafter"
         )
+        if config.ngram:
+            self.setup += f", prompt lookup of up to {config.ngram} tokens"
 
     def __call__(self, prompt: list[int], max_new_tokens: int) -> Decode:
         stats = GenerationStats()
@@ -95,11 +99,14 @@ def eaglex_method(
     temperature: float,
     label: str = "",
     reference: str | None = None,
+    ngram: int = 0,
 ) -> EaglexMethod:
     """An EaglexMethod with an engine of its own (a recipe for bench/isolate.py; the parent process has
     checked the artifact's files already)."""
     engine = Engine.load(artifact, threads=threads, checksums=False, runtime=runtime)
-    return EaglexMethod(engine, speculative, temperature, label, reference)
+    return EaglexMethod(
+        engine, speculative, temperature, label, reference, **({"ngram": ngram} if ngram else {})
+    )
 
 
 class _FirstTokenClock:

@@ -1,19 +1,18 @@
 """Acceptance length (tokens per target pass) per benchmark set with and without prompt lookup.
 
     python experiments/ngram_acceptance.py ARTIFACT [--limit 3] [--new-tokens 96] [--ngram 8]
-        [--top-k K --depth D --total-tokens T] [--threads 1]
+        [--top-k K --depth D --total-tokens T] [--threads 1] [--runtime python|native]
 
 Greedy; per prompt: plain decoding, EAGLE-3, EAGLE-3 + lookup, plain + lookup (runtime/ngram.py), methods
 interleaved prompt by prompt. Each output is checked against plain decoding's. Tokens/s (decoding only)
-are by the CPU time of the calling thread (where onnxruntime runs with --threads 1), the steadier measure
-on a shared machine; the acceptance lengths are deterministic.
+are the loop's own decode time (GenerationStats, the same clock in both runtimes); the acceptance lengths
+are deterministic.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -34,8 +33,9 @@ def main() -> None:
     parser.add_argument("--depth", type=int)
     parser.add_argument("--total-tokens", type=int)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runtime", default="python", help="python or native (libeaglex)")
     args = parser.parse_args()
-    engine = Engine.load(args.artifact, threads=args.threads, checksums=False)
+    engine = Engine.load(args.artifact, threads=args.threads, checksums=False, runtime=args.runtime)
     tree = {"top_k": args.top_k, "depth": args.depth, "total_tokens": args.total_tokens}
     methods = {
         "plain": {"speculative": False},
@@ -57,12 +57,9 @@ def main() -> None:
             for method, settings in methods.items():
                 stats = GenerationStats()
                 config = engine.default_config(max_new_tokens=args.new_tokens, **tree, **settings)
-                chunks = engine.generate(ids, config, stats)
-                out = next(chunks)  # the prefill's token: decoding is timed from here
-                started = time.thread_time()
-                outputs[method] = out + [t for chunk in chunks for t in chunk]
+                outputs[method] = [t for chunk in engine.generate(ids, config, stats) for t in chunk]
                 taus[method].append(stats.acceptance_length)
-                rates[method].append((len(outputs[method]) - 1) / (time.thread_time() - started))
+                rates[method].append(stats.tokens_per_second)
             same += all(out == outputs["plain"] for out in outputs.values())
         cells = [f"{statistics.mean(taus[m]):.2f} ({statistics.mean(rates[m]):.1f})" for m in methods]
         print(f"| {name} | " + " | ".join(cells) + f" | {same}/{len(prompts)} |", flush=True)

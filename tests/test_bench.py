@@ -41,6 +41,8 @@ def test_bench_writes_json_table_and_plot(artifact, tmp_path):
         "--compare",
         "--peers",
         "transformers",  # genai's and llama.cpp's builds take minutes: tests/test_peers.py covers them
+        "--ngram",
+        "4",  # EAGLE-3 with prompt lookup joins as a method of its own
         "--also",
         artifact,  # a second artifact joins the run under its precision's name
         "--out",
@@ -55,6 +57,7 @@ def test_bench_writes_json_table_and_plot(artifact, tmp_path):
         )
         # Greedy EAGLE-3 and transformers reproduce eaglex plain decoding token for token.
         assert per_method["eaglex EAGLE-3"]["same_output_as_reference"] == 2
+        assert per_method["eaglex EAGLE-3 + lookup"]["same_output_as_reference"] == 2
         assert per_method["transformers"]["same_output_as_reference"] == 2
         assert per_method["eaglex EAGLE-3 fp32"]["same_output_as_reference"] == 2
         assert all(s["tokens_per_second"] > 0 for s in per_method.values())

@@ -57,6 +57,13 @@ def batch_sizes(_ctx, _param, value: str) -> tuple[int, ...]:
     "(native where it is built); several, comma-separated, run side by side (e.g. python,native).",
 )
 @click.option(
+    "--ngram",
+    default=0,
+    type=click.IntRange(min=0),
+    show_default=True,
+    help="Also run eaglex EAGLE-3 with prompt lookup of up to this many tokens (eaglex run --ngram).",
+)
+@click.option(
     "--in-process",
     is_flag=True,
     help="Run every method in this process instead of one process each (their thread pools then share "
@@ -97,6 +104,7 @@ def bench(
     temperature: float,
     threads: int,
     runtime: str,
+    ngram: int,
     in_process: bool,
     compare: bool,
     peers: str,
@@ -140,11 +148,14 @@ def bench(
     for i, (path, manifest) in enumerate(zip((artifact, *also), manifests, strict=True)):
         label = artifact_label(manifest, path, names) if i else ""
         reference = f"eaglex plain {suffix(label, runtimes[0])}" if label else None
+        modes = ((False, 0), (True, 0), (True, ngram)) if ngram else ((False, 0), (True, 0))
         for name in runtimes:
-            for speculative in (False, True):
-                method = (path, threads, name, speculative, temperature, suffix(label, name), reference)
+            for speculative, lookup in modes:  # (speculative, prompt lookup tokens)
+                shown = suffix(label, name)
+                method = (path, threads, name, speculative, temperature, shown, reference, lookup)
                 recipes.append(partial(eaglex_method, *method))
-                names.append(f"eaglex {'EAGLE-3' if speculative else 'plain'} {suffix(label, name)}".strip())
+                kind = ("EAGLE-3" if speculative else "plain") + (" + lookup" if lookup else "")
+                names.append(f"eaglex {kind} {shown}".strip())
     if compare:
         recipes += peer_recipes(engine.manifest, threads, peer_names, progress)
     progress(f"loading {len(recipes)} methods" + ("" if in_process else ", one process each"))
