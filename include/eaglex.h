@@ -109,7 +109,8 @@ EAGLEX_API int eaglex_open_ex(const char *artifact_dir, const eaglex_open_option
                               eaglex_engine **out);
 
 /* Fills cfg with the defaults: 128 new tokens, greedy, top_p 1, seed 0, the artifact's tuned tree,
- * speculative when the artifact has a drafter, stop at eos. */
+ * speculative when the artifact has a drafter and its manifest does not say plain decoding is faster
+ * (tree.speculative, written by eaglex tune), stop at eos, no prompt lookup. */
 EAGLEX_API void eaglex_default_config(const eaglex_engine *e, eaglex_config *cfg);
 
 /* Generates a continuation of prompt[0..n_prompt). cfg may be NULL (defaults); cb and stats may be NULL.

@@ -9,6 +9,7 @@ single-threaded outputs. The build is cached under ~/.cache/eaglex/native-build,
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -119,6 +120,19 @@ def test_eos_stops_as_in_python(native_build, artifact):
     prompts = [[i, i + 1] for i in range(3, 60, 4)]
     got, _ = native_generate(native_build, artifact, prompts, max_new=60)
     assert got == python_generate(engine, prompts, max_new_tokens=60)
+
+
+def test_default_config_follows_tunes_plain_verdict(native_build, artifact, tmp_path):
+    """eaglex_default_config speculates unless the manifest's tree says plain decoding is faster."""
+    _, stats = native_generate(native_build, artifact, PROMPTS[:1], max_new=20, stop_at_eos=0)
+    assert int(stats[0]["drafter_calls"]) > 0
+    plain = tmp_path / "plain"
+    shutil.copytree(artifact, plain)
+    manifest = json.loads((plain / "manifest.json").read_text())
+    manifest["tree"]["speculative"] = False  # as eaglex tune writes it
+    (plain / "manifest.json").write_text(json.dumps(manifest))
+    _, stats = native_generate(native_build, plain, PROMPTS[:1], max_new=20, stop_at_eos=0)
+    assert int(stats[0]["drafter_calls"]) == 0 and int(stats[0]["passes"]) == 19
 
 
 def test_sampling_is_reproducible_for_a_seed(native_build, artifact):

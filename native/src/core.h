@@ -30,6 +30,7 @@ struct Manifest {
   int64_t hidden_size = 0, num_layers = 0, num_kv_heads = 0, head_dim = 0, vocab_size = 0;
   int64_t drafter_kv_heads = 0, drafter_head_dim = 0, drafter_hidden = 0, max_top_k = 1;
   int64_t tree_top_k = 1, tree_depth = 1, tree_total_tokens = 1, tree_max_total_tokens = 1;
+  bool tree_speculative = true;  // false where eaglex tune found plain decoding faster (manifest tree)
   std::vector<int64_t> eos_token_ids;
   std::string path(const std::string &name) const { return root + "/" + name; }
 };

@@ -104,7 +104,7 @@ void Engine::default_config(eaglex_config &cfg) const {
   cfg.tree_top_k = int32_t(manifest.tree_top_k);
   cfg.tree_depth = int32_t(manifest.tree_depth);
   cfg.tree_total_tokens = int32_t(manifest.tree_total_tokens);
-  cfg.speculative = drafter_ != nullptr;
+  cfg.speculative = drafter_ != nullptr && manifest.tree_speculative;  // as Engine.default_config in Python
   cfg.stop_at_eos = 1;
 }
 

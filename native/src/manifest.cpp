@@ -126,6 +126,8 @@ Manifest load_manifest(const std::string &dir, bool checksums) {
   m.tree_depth = integer(tree, "depth", "tree");
   m.tree_total_tokens = integer(tree, "total_tokens", "tree");
   m.tree_max_total_tokens = integer(tree, "max_total_tokens", "tree");
+  const Json *speculative = tree ? tree->get("speculative") : nullptr;  // omitted: true (older manifests)
+  if (speculative && speculative->kind == Json::Bool) m.tree_speculative = speculative->boolean;
   const Json *tokens = raw.get("tokens");
   const Json *eos = tokens ? tokens->get("eos_token_ids") : nullptr;
   if (eos && eos->kind == Json::Array) {
