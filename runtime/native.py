@@ -95,7 +95,16 @@ def load_library(path: Path) -> ctypes.CDLL:
         raise EaglexError(
             f"cannot load libeaglex from {path} ({e}): rebuild it or unset EAGLEX_LIBRARY"
         ) from None
+    # Declared, so that ctypes passes size_t and pointers at their full width.
+    handle, pointer = ctypes.c_void_p, ctypes.c_void_p
     lib.eaglex_last_error.restype = ctypes.c_char_p
+    lib.eaglex_abi_version.restype = ctypes.c_int
+    lib.eaglex_open_ex.argtypes = [ctypes.c_char_p, ctypes.POINTER(OpenOptions), ctypes.POINTER(handle)]
+    lib.eaglex_generate.argtypes = [
+        handle, ctypes.POINTER(ctypes.c_int32), ctypes.c_size_t, ctypes.POINTER(Config), ON_TOKENS, pointer,
+        ctypes.POINTER(Stats),
+    ]  # fmt: skip
+    lib.eaglex_close.argtypes = [handle]
     if lib.eaglex_abi_version() != ABI_VERSION:
         raise EaglexError(
             f"{path} speaks C ABI version {lib.eaglex_abi_version()}, this eaglex version {ABI_VERSION}: "
