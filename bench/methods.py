@@ -47,7 +47,9 @@ class EaglexMethod:
         reference: str | None = None,
         **tree: int,
     ):
-        """tree: GenerationConfig's tree settings (top_k, depth, total_tokens) and ngram (prompt lookup)."""
+        """tree: GenerationConfig's tree settings (top_k, depth, total_tokens) and ngram (prompt lookup; off
+        unless given, whatever the manifest's default, so that "plain" and "EAGLE-3" stay what they say)."""
+        tree = {"ngram": 0, **tree}
         self.engine, self.speculative, self.temperature, self.tree = engine, speculative, temperature, tree
         suffix = f" {label}" if label else ""
         lookup = " + lookup" if tree.get("ngram") else ""
@@ -104,9 +106,7 @@ def eaglex_method(
     """An EaglexMethod with an engine of its own (a recipe for bench/isolate.py; the parent process has
     checked the artifact's files already)."""
     engine = Engine.load(artifact, threads=threads, checksums=False, runtime=runtime)
-    return EaglexMethod(
-        engine, speculative, temperature, label, reference, **({"ngram": ngram} if ngram else {})
-    )
+    return EaglexMethod(engine, speculative, temperature, label, reference, ngram=ngram)
 
 
 class _FirstTokenClock:

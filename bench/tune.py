@@ -37,6 +37,7 @@ from eaglex.runtime.tree import DraftTree
 TOP_KS = (1, 2, 4, 8)
 MAX_DEPTH = 8
 SIZES = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+LOOKUP = 8  # prompt lookup's tokens per tree, as checked on the default (BENCHMARKS: 1.05-1.14x EAGLE-3)
 
 
 def calibration_prompts(per_set: int) -> list[Prompt]:
@@ -242,8 +243,11 @@ class Decoded:
     verify_seconds_per_round: float  # the target pass over the tree
 
 
-def decode(engine: Engine, prompts: list[Prompt], shape: Shape | None, new_tokens: int) -> Decoded:
-    """Decodes the prompts with this tree shape (None: plain decoding) and times its parts."""
+def decode(
+    engine: Engine, prompts: list[Prompt], shape: Shape | None, new_tokens: int, ngram: int = 0
+) -> Decoded:
+    """Decodes the prompts with this tree shape (None: plain decoding) and prompt lookup of up to `ngram`
+    tokens (0: none, whatever the manifest says now), and times its parts."""
     tokens, seconds, rounds, draft, verify = 0, 0.0, 0, 0.0, 0.0
     for prompt in prompts:
         stats = GenerationStats()
@@ -252,7 +256,9 @@ def decode(engine: Engine, prompts: list[Prompt], shape: Shape | None, new_token
             if shape is None
             else {"top_k": shape.top_k, "depth": shape.depth, "total_tokens": shape.total_tokens}
         )
-        config = engine.default_config(max_new_tokens=new_tokens, speculative=shape is not None, **tree)
+        config = engine.default_config(
+            max_new_tokens=new_tokens, speculative=shape is not None, ngram=ngram, **tree
+        )
         for _ in engine.generate(engine.encode(prompt.text, prompt.chat), config, stats):
             pass
         tokens, seconds = tokens + stats.verified_tokens, seconds + stats.decode_seconds
@@ -314,6 +320,10 @@ def tune(
     # Plain decoding stays the default where it beats every checked tree, or where speculation would not
     # reproduce it (int8 activations).
     speculative = lossless and measured[best] > plain.tokens_per_second
+    # Prompt lookup on the default, lossless either way: kept where it is faster still.
+    default = best if speculative else None
+    lookup = decode(engine, prompts, default, new_tokens, ngram=LOOKUP).tokens_per_second
+    ngram = LOOKUP if lookup > (measured[best] if speculative else plain.tokens_per_second) else 0
     # Each checked shape's round, measured against the model's parts: where a prediction misses.
     parts = {
         s: {
@@ -335,6 +345,8 @@ def tune(
     return {
         "best": {"top_k": best.top_k, "depth": best.depth, "total_tokens": best.total_tokens},
         "speculative": speculative,
+        "ngram": ngram,
+        "lookup_tokens_per_second": lookup,
         "lossless_speculation": lossless,
         "plain_tokens_per_second": plain.tokens_per_second,
         "host_seconds_per_round": host,
@@ -356,9 +368,10 @@ def tune(
 
 
 def write_tree(artifact: Path, result: dict) -> None:
-    """Stores the tuned tree in the manifest (`run` and `bench` use it by default), and whether it beats
-    plain decoding (where it does not, `run` decodes plain by default), the serving trees per batch size,
-    and the details in tune.json; each file is replaced atomically."""
+    """Stores the tuned tree in the manifest (`run` and `bench` use it by default), whether it beats
+    plain decoding (where it does not, `run` decodes plain by default), whether prompt lookup speeds the
+    default up, the serving trees per batch size, and the details in tune.json; each file is replaced
+    atomically."""
     manifest = contract.load(artifact, checksums=False)  # tune has just loaded and checked it
     partial = artifact / "tune.json.partial"
     partial.write_text(json.dumps(result, indent=2))
@@ -368,6 +381,10 @@ def write_tree(artifact: Path, result: dict) -> None:
         contract.BatchTree(**{f: choice[f] for f in fields}) for choice in result["by_batch"]["choices"]
     )
     tree = dataclasses.replace(
-        manifest.tree, **result["best"], speculative=result["speculative"], by_batch=by_batch
+        manifest.tree,
+        **result["best"],
+        speculative=result["speculative"],
+        ngram=result.get("ngram", 0),
+        by_batch=by_batch,
     )
     contract.save(dataclasses.replace(manifest, tree=tree))

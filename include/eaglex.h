@@ -68,7 +68,8 @@ typedef struct {
   int32_t stop_at_eos; /* 1 = stop after the artifact's eos token ids (default); 0 = ignore them */
   /* ABI 2: */
   int32_t ngram; /* prompt lookup: up to this many tokens copied from the context join each draft tree
-                    (0 = off, the default; at most the artifact's max_total_tokens less the drafted nodes) */
+                    (0 = off; default: the manifest's tree.ngram; at most the artifact's max_total_tokens
+                    less the drafted nodes) */
 } eaglex_config;
 
 /* What a generation did. */
@@ -110,7 +111,8 @@ EAGLEX_API int eaglex_open_ex(const char *artifact_dir, const eaglex_open_option
 
 /* Fills cfg with the defaults: 128 new tokens, greedy, top_p 1, seed 0, the artifact's tuned tree,
  * speculative when the artifact has a drafter and its manifest does not say plain decoding is faster
- * (tree.speculative, written by eaglex tune), stop at eos, no prompt lookup. */
+ * (tree.speculative, written by eaglex tune), stop at eos, and prompt lookup where the manifest asks for it
+ * (tree.ngram, written by eaglex tune where it was faster; else 0). */
 EAGLEX_API void eaglex_default_config(const eaglex_engine *e, eaglex_config *cfg);
 
 /* Generates a continuation of prompt[0..n_prompt). cfg may be NULL (defaults); cb and stats may be NULL.

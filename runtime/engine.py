@@ -185,7 +185,8 @@ class Engine:
 
     def default_config(self, **overrides: object) -> GenerationConfig:
         """The artifact's tree settings, with any field overridden (None means keep the default).
-        Speculation is on unless the manifest says plain decoding is faster here (`eaglex tune`). Where no
+        Speculation is on unless the manifest says plain decoding is faster here, and prompt lookup where
+        it says lookup is (`eaglex tune`). Where no
         tree setting is overridden, the batch scheduler may use the tree tuned for its batch size instead."""
         tree = self.manifest.tree
         names = {f.name for f in dataclasses.fields(GenerationConfig)}
@@ -197,6 +198,7 @@ class Engine:
             depth=tree.depth,
             total_tokens=tree.total_tokens,
             speculative=tree.speculative,
+            ngram=tree.ngram,
             adaptive_tree=not {"top_k", "depth", "total_tokens", "speculative"} & set(given),
         )
         return dataclasses.replace(config, **given)

@@ -132,17 +132,25 @@ class BatchTree:
 @dataclass(frozen=True, kw_only=True)
 class TreeSpec:
     """The default draft tree. speculative: False where tuning found plain decoding faster on the machine.
-    by_batch: the serving scheduler's trees per batch size, increasing batch sizes (empty: not tuned)."""
+    ngram: prompt lookup's tokens per tree by default (runtime/ngram.py; 0: off), where tuning found it
+    faster. by_batch: the serving scheduler's trees per batch size, increasing batch sizes (empty: not
+    tuned)."""
 
     top_k: int = ranged(1, 1024)
     depth: int = ranged(1, MAX_TREE)
     total_tokens: int = ranged(1, MAX_TREE)
     max_total_tokens: int = ranged(1, MAX_TREE)
     speculative: bool = field(default=True, metadata=OMIT_DEFAULT)
+    ngram: int = field(default=0, metadata=OMIT_DEFAULT)
     by_batch: tuple[BatchTree, ...] = field(default=(), metadata=OMIT_DEFAULT)
 
     def __post_init__(self) -> None:
         invariant(self.total_tokens <= self.max_total_tokens, "tree.total_tokens", "exceeds max_total_tokens")
+        invariant(
+            0 <= self.ngram <= self.max_total_tokens - self.total_tokens,
+            "tree.ngram",
+            "must be between 0 and max_total_tokens - total_tokens",
+        )
         invariant(self.depth <= max(1, self.total_tokens - 1), "tree.depth", "exceeds total_tokens - 1")
         batches = [entry.batch for entry in self.by_batch]
         invariant(batches == sorted(set(batches)), "tree.by_batch", "must list increasing batch sizes")

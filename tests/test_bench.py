@@ -76,10 +76,12 @@ def test_tune_writes_the_best_tree_into_the_manifest(artifact, tmp_path):
     result = json.loads((tuned / "tune.json").read_text())
     fields = ("batch", "speculative", "top_k", "depth", "total_tokens")
     by_batch = [{f: choice[f] for f in fields} for choice in result["by_batch"]["choices"]]
+    lookup = {"ngram": result["ngram"]} if result["ngram"] else {}  # omitted when 0
     assert json.loads((tuned / "manifest.json").read_text())["tree"] == {
         **result["best"],
         "speculative": result["speculative"],
         "max_total_tokens": 128,
+        **lookup,
         "by_batch": by_batch,
     }
     # Per batch size: a tree whose b copies fit the 16 rows of a pass, or plain decoding (one node).
@@ -92,6 +94,10 @@ def test_tune_writes_the_best_tree_into_the_manifest(artifact, tmp_path):
     fastest_tree = max(row["measured_tokens_per_second"] for row in result["measured"])
     assert result["speculative"] == (fastest_tree > result["plain_tokens_per_second"])
     assert ("default: plain decoding" in process.stdout) != result["speculative"]
+    # Prompt lookup joins the default exactly where it made the default faster still.
+    default = fastest_tree if result["speculative"] else result["plain_tokens_per_second"]
+    assert (result["ngram"] > 0) == (result["lookup_tokens_per_second"] > default)
+    assert Engine.load(tuned, threads=1).default_config().ngram == result["ngram"]
     # Each checked shape's round is split into verify, draft and the rest, predicted and measured.
     names = {
         f"{kind}_{part}_seconds"

@@ -123,7 +123,8 @@ def test_eos_stops_as_in_python(native_build, artifact):
 
 
 def test_default_config_follows_tunes_plain_verdict(native_build, artifact, tmp_path):
-    """eaglex_default_config speculates unless the manifest's tree says plain decoding is faster."""
+    """eaglex_default_config speculates unless the manifest's tree says plain decoding is faster, and looks
+    up drafts in the prompt where it says so, as Engine.default_config does."""
     _, stats = native_generate(native_build, artifact, PROMPTS[:1], max_new=20, stop_at_eos=0)
     assert int(stats[0]["drafter_calls"]) > 0
     plain = tmp_path / "plain"
@@ -133,6 +134,16 @@ def test_default_config_follows_tunes_plain_verdict(native_build, artifact, tmp_
     (plain / "manifest.json").write_text(json.dumps(manifest))
     _, stats = native_generate(native_build, plain, PROMPTS[:1], max_new=20, stop_at_eos=0)
     assert int(stats[0]["drafter_calls"]) == 0 and int(stats[0]["passes"]) == 19
+    # And prompt lookup where the manifest's tree asks for it (tree.ngram, as tune writes it).
+    manifest["tree"]["ngram"] = 6
+    (plain / "manifest.json").write_text(json.dumps(manifest))
+    engine = Engine.load(plain, threads=1)
+    engine.stop_tokens = set()
+    assert engine.default_config().ngram == 6 and not engine.default_config().speculative
+    prompt = [*PROMPTS[1], 40, 41] * 3 + PROMPTS[1][:1]  # repeats itself: lookup finds continuations
+    ids, stats = native_generate(native_build, plain, [prompt], max_new=40, stop_at_eos=0)
+    assert ids == python_generate(engine, [prompt], max_new_tokens=40)
+    assert int(stats[0]["drafter_calls"]) == 0 and int(stats[0]["passes"]) < 39  # drafts were accepted
 
 
 def test_sampling_is_reproducible_for_a_seed(native_build, artifact):

@@ -255,8 +255,8 @@ def tune(
     """Pick the draft tree (top_k, depth, total_tokens) that decodes fastest on this machine; store it in
     the artifact's manifest so run and bench use it by default, with the tree eaglex serve uses per batch
     size."""
+    from eaglex.bench.tune import LOOKUP, write_tree
     from eaglex.bench.tune import tune as tune_tree
-    from eaglex.bench.tune import write_tree
 
     result = tune_tree(
         artifact, threads, prompts_per_set, new_tokens, reps, check, progress, batch_sizes, rows_per_pass
@@ -275,6 +275,9 @@ def tune(
             f"{row['measured_tokens_per_second']:.1f} tok/s; ms per round (predicted/measured): {parts}"
         )
     click.echo(f"plain decoding: {result['plain_tokens_per_second']:.1f} tok/s; best tree: {result['best']}")
+    lookup = "kept as the default" if result["ngram"] else "not faster: off by default"
+    rate = result["lookup_tokens_per_second"]
+    click.echo(f"with prompt lookup ({LOOKUP} tokens): {rate:.1f} tok/s, {lookup}")
     if result["speculative"]:
         click.echo("default: speculative decoding with the best tree")
     elif not result["lossless_speculation"]:

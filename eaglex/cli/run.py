@@ -45,9 +45,10 @@ def speculation(spec: bool, no_spec: bool, *tree_flags: int | None) -> bool | No
 )
 @click.option(
     "--ngram",
-    default=0,
-    show_default=True,
-    help="Prompt lookup: up to this many tokens copied from the context join each draft tree (0: off).",
+    default=None,
+    type=int,
+    help="Prompt lookup: up to this many tokens copied from the context join each draft tree (0: off) "
+    "[default: the artifact's, off unless eaglex tune found it faster].",
 )
 @click.option("--threads", default=2, show_default=True, help="CPU threads for onnxruntime.")
 @click.option(
@@ -87,7 +88,7 @@ def run(
     total_tokens: int | None,
     no_spec: bool,
     spec: bool,
-    ngram: int,
+    ngram: int | None,
     threads: int,
     backend: str,
     device: str,

@@ -31,6 +31,7 @@ struct Manifest {
   int64_t drafter_kv_heads = 0, drafter_head_dim = 0, drafter_hidden = 0, max_top_k = 1;
   int64_t tree_top_k = 1, tree_depth = 1, tree_total_tokens = 1, tree_max_total_tokens = 1;
   bool tree_speculative = true;  // false where eaglex tune found plain decoding faster (manifest tree)
+  int64_t tree_ngram = 0;        // prompt lookup's tokens per tree where eaglex tune found it faster
   std::vector<int64_t> eos_token_ids;
   std::string path(const std::string &name) const { return root + "/" + name; }
 };

@@ -106,6 +106,7 @@ void Engine::default_config(eaglex_config &cfg) const {
   cfg.tree_total_tokens = int32_t(manifest.tree_total_tokens);
   cfg.speculative = drafter_ != nullptr && manifest.tree_speculative;  // as Engine.default_config in Python
   cfg.stop_at_eos = 1;
+  cfg.ngram = int32_t(manifest.tree_ngram);
 }
 
 Settings Engine::check(const int32_t *prompt, size_t n_prompt, const eaglex_config &cfg) const {

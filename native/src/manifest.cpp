@@ -128,6 +128,8 @@ Manifest load_manifest(const std::string &dir, bool checksums) {
   m.tree_max_total_tokens = integer(tree, "max_total_tokens", "tree");
   const Json *speculative = tree ? tree->get("speculative") : nullptr;  // omitted: true (older manifests)
   if (speculative && speculative->kind == Json::Bool) m.tree_speculative = speculative->boolean;
+  const Json *ngram = tree ? tree->get("ngram") : nullptr;  // omitted: 0 (no prompt lookup)
+  if (ngram && ngram->kind == Json::Number) m.tree_ngram = int64_t(ngram->number);
   const Json *tokens = raw.get("tokens");
   const Json *eos = tokens ? tokens->get("eos_token_ids") : nullptr;
   if (eos && eos->kind == Json::Array) {
