@@ -267,6 +267,30 @@ def decode(
     return Decoded(tokens / seconds, seconds / rounds, draft / rounds, verify / rounds)
 
 
+def round_parts(
+    shape: Shape, decoded: Decoded, verify: dict, draft: dict, commit: dict, host: float
+) -> dict[str, float]:
+    """A checked shape's round, measured against the model's parts: where a prediction misses."""
+    measured_other = decoded.seconds_per_round - decoded.verify_seconds_per_round
+    return {
+        "predicted_verify_seconds": verify[shape.total_tokens],
+        "measured_verify_seconds": decoded.verify_seconds_per_round,
+        "predicted_draft_seconds": draft[shape.top_k, shape.depth] + commit[shape.top_k],
+        "measured_draft_seconds": decoded.draft_seconds_per_round,
+        "predicted_other_seconds": host,
+        "measured_other_seconds": measured_other - decoded.draft_seconds_per_round,
+    }
+
+
+def check_lookup(
+    engine: Engine, prompts: list[Prompt], shape: Shape | None, rate: float, new_tokens: int
+) -> tuple[int, float]:
+    """Prompt lookup on the default (`shape`, None: plain, decoding at `rate` tok/s), lossless either way:
+    LOOKUP tokens where it makes the default faster still, else 0; and the rate it measured."""
+    lookup = decode(engine, prompts, shape, new_tokens, ngram=LOOKUP).tokens_per_second
+    return (LOOKUP if lookup > rate else 0), lookup
+
+
 def tune(
     artifact: Path,
     threads: int,
@@ -320,24 +344,9 @@ def tune(
     # Plain decoding stays the default where it beats every checked tree, or where speculation would not
     # reproduce it (int8 activations).
     speculative = lossless and measured[best] > plain.tokens_per_second
-    # Prompt lookup on the default, lossless either way: kept where it is faster still.
-    default = best if speculative else None
-    lookup = decode(engine, prompts, default, new_tokens, ngram=LOOKUP).tokens_per_second
-    ngram = LOOKUP if lookup > (measured[best] if speculative else plain.tokens_per_second) else 0
-    # Each checked shape's round, measured against the model's parts: where a prediction misses.
-    parts = {
-        s: {
-            "predicted_verify_seconds": verify[s.total_tokens],
-            "measured_verify_seconds": d.verify_seconds_per_round,
-            "predicted_draft_seconds": draft[s.top_k, s.depth] + commit[s.top_k],
-            "measured_draft_seconds": d.draft_seconds_per_round,
-            "predicted_other_seconds": host,
-            "measured_other_seconds": d.seconds_per_round
-            - d.verify_seconds_per_round
-            - d.draft_seconds_per_round,
-        }
-        for s, d in decoded.items()
-    }
+    default = (best, measured[best]) if speculative else (None, plain.tokens_per_second)
+    ngram, lookup = check_lookup(engine, prompts, *default, new_tokens)
+    parts = {s: round_parts(s, d, verify, draft, commit, host) for s, d in decoded.items()}
     sweep = []
     for size in sizes:  # the best shape at each tree size, for the plot
         top = next(s for s in shapes if s.total_tokens == size)
