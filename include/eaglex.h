@@ -112,7 +112,8 @@ EAGLEX_API int eaglex_open_ex(const char *artifact_dir, const eaglex_open_option
 /* Fills cfg with the defaults: 128 new tokens, greedy, top_p 1, seed 0, the artifact's tuned tree,
  * speculative when the artifact has a drafter and its manifest does not say plain decoding is faster
  * (tree.speculative, written by eaglex tune), stop at eos, and prompt lookup where the manifest asks for it
- * (tree.ngram, written by eaglex tune where it was faster; else 0). */
+ * (tree.ngram, written by eaglex tune where it was faster; else 0; set it to 0 when choosing another
+ * mode, as the Python API does). */
 EAGLEX_API void eaglex_default_config(const eaglex_engine *e, eaglex_config *cfg);
 
 /* Generates a continuation of prompt[0..n_prompt). cfg may be NULL (defaults); cb and stats may be NULL.

@@ -185,21 +185,23 @@ class Engine:
 
     def default_config(self, **overrides: object) -> GenerationConfig:
         """The artifact's tree settings, with any field overridden (None means keep the default).
-        Speculation is on unless the manifest says plain decoding is faster here, and prompt lookup where
-        it says lookup is (`eaglex tune`). Where no
-        tree setting is overridden, the batch scheduler may use the tree tuned for its batch size instead."""
+        Speculation is on unless the manifest says plain decoding is faster here (`eaglex tune`). Where no
+        tree setting nor `speculative` is overridden, the tuned default holds whole: prompt lookup where
+        the manifest says it is faster, and the batch scheduler may use the tree tuned for its batch size
+        instead; a caller who picks a mode (plain, or a tree) gets it without lookup unless it asks."""
         tree = self.manifest.tree
         names = {f.name for f in dataclasses.fields(GenerationConfig)}
         if unknown := sorted(set(overrides) - names):
             raise EaglexError(f"unknown generation setting {unknown[0]!r}: use {', '.join(sorted(names))}")
         given = {k: v for k, v in overrides.items() if v is not None}
+        tuned = not {"top_k", "depth", "total_tokens", "speculative"} & set(given)
         config = GenerationConfig(
             top_k=tree.top_k,
             depth=tree.depth,
             total_tokens=tree.total_tokens,
             speculative=tree.speculative,
-            ngram=tree.ngram,
-            adaptive_tree=not {"top_k", "depth", "total_tokens", "speculative"} & set(given),
+            ngram=tree.ngram if tuned else 0,
+            adaptive_tree=tuned,
         )
         return dataclasses.replace(config, **given)
 

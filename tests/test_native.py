@@ -140,6 +140,7 @@ def test_default_config_follows_tunes_plain_verdict(native_build, artifact, tmp_
     engine = Engine.load(plain, threads=1)
     engine.stop_tokens = set()
     assert engine.default_config().ngram == 6 and not engine.default_config().speculative
+    assert engine.default_config(speculative=False).ngram == 0  # a mode asked for: no lookup unless asked
     prompt = [*PROMPTS[1], 40, 41] * 3 + PROMPTS[1][:1]  # repeats itself: lookup finds continuations
     ids, stats = native_generate(native_build, plain, [prompt], max_new=40, stop_at_eos=0)
     assert ids == python_generate(engine, [prompt], max_new_tokens=40)
