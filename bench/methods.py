@@ -51,9 +51,7 @@ class EaglexMethod:
         unless given, whatever the manifest's default, so that "plain" and "EAGLE-3" stay what they say)."""
         tree = {"ngram": 0, **tree}
         self.engine, self.speculative, self.temperature, self.tree = engine, speculative, temperature, tree
-        suffix = f" {label}" if label else ""
-        lookup = " + lookup" if tree.get("ngram") else ""
-        self.name = ("eaglex EAGLE-3" if speculative else "eaglex plain") + lookup + suffix
+        self.name = eaglex_method_name(speculative, label, tree["ngram"])
         self.reference = reference
         config = engine.default_config(speculative=speculative, **tree)
         shape = f"tree top_k {config.top_k} depth {config.depth} total_tokens {config.total_tokens}"
@@ -91,6 +89,12 @@ class EaglexMethod:
             stats.draft_seconds,
             stats.verify_seconds,
         )
+
+
+def eaglex_method_name(speculative: bool, label: str = "", ngram: int = 0) -> str:
+    """ "eaglex plain", "eaglex EAGLE-3 + lookup int4 native", ...: the mode, then the label."""
+    mode = ("EAGLE-3" if speculative else "plain") + (" + lookup" if ngram else "")
+    return f"eaglex {mode} {label}".strip()
 
 
 def eaglex_method(

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from eaglex.bench.datasets import Prompt
 from eaglex.bench.methods import Decode, Method
-from eaglex.runtime.engine import Engine
 
 
 @dataclass
@@ -72,7 +71,7 @@ class Progress:
 
 
 def run_suite(
-    engine: Engine,
+    encode: Callable[[str, bool], list[int]],
     methods: Sequence[Method],
     prompts: dict[str, list[Prompt]],
     max_new_tokens: int,
@@ -84,13 +83,13 @@ def run_suite(
     if warmup:  # first calls pay for allocations and page faults; keep them out of every number
         first = next(iter(prompts.values()))[0]
         for method in methods:
-            method(engine.encode(first.text, first.chat), 8)
+            method(encode(first.text, first.chat), 8)
     progress = Progress(sum(len(p) for p in prompts.values()) * len(methods))
     results: dict[str, dict[str, Totals]] = {}
     for name, items in prompts.items():
         totals = results.setdefault(name, {m.name: Totals() for m in methods})
         for prompt in items:
-            ids = engine.encode(prompt.text, prompt.chat)
+            ids = encode(prompt.text, prompt.chat)
             outputs: dict[str, list[int]] = {}
             for method in methods:
                 decode = method(ids, max_new_tokens)

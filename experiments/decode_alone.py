@@ -10,12 +10,13 @@ Prompts: the first N MT-bench turns, as `eaglex bench` encodes them (the artifac
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import statistics
 import time
 from pathlib import Path
+
+import harness
 
 from eaglex.bench.datasets import load_prompts
 from eaglex.runtime.engine import Engine
@@ -58,11 +59,10 @@ def genai_decoder(folder: Path, threads: int, stop: set[int]):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("kind", choices=("eaglex", "genai"))
     parser.add_argument("path", type=Path)
     parser.add_argument("--artifact", type=Path, help="genai: the eaglex artifact whose tokenizer encodes")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=5)
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--runtime", default="python", help="eaglex: python or native (libeaglex)")

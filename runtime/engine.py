@@ -214,17 +214,7 @@ class Engine:
         return total
 
     def encode(self, text: str, chat: bool = False) -> list[int]:
-        if not isinstance(text, str):
-            raise EaglexError(f"the prompt must be text (str), got {type(text).__name__}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise EaglexError(
-                f"the prompt is not valid UTF-8 (character {e.start} cannot be encoded): pass UTF-8 text"
-            ) from None
-        if chat:
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}])
-        return self.tokenizer.encode(text)
+        return self.tokenizer.prompt(text, chat)
 
     def check(self, prompt: list[int], config: GenerationConfig) -> None:
         """Rejects bad settings with one-line errors before any work is done."""

@@ -65,6 +65,20 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
+    def prompt(self, text: str, chat: bool = False) -> list[int]:
+        """A user's prompt as token ids, checked, in the chat template when `chat` (Engine.encode)."""
+        if not isinstance(text, str):
+            raise EaglexError(f"the prompt must be text (str), got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise EaglexError(
+                f"the prompt is not valid UTF-8 (character {e.start} cannot be encoded): pass UTF-8 text"
+            ) from None
+        if chat:
+            return self.apply_chat_template([{"role": "user", "content": text}])
+        return self.encode(text)
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 

@@ -117,13 +117,13 @@ def bench(
 
     from eaglex.bench import isolate
     from eaglex.bench.datasets import load_prompts
-    from eaglex.bench.methods import eaglex_method
+    from eaglex.bench.methods import eaglex_method, eaglex_method_name
     from eaglex.bench.peers import parse_peers, peer_recipes
     from eaglex.bench.report import markdown_table, plot
     from eaglex.bench.suite import run_suite
     from eaglex.extras import require
-    from eaglex.runtime.engine import Engine
     from eaglex.runtime.manifest import load
+    from eaglex.runtime.tokenizer import Tokenizer
 
     # Every optional package this run will use is checked now, not after minutes of decoding.
     require(["bench"], "eaglex bench (its plot)")
@@ -132,8 +132,8 @@ def bench(
     if not runtimes or set(runtimes) - set(RUNTIMES) or len(set(runtimes)) < len(runtimes):
         raise EaglexError(f"--runtime {runtime!r}: name each of {', '.join(RUNTIMES)} at most once")
 
-    engine = Engine.load(artifact, threads=threads)  # checks the files; encodes the prompts
-    manifests = [engine.manifest, *(load(path) for path in also)]
+    # The files are checked here; each method loads its graphs where it runs, this process only tokenizes.
+    manifests = [load(path) for path in (artifact, *also)]
     for path, manifest in zip((artifact, *also), manifests, strict=True):
         if manifest.drafter is None:
             raise EaglexError(f"{path} has no drafter: export it with --drafter to benchmark EAGLE-3")
@@ -147,23 +147,22 @@ def bench(
     recipes, names = [], []
     for i, (path, manifest) in enumerate(zip((artifact, *also), manifests, strict=True)):
         label = artifact_label(manifest, path, names) if i else ""
-        reference = f"eaglex plain {suffix(label, runtimes[0])}" if label else None
+        reference = eaglex_method_name(False, suffix(label, runtimes[0])) if label else None
         modes = ((False, 0), (True, 0), (True, ngram)) if ngram else ((False, 0), (True, 0))
         for name in runtimes:
             for speculative, lookup in modes:  # (speculative, prompt lookup tokens)
                 shown = suffix(label, name)
                 method = (path, threads, name, speculative, temperature, shown, reference, lookup)
                 recipes.append(partial(eaglex_method, *method))
-                kind = ("EAGLE-3" if speculative else "plain") + (" + lookup" if lookup else "")
-                names.append(f"eaglex {kind} {shown}".strip())
+                names.append(eaglex_method_name(speculative, shown, lookup))
     if compare:
-        recipes += peer_recipes(engine.manifest, threads, peer_names, progress)
+        recipes += peer_recipes(manifests[0], threads, peer_names, progress)
     progress(f"loading {len(recipes)} methods" + ("" if in_process else ", one process each"))
     methods = [recipe() for recipe in recipes] if in_process else isolate.start(recipes)
     try:
         for method in methods:
             progress(f"{method.name}: {method.setup}")
-        results = run_suite(engine, methods, prompts, max_new_tokens)
+        results = run_suite(Tokenizer(manifests[0].root).prompt, methods, prompts, max_new_tokens)
     finally:
         for method in methods:
             if isinstance(method, isolate.Isolated):
@@ -197,7 +196,9 @@ def artifact_label(manifest: Manifest, path: Path, taken: list[str]) -> str:
     weights = [q.weights if q else "fp32" for q in (quant, drafter)]
     if manifest.drafter and weights[0] != weights[1]:
         label += f" {weights[1]}-drafter"
-    return path.name if f"eaglex plain {label}" in taken else label
+    from eaglex.bench.methods import eaglex_method_name
+
+    return path.name if eaglex_method_name(False, label) in taken else label
 
 
 @click.command()
