@@ -86,9 +86,8 @@ def draft_cost(
     work between them: embedding rows, masks, candidate bookkeeping), and per top_k the seconds of the
     drafter call that commits a round's accepted rows (two, a typical round on a CPU-sized tree).
 
-    Each timed call follows a one-token target pass, as in decoding: the target's threads still spin
-    then (runtime/engine.py keeps that, it pays overall), and drafter calls measured alone ran at half
-    the time they take in a decoding round."""
+    Each timed call follows a one-token target pass, as in decoding: drafter calls measured alone ran at
+    half the time they take in a decoding round (caches and thread wake-ups are then cold)."""
     drafter = engine.drafter
     assert drafter is not None
     target_pass = target_pass_call(engine, 1, context)

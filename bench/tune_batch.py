@@ -133,8 +133,8 @@ class _BatchTimer:
     """Times the scheduler's calls for these sequences, each repetition from the state a serving step meets.
 
     Their regions hold `size` cached tokens each; the pass's rows go at `top`, tree levels below top + room.
-    Drafter calls are timed after a target pass, as in serving (the target's threads still spin then, and
-    drafter calls timed alone ran at half the time they take in a decoding round: bench/tune.py)."""
+    Drafter calls are timed after a target pass, as in serving (drafter calls timed alone ran at half the
+    time they take in a decoding round: bench/tune.py)."""
 
     runner: PackedStep
     seqs: list[Sequence]

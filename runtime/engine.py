@@ -28,14 +28,12 @@ def open_session(
     kv_heads: int,
     head_dim: int,
     threads: int,
-    spin: bool = True,
     device: str = "cpu",
     widths: dict[str, int] | None = None,
 ) -> GraphSession:
     """One graph of the artifact on `backend`; TensorRT runs the engine `eaglex build` made from it.
 
-    spin: onnxruntime's worker threads busy-wait for the next operator instead of sleeping (the drafter's
-    must not: see Engine). device: onnxruntime's "cpu" or "cuda" (resolve_device). widths: the last
+    device: onnxruntime's "cpu" or "cuda" (resolve_device). widths: the last
     dimension of inputs and outputs that the manifest promises (onnxruntime checks them at load)."""
     if backend == "tensorrt":
         from eaglex.runtime.backends.tensorrt import TrtGraphSession
@@ -53,7 +51,6 @@ def open_session(
         head_dim,
         threads,
         plugin_op=plugin_op,
-        spin=spin,
         device=device,
         compact_graph=manifest.path(compact) if compact else None,
         widths=widths,
@@ -143,9 +140,6 @@ class Engine:
         )
         if manifest.drafter is not None:
             spec = manifest.drafter
-            # The two sessions take turns. Spinning drafter threads would hold the cores while the target
-            # runs: on 2 cores EAGLE-3 decoded at 28 tok/s with them and 54 without (plain decoding 41;
-            # the target's own spinning is worth 7% to it, so it keeps it).
             session = open_session(
                 manifest,
                 backend,
@@ -154,7 +148,6 @@ class Engine:
                 spec.num_kv_heads,
                 spec.head_dim,
                 threads,
-                spin=False,
                 device=self.device,
                 widths={
                     "input_embeds": spec.hidden_size,

@@ -72,7 +72,7 @@ struct Feed {
 class Graph {
  public:
   Graph(Ort::Env &env, const std::string &path, int64_t layers, int64_t kv_heads, int64_t head_dim,
-        int threads, bool spin);
+        int threads);
   // Runs the graph on new rows written to cache slots [cache_len, mask.total()); returns the outputs
   // other than the caches, in the order of `outputs`.
   // shapes: when given, one per output: float outputs written into buffers this graph keeps and reuses

@@ -82,12 +82,10 @@ Engine::Engine(const std::string &dir, int threads, bool checksums) : manifest(l
   Ort::Env &env = ort_env();
   const Manifest &m = manifest;
   target_ = std::make_unique<Graph>(env, m.path(m.target_file), m.num_layers, m.num_kv_heads, m.head_dim,
-                                    threads, true);
+                                    threads);
   if (!m.drafter_file.empty()) {
-    // The two sessions take turns; spinning drafter threads would hold the cores while the target runs
-    // (runtime/engine.py measured 28 tok/s with them and 54 without on 2 cores).
     drafter_graph_ = std::make_unique<Graph>(env, m.path(m.drafter_file), 1, m.drafter_kv_heads,
-                                             m.drafter_head_dim, threads, false);
+                                             m.drafter_head_dim, threads);
     embeddings_ = std::make_unique<EmbeddingTable>(m.path("embed_tokens.npy"));
     if (embeddings_->cols() != m.drafter_hidden || embeddings_->rows() < m.vocab_size)
       throw Error(EAGLEX_ERR_ARTIFACT, "embed_tokens.npy does not match the manifest's vocabulary and hidden "

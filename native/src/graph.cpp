@@ -14,10 +14,11 @@ namespace eaglex {
 
 namespace {
 
-// The Python runtime's session_options(threads, spin), field for field.
-Ort::SessionOptions session_options(int threads, bool spin) {
+// The Python runtime's session_options(threads), field for field.
+Ort::SessionOptions session_options(int threads) {
   Ort::SessionOptions options;
-  options.AddConfigEntry("session.intra_op.allow_spinning", spin ? "1" : "0");
+  options.AddConfigEntry("session.intra_op.allow_spinning", "1");
+  options.AddConfigEntry("session.force_spinning_stop", "1");  // sleep between calls: the graphs take turns
   options.SetIntraOpNumThreads(threads);
   options.SetInterOpNumThreads(1);
   options.SetExecutionMode(ORT_SEQUENTIAL);
@@ -35,14 +36,14 @@ std::string first_line(const char *message) {
 }  // namespace
 
 Graph::Graph(Ort::Env &env, const std::string &path, int64_t layers, int64_t kv_heads, int64_t head_dim,
-             int threads, bool spin)
+             int threads)
     : cpu_(Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault)),
       layers_(layers),
       kv_heads_(kv_heads),
       head_dim_(head_dim),
       cache_(nullptr, std::free) {
   try {
-    session_ = std::make_unique<Ort::Session>(env, path.c_str(), session_options(threads, spin));
+    session_ = std::make_unique<Ort::Session>(env, path.c_str(), session_options(threads));
   } catch (const Ort::Exception &e) {
     throw Error(EAGLEX_ERR_ARTIFACT,
                 "onnxruntime cannot load " + path + " (" + first_line(e.what()) + "); re-run eaglex export");

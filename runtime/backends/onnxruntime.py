@@ -59,6 +59,10 @@ def resolve_device(requested: str, dtype: str, compact_graph: bool) -> str:
 def session_options(threads: int, spin: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    # Workers spin between a call's operators but sleep once it returns: the target and the drafter take
+    # turns on the same cores, and one session's threads spinning on between its calls would hold the
+    # cores the other needs (docs/BENCHMARKS.md, "Thread pools that stop spinning").
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -118,7 +122,6 @@ class OrtGraphSession:
         head_dim: int,
         threads: int,
         plugin_op: bool = False,
-        spin: bool = True,
         device: str = "cpu",
         device_cache: bool | None = None,
         compact_graph: Path | None = None,
@@ -129,7 +132,7 @@ class OrtGraphSession:
         device: "cpu" or "cuda" (resolve_device). device_cache: keep the KV cache in an onnxruntime buffer
         compacted by `compact_graph` (default: on a GPU only; True on the CPU runs that path anywhere).
         widths: the last dimension the manifest promises for inputs and outputs (logits: the vocabulary)."""
-        options = session_options(threads, spin)
+        options = session_options(threads)
         self.plugin_op = plugin_op
         if plugin_op:
             from eaglex.plugins.tree_attention.onnxruntime_op import library_path
