@@ -24,7 +24,7 @@ import numpy as np
 
 from eaglex.errors import EaglexError
 from eaglex.runtime.batch import PackedStep, Sequence, prefill_segment, verify_segment
-from eaglex.runtime.batch_trees import follow, tuned_tree
+from eaglex.runtime.batch_trees import follow, graft_lookups, tree_sizes, tuned_tree
 from eaglex.runtime.engine import Engine
 from eaglex.runtime.generate import GenerationConfig, GenerationStats
 from eaglex.runtime.prefix_cache import Cached, PrefixCache
@@ -306,9 +306,10 @@ class BatchEngine:
         decoding = [s for s in seqs if not s.prefilling]
         self._follow_tuned_trees(len(decoding))  # before extend: its top-k seeds the trees
         runner.extend(seqs, top)
-        sizes = self.tree_sizes(decoding)
-        self.metrics.tree_nodes = sum(sizes) / len(sizes) if sizes else 0.0
+        sizes = tree_sizes(decoding, self.rows_per_pass)
         runner.grow(decoding, sizes, top, self.capacity - top)
+        graft_lookups(decoding, self.rows_per_pass)
+        self.metrics.tree_nodes = sum(len(s.tree) for s in decoding) / len(decoding) if decoding else 0.0
         drafted = time.perf_counter()
         segments = [verify_segment(s) for s in decoding]
         chunk = self.prefill_chunk
@@ -333,12 +334,6 @@ class BatchEngine:
             seq = request.seq
             if tuned is not None and request.config.adaptive_tree and not seq.prefilling:
                 seq.config = follow(request.config, tuned)
-
-    def tree_sizes(self, decoding: list[Sequence]) -> list[int]:
-        """Nodes per tree: each sequence's own setting, cut so that the pass stays near `rows_per_pass`
-        rows; 1 (plain decoding) when speculation is off or the batch leaves no room for a tree."""
-        share = max(1, self.rows_per_pass // max(len(decoding), 1))
-        return [min(s.config.total_tokens, share) if s.config.speculative else 1 for s in decoding]
 
     def _deliver(self, segments: list, emitted: list[list[int]], decoding: int) -> None:
         metrics = self.metrics

@@ -283,3 +283,35 @@ def test_a_second_turn_reuses_the_first_turns_cache_and_decodes_the_same(engine)
         finally:
             batch.close()
         assert (batch.prefix.hits, reused > len(first)) == ((0, False) if slots == 0 else (1, True))
+
+
+def test_prompt_lookup_in_a_batch_is_lossless_and_used(engine):
+    """Requests with prompt lookup (alone, or joined to a drafted tree) decode their plain greedy output in a
+    packed batch, and the lookup branch is verified there: a random model's greedy text falls into cycles,
+    which lookup predicts, so plain decoding with lookup accepts more than one token per pass."""
+    cases = [
+        {"speculative": False, "ngram": 8},
+        {"ngram": 6},
+        {"top_k": 2, "depth": 2, "total_tokens": 4, "ngram": 8},
+    ]
+    items = [
+        (prompt, engine.default_config(max_new_tokens=60, **cases[i % len(cases)]))
+        for i, prompt in enumerate(prompts(6, seed=11))
+    ]
+    plain = engine.default_config(max_new_tokens=60, speculative=False)
+    expected = [alone(engine, prompt, plain) for prompt, _ in items]
+    batch = BatchEngine(engine, max_batch=3, prefill_chunk=16, rows_per_pass=48)
+    try:
+        stats = [GenerationStats() for _ in items]
+        outputs: list[list[int]] = [[] for _ in items]
+
+        def worker(i: int) -> None:
+            outputs[i] = [t for chunk in batch.generate(*items[i], stats[i]) for t in chunk]
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(items))]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert outputs == expected
+        assert max(s.acceptance_length for s in stats[:: len(cases)]) > 1.5
+    finally:
+        batch.close()

@@ -17,7 +17,8 @@ from eaglex.bench.tune_batch import BatchCosts, pick
 from eaglex.errors import EaglexError
 from eaglex.runtime import manifest as contract
 from eaglex.runtime.batch import PackedStep
-from eaglex.runtime.batch_trees import describe, tuned_tree
+from eaglex.runtime.batch_trees import describe, follow, tuned_tree
+from eaglex.runtime.generate import GenerationConfig
 from eaglex.runtime.manifest import BatchTree
 from eaglex.runtime.scheduler import BatchEngine
 
@@ -73,6 +74,16 @@ def test_tuned_tree_is_the_entry_at_or_below_the_batch_size():
     assert tuned_tree(trees, 3) is trees[0] and tuned_tree(trees, 4) is tuned_tree(trees, 9) is trees[1]
     assert tuned_tree((), 3) is None
     assert describe(trees, 8) == "trees by batch size (top_k, depth, total_tokens): 2: k2 d3 t4, 4: plain"
+
+
+def test_following_a_tuned_tree_keeps_prompt_lookup_only_where_it_speculates():
+    tree, plain = (
+        BatchTree(batch=1, speculative=True, top_k=2, depth=3, total_tokens=4),
+        BatchTree(batch=8, speculative=False, top_k=1, depth=1, total_tokens=1),
+    )
+    config = GenerationConfig(top_k=4, depth=1, total_tokens=2, ngram=8)
+    assert follow(config, tree) == GenerationConfig(top_k=2, depth=3, total_tokens=4, ngram=8)
+    assert follow(config, plain) == GenerationConfig(top_k=1, depth=1, total_tokens=1, speculative=False)
 
 
 def test_the_manifest_stores_and_checks_the_table(engine, tmp_path):
