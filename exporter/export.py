@@ -25,7 +25,7 @@ from .fuse import fuse_graph
 from .graphs import MAX_TOP_K, export_drafter_graph, export_target_graph
 from .kv_compact import write_kv_compact_graph
 from .precision import lower_precision
-from .quantize import SCHEMES, plain_where_lossy, quantize_graph
+from .quantize import SCHEMES, plain_where_lossy, quantize_graph, streamed_weight_bytes
 from .target import Target, TargetConfig
 from .tokens import copy_tokenizer, special_tokens
 from .workdir import check_out_dir, clear_stale, make_work_dir, move_into_place
@@ -125,8 +125,8 @@ def export_artifact(
             contract.Manifest(
                 root=work,
                 backend=backend,
-                target=_target_entry(target, model_dir, max_context, dtype, quantization.get("target")),
-                drafter=_drafter_entry(drafter, Path(drafter_dir), dtype, quantization.get("drafter"))
+                target=_target_entry(target, model_dir, max_context, dtype, quantization.get("target"), work),
+                drafter=_drafter_entry(drafter, Path(drafter_dir), dtype, quantization.get("drafter"), work)
                 if drafter is not None
                 else None,
                 tokens=contract.TokenSpec(**{**tokens, "eos_token_ids": tuple(tokens["eos_token_ids"])}),
@@ -228,7 +228,12 @@ def _stage_printer(progress: Callable[[str], Any]) -> Callable[[str], None]:
 
 
 def _target_entry(
-    target: Target, model_dir: Path, max_context: int, dtype: str, quantization: contract.Quantization | None
+    target: Target,
+    model_dir: Path,
+    max_context: int,
+    dtype: str,
+    quantization: contract.Quantization | None,
+    work: Path,
 ) -> contract.TargetSpec:
     c = target.config
     return contract.TargetSpec(
@@ -245,11 +250,16 @@ def _target_entry(
         max_context=max_context,
         feature_layers=tuple(target.feature_layers),
         quantization=quantization,  # None: float32 weights
+        bytes_per_pass=streamed_weight_bytes(work / "target.onnx"),
     )
 
 
 def _drafter_entry(
-    drafter: Eagle3Drafter, drafter_dir: Path, dtype: str, quantization: contract.Quantization | None
+    drafter: Eagle3Drafter,
+    drafter_dir: Path,
+    dtype: str,
+    quantization: contract.Quantization | None,
+    work: Path,
 ) -> contract.DrafterSpec:
     c = drafter.config
     return contract.DrafterSpec(
@@ -263,4 +273,5 @@ def _drafter_entry(
         max_top_k=min(MAX_TOP_K, c.draft_vocab_size),
         dtype=dtype,
         quantization=quantization,
+        bytes_per_pass=streamed_weight_bytes(work / "drafter.onnx"),
     )

@@ -158,12 +158,15 @@ def quantize_artifact(
                 work / target.file, scheme, "logits", embeddings, activations, symmetric=symmetric
             ),
         )
+        target = dataclasses.replace(target, bytes_per_pass=streamed_weight_bytes(work / target.file))
         if drafter is not None and drafter_scheme != "none":
             progress(f"quantizing drafter to {drafter_scheme}")
             quantized = quantize_graph(
                 work / drafter.file, drafter_scheme, "topk_logprobs", embeddings, "int8"
             )
-            drafter = dataclasses.replace(drafter, quantization=quantized)
+            drafter = dataclasses.replace(
+                drafter, quantization=quantized, bytes_per_pass=streamed_weight_bytes(work / drafter.file)
+            )
         contract.save(
             dataclasses.replace(
                 manifest,

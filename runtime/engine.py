@@ -200,10 +200,13 @@ class Engine:
 
     def weight_bytes_read(self, stats: GenerationStats) -> int:
         """Weight bytes streamed from memory during decoding: each target pass and drafter call reads its
-        graph's weights once. On a CPU that is the cost that bounds decoding speed."""
-        total = stats.target_passes * self.manifest.graph_bytes(self.manifest.target.file)
-        if self.manifest.drafter is not None:
-            total += stats.drafter_calls * self.manifest.graph_bytes(self.manifest.drafter.file)
+        graph's weights once (the manifest's bytes_per_pass; the graph files' sizes in artifacts exported
+        before it, which overstate where a pass only gathers rows of a table). On a CPU that is the cost
+        that bounds decoding speed."""
+        m = self.manifest
+        total = stats.target_passes * (m.target.bytes_per_pass or m.graph_bytes(m.target.file))
+        if m.drafter is not None:
+            total += stats.drafter_calls * (m.drafter.bytes_per_pass or m.graph_bytes(m.drafter.file))
         return total
 
     def encode(self, text: str, chat: bool = False) -> list[int]:

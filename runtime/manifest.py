@@ -77,6 +77,8 @@ class TargetSpec:
     max_context: int = ranged(2, MAX_CONTEXT)
     feature_layers: tuple[int, ...] = ranged(0, 4096)
     quantization: Quantization | None = None
+    # Weight bytes one pass reads (gathered tables count a row, not whole); 0: unknown, use file sizes.
+    bytes_per_pass: int = field(default=0, metadata={**OMIT_DEFAULT, "ge": 0})
 
     def __post_init__(self) -> None:
         invariant(
@@ -100,6 +102,7 @@ class DrafterSpec:
     max_top_k: int = ranged(1, 1024)
     dtype: str = choice(*DTYPES, default="float32")
     quantization: Quantization | None = None
+    bytes_per_pass: int = field(default=0, metadata={**OMIT_DEFAULT, "ge": 0})  # as TargetSpec's
 
     def __post_init__(self) -> None:
         invariant(self.max_top_k <= self.draft_vocab_size, "drafter.max_top_k", "exceeds draft_vocab_size")

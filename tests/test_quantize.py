@@ -109,6 +109,21 @@ def test_quantized_graphs_are_smaller(models):
     assert streamed["int4"] < streamed["int8"] < streamed["fp32"] / 2
 
 
+def test_the_manifest_counts_the_weight_bytes_a_pass_reads(models):
+    """bytes_per_pass (export and quantize write it) is what a pass streams, which `eaglex run` divides by
+    time for its GB/s: less than the graph's file size once the embedding table is only gathered from."""
+    for name in ("fp32", "int4"):
+        engine = Engine.load(models[name])
+        manifest = engine.manifest
+        assert manifest.target.bytes_per_pass == streamed_weight_bytes(models[name] / "target.onnx")
+        assert manifest.drafter.bytes_per_pass == streamed_weight_bytes(models[name] / "drafter.onnx")
+        stats = GenerationStats(target_passes=3, drafter_calls=2)
+        expected = 3 * manifest.target.bytes_per_pass + 2 * manifest.drafter.bytes_per_pass
+        assert engine.weight_bytes_read(stats) == expected
+    int4 = Engine.load(models["int4"]).manifest
+    assert int4.target.bytes_per_pass < int4.graph_bytes(int4.target.file)
+
+
 def test_symmetric_blocks_have_no_zero_points(models, tmp_path):
     """int4 by default (--symmetric): MatMulNBits without its zero-point input (fewer bytes per pass),
     recorded as such; --zero-points keeps one per block."""
