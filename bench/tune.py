@@ -8,7 +8,8 @@ it costs several times more, so the best tree is much smaller. `tune` measures
     reference continuations: from one pool grown per position, since the tree for any smaller shape is a
     sub-tree of it (runtime/tree.py `build(total_tokens, max_depth)`), and a tree accepts the longest
     prefix of the target's greedy continuation that it contains;
-and picks the shape with the most predicted tokens per second, then checks the best few by decoding.
+and picks the shape with the most predicted tokens per second, then checks the best few by decoding, each
+with and without prompt lookup (as plain decoding is), and makes the fastest of them the default.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import hashlib
 import itertools
 import json
 import os
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from eaglex.bench.datasets import Prompt, load_prompts
+from eaglex.bench.round_costs import draft_cost, mean_context, verify_cost
 from eaglex.errors import EaglexError
 from eaglex.runtime import manifest as contract
 from eaglex.runtime.accept import accept_greedy
@@ -37,7 +37,7 @@ from eaglex.runtime.tree import DraftTree
 TOP_KS = (1, 2, 4, 8)
 MAX_DEPTH = 8
 SIZES = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-LOOKUP = 8  # prompt lookup's tokens per tree, as checked on the default (BENCHMARKS: 1.05-1.14x EAGLE-3)
+LOOKUP = 8  # prompt lookup's tokens per tree, checked with each default candidate (docs/BENCHMARKS.md)
 
 
 def calibration_prompts(per_set: int) -> list[Prompt]:
@@ -46,71 +46,6 @@ def calibration_prompts(per_set: int) -> list[Prompt]:
     for name in ("gsm8k", "humaneval", "xsum"):
         prompts += load_prompts(name)[-per_set:]
     return prompts
-
-
-def _median_seconds(call, reps: int, before=None) -> float:
-    """Median time of call(); `before` (untimed) runs ahead of each call, to set up the state it meets."""
-    call()  # warm-up
-    times = []
-    for _ in range(reps):
-        if before is not None:
-            before()
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def mean_context(prompt_lengths: list[int], new_tokens: int, most: int) -> int:
-    """The cache length a round meets on average while these prompts are decoded (prompt plus half the new
-    tokens), at most `most`. Attention reads the whole cache, so costs are timed at this length."""
-    return int(min(statistics.mean(prompt_lengths) + new_tokens / 2, most))
-
-
-def target_pass_call(engine: Engine, size: int, context: int) -> Callable[[], None]:
-    """One target pass over `size` tree nodes with `context` tokens in the cache, ready to time."""
-    tokens, positions, rows = np.ones(size, np.int64), np.full(size, context), np.arange(size)
-    mask = np.ones((size, context + size), bool)
-    return lambda: run_target(engine.target, tokens, positions, context, mask, rows)
-
-
-def verify_cost(engine: Engine, sizes: tuple[int, ...], reps: int, context: int) -> dict[int, float]:
-    """Seconds per target pass over T tree nodes, T in sizes, with `context` tokens in the cache."""
-    return {size: _median_seconds(target_pass_call(engine, size, context), reps) for size in sizes}
-
-
-def draft_cost(
-    engine: Engine, prompt: list[int], top_ks: tuple[int, ...], reps: int, context: int
-) -> tuple[dict[tuple[int, int], float], dict[int, float]]:
-    """Seconds to grow a tree of each (top_k, depth) after `prompt` (depth - 1 drafter calls plus the host
-    work between them: embedding rows, masks, candidate bookkeeping), and per top_k the seconds of the
-    drafter call that commits a round's accepted rows (two, a typical round on a CPU-sized tree).
-
-    Each timed call follows a one-token target pass, as in decoding: drafter calls measured alone ran at
-    half the time they take in a decoding round (caches and thread wake-ups are then cold)."""
-    drafter = engine.drafter
-    assert drafter is not None
-    target_pass = target_pass_call(engine, 1, context)
-
-    ids = np.asarray(prompt, np.int64)
-    features = np.zeros((len(prompt), 3 * drafter.embeddings.shape[1]), np.float32)
-    grow, commit = {}, {}
-    for k in top_ks:
-        drafter.reset()
-        drafter.extend(ids, features, k)
-        committed = drafter.snapshot()
-
-        def commit_two_rows(k: int = k, committed=committed) -> None:
-            drafter.restore(committed)
-            drafter.extend(ids[:2], features[:2], k)
-
-        commit[k] = _median_seconds(commit_two_rows, reps, before=target_pass)
-        drafter.restore(committed)
-        for depth in range(1, MAX_DEPTH + 1):
-            grow[k, depth] = _median_seconds(
-                lambda k=k, d=depth: drafter.grow(prompt[-1], k, d), reps, before=target_pass
-            )
-    return grow, commit
 
 
 def accepted_drafts(tree: DraftTree, continuation: np.ndarray) -> int:
@@ -213,6 +148,10 @@ class Shape:
     total_tokens: int
     predicted_tokens_per_second: float
 
+    @property
+    def tree(self) -> dict[str, int]:
+        return {"top_k": self.top_k, "depth": self.depth, "total_tokens": self.total_tokens}
+
 
 def predict(
     accepted: dict[tuple[int, int, int], float],
@@ -250,13 +189,9 @@ def decode(
     tokens, seconds, rounds, draft, verify = 0, 0.0, 0, 0.0, 0.0
     for prompt in prompts:
         stats = GenerationStats()
-        tree = (
-            {}
-            if shape is None
-            else {"top_k": shape.top_k, "depth": shape.depth, "total_tokens": shape.total_tokens}
-        )
+        tree = shape.tree if shape else {}
         config = engine.default_config(
-            max_new_tokens=new_tokens, speculative=shape is not None, ngram=ngram, **tree
+            max_new_tokens=new_tokens, speculative=bool(shape), ngram=ngram, **tree
         )
         for _ in engine.generate(engine.encode(prompt.text, prompt.chat), config, stats):
             pass
@@ -281,13 +216,16 @@ def round_parts(
     }
 
 
-def check_lookup(
-    engine: Engine, prompts: list[Prompt], shape: Shape | None, rate: float, new_tokens: int
-) -> tuple[int, float]:
-    """Prompt lookup on the default (`shape`, None: plain, decoding at `rate` tok/s), lossless either way:
-    LOOKUP tokens where it makes the default faster still, else 0; and the rate it measured."""
-    lookup = decode(engine, prompts, shape, new_tokens, ngram=LOOKUP).tokens_per_second
-    return (LOOKUP if lookup > rate else 0), lookup
+def choose_default(
+    plain: float, measured: dict[Shape, float], lookup: dict[Shape | None, float], lossless: bool
+) -> tuple[Shape | None, int]:
+    """The fastest default measured: plain decoding (None) or a checked tree, each without prompt lookup or
+    with LOOKUP tokens (`lookup`); plain alone where speculation is lossy (a lookup branch is one too)."""
+    rates: dict[tuple[Shape | None, int], float] = {(None, 0): plain}
+    if lossless:
+        rates |= {(s, 0): rate for s, rate in measured.items()}
+        rates |= {(s, LOOKUP): rate for s, rate in lookup.items()}
+    return max(rates, key=rates.__getitem__)
 
 
 def tune(
@@ -322,7 +260,7 @@ def tune(
     context = mean_context([lengths[p] for p in prompts], new_tokens, engine.target.capacity - max(sizes))
     progress(f"measuring verify and drafter costs with {context} tokens in the cache")
     verify = verify_cost(engine, sizes, reps, context)
-    draft, commit = draft_cost(engine, list(range(1, 65)), top_ks, reps, context)
+    draft, commit = draft_cost(engine, list(range(1, 65)), top_ks, reps, context, MAX_DEPTH)
     accepted = acceptance(engine, prompts, top_ks, sizes, new_tokens, progress)
     costs = tune_batch.measure(
         engine, batches, sizes, top_ks, MAX_DEPTH, reps, context, rows_per_pass, progress
@@ -339,27 +277,30 @@ def tune(
     progress(f"checking the best {check} shapes by decoding")
     decoded = {s: decode(engine, prompts, s, new_tokens) for s in shapes[:check]}
     measured = {s: d.tokens_per_second for s, d in decoded.items()}
-    best = max(measured, key=measured.get)
-    # Plain decoding stays the default where it beats every checked tree, or where speculation would not
-    # reproduce it (int8 activations).
-    speculative = lossless and measured[best] > plain.tokens_per_second
-    default = (best, measured[best]) if speculative else (None, plain.tokens_per_second)
-    ngram, lookup = check_lookup(engine, prompts, *default, new_tokens)
+    progress(f"checking prompt lookup of {LOOKUP} tokens on plain decoding and those shapes")
+    lookup = {s: decode(engine, prompts, s, new_tokens, LOOKUP).tokens_per_second for s in [None, *measured]}
+    default, ngram = choose_default(plain.tokens_per_second, measured, lookup, lossless)
+    best = default or max(measured, key=measured.get)  # the tree --spec uses when plain is the default
     parts = {s: round_parts(s, d, verify, draft, commit, host) for s, d in decoded.items()}
     sweep = []
     for size in sizes:  # the best shape at each tree size, for the plot
         top = next(s for s in shapes if s.total_tokens == size)
         sweep.append({**top.__dict__, "measured_tokens_per_second": measured.get(top)})
     return {
-        "best": {"top_k": best.top_k, "depth": best.depth, "total_tokens": best.total_tokens},
-        "speculative": speculative,
+        "best": best.tree,
+        "speculative": default is not None,
         "ngram": ngram,
-        "lookup_tokens_per_second": lookup,
+        "plain_lookup_tokens_per_second": lookup[None],
         "lossless_speculation": lossless,
         "plain_tokens_per_second": plain.tokens_per_second,
         "host_seconds_per_round": host,
         "measured": [
-            {**s.__dict__, "measured_tokens_per_second": v, "round_seconds": parts[s]}
+            {
+                **s.__dict__,
+                "measured_tokens_per_second": v,
+                "lookup_tokens_per_second": lookup[s],
+                "round_seconds": parts[s],
+            }
             for s, v in measured.items()
         ],
         "verify_seconds": {str(k): v for k, v in verify.items()},

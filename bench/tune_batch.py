@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eaglex.bench.tune import _median_seconds
+from eaglex.bench.round_costs import median_seconds
 from eaglex.errors import EaglexError
 from eaglex.runtime.batch import PackedStep, Sequence, verify_segment
 from eaglex.runtime.engine import Engine
@@ -157,7 +157,7 @@ class _BatchTimer:
 
     def target_pass(self, nodes: int) -> float:
         reset, call = self._pass(nodes)
-        return _median_seconds(call, self.reps, reset)
+        return median_seconds(call, self.reps, reset)
 
     def drafter(self, top_k: int, max_depth: int, nodes: int) -> tuple[float, dict[int, float]]:
         """Seconds of the drafter call that commits two rows per sequence, and of growing every sequence's
@@ -183,12 +183,12 @@ class _BatchTimer:
             self.runner.grow(seqs, [nodes] * len(seqs), self.top, self.room)
 
         after_a_pass()
-        commit = _median_seconds(lambda: self.runner.extend(seqs, self.top), self.reps, after_a_pass)
+        commit = median_seconds(lambda: self.runner.extend(seqs, self.top), self.reps, after_a_pass)
         grow = {}
         for depth in range(1, max_depth + 1):
             config = GenerationConfig(top_k=top_k, depth=depth)  # what after_a_pass gives the sequences
             after_commit()
-            grow[depth] = _median_seconds(grow_trees, self.reps, after_commit)
+            grow[depth] = median_seconds(grow_trees, self.reps, after_commit)
         return commit, grow
 
 

@@ -234,7 +234,7 @@ def measure_artifact(folder: Path, reps: int) -> dict:
     import numpy as np
 
     import eaglex.runtime.backends.onnxruntime as backend
-    from eaglex.bench.tune import target_pass_call
+    from eaglex.bench.round_costs import target_pass_call
     from eaglex.exporter.quantize import streamed_weight_bytes
     from eaglex.runtime.engine import Engine
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import harness
 import numpy as np
 
-from eaglex.bench import tune
+from eaglex.bench import round_costs, tune
 from eaglex.runtime.engine import Engine
 
 REPS = 150
@@ -52,7 +52,7 @@ def main() -> None:
     assert drafter is not None, "the artifact needs a drafter"
     prompts = tune.calibration_prompts(4)
     lengths = [len(engine.encode(p.text, p.chat)) for p in prompts]
-    context = tune.mean_context(lengths, args.new_tokens, engine.target.capacity - size)
+    context = round_costs.mean_context(lengths, args.new_tokens, engine.target.capacity - size)
 
     in_rounds: list[tuple[float, int]] = []
     run = engine.target.run
@@ -78,11 +78,11 @@ def main() -> None:
     def drafter_call() -> None:
         drafter.grow(1, args.top_k, 2)
 
-    alone = tune.target_pass_call(engine, size, context)
+    alone = round_costs.target_pass_call(engine, size, context)
     show("back to back (tune)", [timed(alone) for _ in range(REPS)])
     show("after a drafter call", [timed(alone, drafter_call) for _ in range(REPS)])
     at_lengths = [caches[i * len(caches) // REPS] for i in range(REPS)]
-    passes = [tune.target_pass_call(engine, size, c) for c in at_lengths]
+    passes = [round_costs.target_pass_call(engine, size, c) for c in at_lengths]
     show("after a drafter call, at the rounds' cache lengths", [timed(p, drafter_call) for p in passes])
 
 

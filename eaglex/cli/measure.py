@@ -273,14 +273,18 @@ def tune(
         click.echo(
             f"top_k {row['top_k']:2d} depth {row['depth']} total_tokens {row['total_tokens']:3d}: "
             f"predicted {row['predicted_tokens_per_second']:.1f} tok/s, measured "
-            f"{row['measured_tokens_per_second']:.1f} tok/s; ms per round (predicted/measured): {parts}"
+            f"{row['measured_tokens_per_second']:.1f} tok/s ({row['lookup_tokens_per_second']:.1f} with "
+            f"prompt lookup); ms per round (predicted/measured): {parts}"
         )
-    click.echo(f"plain decoding: {result['plain_tokens_per_second']:.1f} tok/s; best tree: {result['best']}")
-    lookup = "kept as the default" if result["ngram"] else "not faster: off by default"
-    rate = result["lookup_tokens_per_second"]
-    click.echo(f"with prompt lookup ({LOOKUP} tokens): {rate:.1f} tok/s, {lookup}")
+    click.echo(
+        f"plain decoding: {result['plain_tokens_per_second']:.1f} tok/s "
+        f"({result['plain_lookup_tokens_per_second']:.1f} with prompt lookup); best tree: {result['best']}"
+    )
+    lookup = f" with prompt lookup of {LOOKUP} tokens" if result["ngram"] else ""
     if result["speculative"]:
-        click.echo("default: speculative decoding with the best tree")
+        click.echo(f"default: speculative decoding with the best tree{lookup}")
+    elif lookup:
+        click.echo(f"default: plain decoding{lookup}, faster than every draft tree on this machine")
     elif not result["lossless_speculation"]:
         click.echo(
             "default: plain decoding: with int8 activations speculative output differs from plain decoding "
