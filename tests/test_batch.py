@@ -52,12 +52,16 @@ def alone(engine: Engine, prompt: list[int], config: GenerationConfig) -> list[i
     return [t for chunk in engine.generate(prompt, config) for t in chunk]
 
 
-def concurrently(batch: BatchEngine, items: list[tuple[list[int], GenerationConfig]]) -> list[list[int]]:
-    """Each request from its own thread, all at once."""
+def concurrently(
+    batch: BatchEngine,
+    items: list[tuple[list[int], GenerationConfig]],
+    stats: list[GenerationStats] | None = None,
+) -> list[list[int]]:
+    """Each request from its own thread, all at once; stats[i], when given, receives request i's."""
     outputs: list[list[int]] = [[] for _ in items]
 
     def worker(i: int) -> None:
-        outputs[i] = [t for chunk in batch.generate(*items[i]) for t in chunk]
+        outputs[i] = [t for chunk in batch.generate(*items[i], stats[i] if stats else None) for t in chunk]
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(items))]
     for t in threads:
@@ -155,15 +159,7 @@ def test_deep_accepted_paths_in_a_batch_stay_lossless(engine, monkeypatch):
     batch = BatchEngine(engine, max_batch=4, prefill_chunk=16)
     try:
         stats = [GenerationStats() for _ in items]
-        outputs: list[list[int]] = [[] for _ in items]
-
-        def worker(i: int) -> None:
-            outputs[i] = [t for chunk in batch.generate(*items[i], stats[i]) for t in chunk]
-
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(items))]
-        [t.start() for t in threads]
-        [t.join() for t in threads]
-        assert outputs == [references[tuple(p)] for p, _ in items]
+        assert concurrently(batch, items, stats) == [references[tuple(p)] for p, _ in items]
         assert np.mean([s.acceptance_length for s in stats]) > 2  # deep paths really were accepted
     finally:
         batch.close()
@@ -303,15 +299,7 @@ def test_prompt_lookup_in_a_batch_is_lossless_and_used(engine):
     batch = BatchEngine(engine, max_batch=3, prefill_chunk=16, rows_per_pass=48)
     try:
         stats = [GenerationStats() for _ in items]
-        outputs: list[list[int]] = [[] for _ in items]
-
-        def worker(i: int) -> None:
-            outputs[i] = [t for chunk in batch.generate(*items[i], stats[i]) for t in chunk]
-
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(items))]
-        [t.start() for t in threads]
-        [t.join() for t in threads]
-        assert outputs == expected
+        assert concurrently(batch, items, stats) == expected
         assert max(s.acceptance_length for s in stats[:: len(cases)]) > 1.5
     finally:
         batch.close()
