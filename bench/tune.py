@@ -220,11 +220,11 @@ def choose_default(
     plain: float, measured: dict[Shape, float], lookup: dict[Shape | None, float], lossless: bool
 ) -> tuple[Shape | None, int]:
     """The fastest default measured: plain decoding (None) or a checked tree, each without prompt lookup or
-    with LOOKUP tokens (`lookup`); plain alone where speculation is lossy (a lookup branch is one too)."""
+    with LOOKUP tokens (`lookup`, measured only where lossless); plain alone where speculation is lossy."""
     rates: dict[tuple[Shape | None, int], float] = {(None, 0): plain}
     if lossless:
         rates |= {(s, 0): rate for s, rate in measured.items()}
-        rates |= {(s, LOOKUP): rate for s, rate in lookup.items()}
+    rates |= {(s, LOOKUP): rate for s, rate in lookup.items()}
     return max(rates, key=rates.__getitem__)
 
 
@@ -277,8 +277,11 @@ def tune(
     progress(f"checking the best {check} shapes by decoding")
     decoded = {s: decode(engine, prompts, s, new_tokens) for s in shapes[:check]}
     measured = {s: d.tokens_per_second for s, d in decoded.items()}
-    progress(f"checking prompt lookup of {LOOKUP} tokens on plain decoding and those shapes")
-    lookup = {s: decode(engine, prompts, s, new_tokens, LOOKUP).tokens_per_second for s in [None, *measured]}
+    lookup: dict[Shape | None, float] = {}  # lossy speculation: lookup, verified as a tree, cannot be default
+    if lossless:
+        progress(f"checking prompt lookup of {LOOKUP} tokens on plain decoding and those shapes")
+        for shape in [None, *measured]:
+            lookup[shape] = decode(engine, prompts, shape, new_tokens, LOOKUP).tokens_per_second
     default, ngram = choose_default(plain.tokens_per_second, measured, lookup, lossless)
     best = default or max(measured, key=measured.get)  # the tree --spec uses when plain is the default
     parts = {s: round_parts(s, d, verify, draft, commit, host) for s, d in decoded.items()}
@@ -290,7 +293,7 @@ def tune(
         "best": best.tree,
         "speculative": default is not None,
         "ngram": ngram,
-        "plain_lookup_tokens_per_second": lookup[None],
+        "plain_lookup_tokens_per_second": lookup.get(None),
         "lossless_speculation": lossless,
         "plain_tokens_per_second": plain.tokens_per_second,
         "host_seconds_per_round": host,
@@ -298,7 +301,7 @@ def tune(
             {
                 **s.__dict__,
                 "measured_tokens_per_second": v,
-                "lookup_tokens_per_second": lookup[s],
+                "lookup_tokens_per_second": lookup.get(s),
                 "round_seconds": parts[s],
             }
             for s, v in measured.items()

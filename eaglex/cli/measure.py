@@ -273,12 +273,12 @@ def tune(
         click.echo(
             f"top_k {row['top_k']:2d} depth {row['depth']} total_tokens {row['total_tokens']:3d}: "
             f"predicted {row['predicted_tokens_per_second']:.1f} tok/s, measured "
-            f"{row['measured_tokens_per_second']:.1f} tok/s ({row['lookup_tokens_per_second']:.1f} with "
-            f"prompt lookup); ms per round (predicted/measured): {parts}"
+            f"{row['measured_tokens_per_second']:.1f} tok/s{with_lookup(row['lookup_tokens_per_second'])}; "
+            f"ms per round (predicted/measured): {parts}"
         )
     click.echo(
-        f"plain decoding: {result['plain_tokens_per_second']:.1f} tok/s "
-        f"({result['plain_lookup_tokens_per_second']:.1f} with prompt lookup); best tree: {result['best']}"
+        f"plain decoding: {result['plain_tokens_per_second']:.1f} tok/s"
+        f"{with_lookup(result['plain_lookup_tokens_per_second'])}; best tree: {result['best']}"
     )
     lookup = f" with prompt lookup of {LOOKUP} tokens" if result["ngram"] else ""
     if result["speculative"]:
@@ -296,6 +296,11 @@ def tune(
             "default: plain decoding, which is faster than every draft tree on this machine with this "
             "drafter; eaglex run --spec still decodes with the best tree"
         )
+
+
+def with_lookup(rate: float | None) -> str:
+    """A tune rate with prompt lookup, as a parenthesis; nothing where it was not measured (lossy)."""
+    return "" if rate is None else f" ({rate:.1f} with prompt lookup)"
 
 
 def print_by_batch(choices: list[dict]) -> None:
