@@ -56,14 +56,14 @@ class EaglexMethod:
         config = engine.default_config(speculative=speculative, **tree)
         shape = f"tree top_k {config.top_k} depth {config.depth} total_tokens {config.total_tokens}"
         # Weight bytes per call as genai's and llama.cpp's are counted: every weight a one-token pass reads
-        # (an embedding table it only gathers from is left out; the manifest's file sizes include it).
+        # (an embedding table it only gathers from is left out): the manifest's bytes_per_pass, counted
+        # here from the graph for artifacts exported before it (their file sizes include the table).
         from eaglex.exporter.quantize import streamed_weight_bytes
 
         manifest = engine.manifest
-        self.target_bytes = streamed_weight_bytes(manifest.path(manifest.target.file))
-        self.drafter_bytes = (
-            streamed_weight_bytes(manifest.path(manifest.drafter.file)) if manifest.drafter else 0
-        )
+        per_pass = lambda graph: graph.bytes_per_pass or streamed_weight_bytes(manifest.path(graph.file))  # noqa: E731
+        self.target_bytes = per_pass(manifest.target)
+        self.drafter_bytes = per_pass(manifest.drafter) if manifest.drafter else 0
         loop = "libeaglex loop" if engine.runtime == "native" else "Python loop"
         self.setup = f"onnxruntime CPU, {loop}, {engine.threads} threads, " + (
             shape if speculative else "no drafter"
