@@ -55,6 +55,11 @@ class EaglexMethod:
         self.reference = reference
         config = engine.default_config(speculative=speculative, **tree)
         shape = f"tree top_k {config.top_k} depth {config.depth} total_tokens {config.total_tokens}"
+        if config.min_path_probability or config.min_grow_probability:
+            shape += (
+                f" (caps), cut below path probability {config.min_path_probability:g} and grow "
+                f"probability {config.min_grow_probability:g}"
+            )
         # Weight bytes per call as genai's and llama.cpp's are counted: every weight a one-token pass reads
         # (an embedding table it only gathers from is left out): the manifest's bytes_per_pass, counted
         # here from the graph for artifacts exported before it (their file sizes include the table).

@@ -27,12 +27,13 @@ import numpy as np
 
 from eaglex.bench.datasets import Prompt, load_prompts
 from eaglex.bench.round_costs import draft_cost, mean_context, verify_cost
+from eaglex.bench.tree_cuts import CutTally, verify_and_grow_seconds
 from eaglex.errors import EaglexError
 from eaglex.runtime import manifest as contract
-from eaglex.runtime.accept import accept_greedy
+from eaglex.runtime.accept import accepted_drafts
 from eaglex.runtime.engine import Engine
 from eaglex.runtime.generate import GenerationStats, run_target
-from eaglex.runtime.tree import DraftTree
+from eaglex.runtime.tree import DraftTreeBuilder
 
 TOP_KS = (1, 2, 4, 8)
 MAX_DEPTH = 8
@@ -46,15 +47,6 @@ def calibration_prompts(per_set: int) -> list[Prompt]:
     for name in ("gsm8k", "humaneval", "xsum"):
         prompts += load_prompts(name)[-per_set:]
     return prompts
-
-
-def accepted_drafts(tree: DraftTree, continuation: np.ndarray) -> int:
-    """How many drafts greedy verification accepts when the target's greedy continuation is known: on the
-    accepted path the node at depth d is followed by continuation[d] (off it the prediction is never read;
-    past the continuation's end, -1 matches no token)."""
-    predictions = np.append(continuation, -1)[np.minimum(tree.depths, len(continuation))]
-    path, _ = accept_greedy(tree, predictions)
-    return len(path) - 1
 
 
 @dataclass(frozen=True)
@@ -112,10 +104,12 @@ def acceptance(
     max_depth: int = MAX_DEPTH,
     on_reference: Callable[[list[int]], None] | None = None,
     traces: Path | None = None,
+    on_pool: Callable[[int, DraftTreeBuilder, np.ndarray], None] | None = None,
 ) -> dict[tuple[int, int, int], float]:
     """Mean accepted drafts per round for every (top_k, depth <= max_depth, total_tokens), over every
     position of the prompts' greedy continuations (each handed to `on_reference` too, if given; `traces`:
-    the folder that caches them, see greedy_trace)."""
+    the folder that caches them, see greedy_trace). `on_pool(top_k, pool, continuation)` sees each
+    position's pool too (bench/tree_cuts.py scores its cuts there)."""
     drafter = engine.drafter
     assert drafter is not None
     sums: dict[tuple[int, int, int], int] = {}
@@ -131,6 +125,8 @@ def acceptance(
             for position in range(start, len(sequence) - 1):  # root: sequence[position], already emitted
                 builder = drafter.grow(int(sequence[position]), k, max_depth)
                 continuation = sequence[position + 1 :]
+                if on_pool is not None:
+                    on_pool(k, builder, continuation)
                 for depth, size in itertools.product(range(1, max_depth + 1), sizes):
                     tree = builder.build(size, max_depth=depth)
                     key = (k, depth, size)
@@ -147,10 +143,13 @@ class Shape:
     depth: int
     total_tokens: int
     predicted_tokens_per_second: float
+    min_path_probability: float = 0.0  # the cuts (bench/tree_cuts.py); 0: a fixed shape
+    min_grow_probability: float = 0.0
 
     @property
-    def tree(self) -> dict[str, int]:
-        return {"top_k": self.top_k, "depth": self.depth, "total_tokens": self.total_tokens}
+    def tree(self) -> dict[str, int | float]:
+        fields = ("top_k", "depth", "total_tokens", "min_path_probability", "min_grow_probability")
+        return {name: getattr(self, name) for name in fields}
 
 
 def predict(
@@ -159,15 +158,21 @@ def predict(
     draft: dict[tuple[int, int], float],
     commit: dict[int, float],
     host: float,
+    cuts: dict[tuple, np.ndarray] | None = None,
 ) -> list[Shape]:
     """Predicted tokens/s of every shape: (drafts accepted + bonus) per round, over the round's cost:
-    verify pass + tree growth + one drafter call to commit the accepted rows + the loop's own work."""
+    verify pass + tree growth + one drafter call to commit the accepted rows + the loop's own work.
+    `cuts` (CutTally.means) adds the shapes with probability cuts, costed at their mean nodes and levels."""
     shapes = [
         Shape(k, d, t, (accepted[k, d, t] + 1) / (verify[t] + draft[k, d] + commit[k] + host))
         for (k, d, t) in accepted
         # A larger tree than the pool holds is the same tree; one deeper than its nodes reach, a wasteful one.
         if t <= 1 + k + (d - 1) * k * k and d < t
     ]
+    for (k, d, t, path, grow), (drafts, nodes, levels) in (cuts or {}).items():
+        if t <= 1 + k + (d - 1) * k * k:
+            seconds = sum(verify_and_grow_seconds(nodes, levels, k, verify, draft)) + commit[k] + host
+            shapes.append(Shape(k, d, t, (drafts + 1) / seconds, path, grow))
     return sorted(shapes, key=lambda s: -s.predicted_tokens_per_second)
 
 
@@ -202,14 +207,19 @@ def decode(
 
 
 def round_parts(
-    shape: Shape, decoded: Decoded, verify: dict, draft: dict, commit: dict, host: float
+    shape: Shape, decoded: Decoded, verify: dict, draft: dict, commit: dict, host: float, cuts: dict
 ) -> dict[str, float]:
-    """A checked shape's round, measured against the model's parts: where a prediction misses."""
+    """A checked shape's round, measured against the model's parts: where a prediction misses. A shape
+    with cuts is predicted at its mean nodes and levels (`cuts`: CutTally.means)."""
+    nodes, levels = shape.total_tokens, shape.depth
+    if shape.min_path_probability or shape.min_grow_probability:
+        _, nodes, levels = cuts[(*shape.tree.values(),)]
+    verify_seconds, grow_seconds = verify_and_grow_seconds(nodes, levels, shape.top_k, verify, draft)
     measured_other = decoded.seconds_per_round - decoded.verify_seconds_per_round
     return {
-        "predicted_verify_seconds": verify[shape.total_tokens],
+        "predicted_verify_seconds": verify_seconds,
         "measured_verify_seconds": decoded.verify_seconds_per_round,
-        "predicted_draft_seconds": draft[shape.top_k, shape.depth] + commit[shape.top_k],
+        "predicted_draft_seconds": grow_seconds + commit[shape.top_k],
         "measured_draft_seconds": decoded.draft_seconds_per_round,
         "predicted_other_seconds": host,
         "measured_other_seconds": measured_other - decoded.draft_seconds_per_round,
@@ -261,7 +271,8 @@ def tune(
     progress(f"measuring verify and drafter costs with {context} tokens in the cache")
     verify = verify_cost(engine, sizes, reps, context)
     draft, commit = draft_cost(engine, list(range(1, 65)), top_ks, reps, context, MAX_DEPTH)
-    accepted = acceptance(engine, prompts, top_ks, sizes, new_tokens, progress)
+    cuts = CutTally(sizes, MAX_DEPTH)
+    accepted = acceptance(engine, prompts, top_ks, sizes, new_tokens, progress, on_pool=cuts.add)
     costs = tune_batch.measure(
         engine, batches, sizes, top_ks, MAX_DEPTH, reps, context, rows_per_pass, progress
     )
@@ -272,8 +283,11 @@ def tune(
         by_batch = [dataclasses.replace(choice, speculative=False) for choice in by_batch]
     # The loop's own work per round (masks, acceptance, cache compaction), from plain decoding.
     plain = decode(engine, prompts, None, new_tokens)
-    host = max(plain.seconds_per_round - verify_cost(engine, (1,), reps, context)[1], 0.0)
-    shapes = predict(accepted, verify, draft, commit, host)
+    one_node = verify_cost(engine, (1,), reps, context)
+    host = max(plain.seconds_per_round - one_node[1], 0.0)
+    verify |= one_node  # the smallest trees with cuts verify a single node in some rounds
+    cut_means = cuts.means()
+    shapes = predict(accepted, verify, draft, commit, host, cut_means)
     progress(f"checking the best {check} shapes by decoding")
     decoded = {s: decode(engine, prompts, s, new_tokens) for s in shapes[:check]}
     measured = {s: d.tokens_per_second for s, d in decoded.items()}
@@ -284,7 +298,7 @@ def tune(
             lookup[shape] = decode(engine, prompts, shape, new_tokens, LOOKUP).tokens_per_second
     default, ngram = choose_default(plain.tokens_per_second, measured, lookup, lossless)
     best = default or max(measured, key=measured.get)  # the tree --spec uses when plain is the default
-    parts = {s: round_parts(s, d, verify, draft, commit, host) for s, d in decoded.items()}
+    parts = {s: round_parts(s, d, verify, draft, commit, host, cut_means) for s, d in decoded.items()}
     sweep = []
     for size in sizes:  # the best shape at each tree size, for the plot
         top = next(s for s in shapes if s.total_tokens == size)

@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define EAGLEX_ABI_VERSION 2
+#define EAGLEX_ABI_VERSION 3
 
 #if defined(_WIN32)
 #define EAGLEX_API __declspec(dllexport)
@@ -70,6 +70,12 @@ typedef struct {
   int32_t ngram; /* prompt lookup: up to this many tokens copied from the context join each draft tree
                     (0 = off; default: the manifest's tree.ngram; at most the artifact's max_total_tokens
                     less the drafted nodes) */
+  /* ABI 3: the tree shrinks where the drafter is unsure; tree_top_k, tree_depth and tree_total_tokens
+     stay its caps. Both in [0, 1], 0 = off; default: the manifest's tree (written by eaglex tune). */
+  double tree_min_path_probability; /* verify a drafted node only if the drafter gives its path at least
+                                       this probability */
+  double tree_min_grow_probability; /* grow the tree a level deeper only while its likeliest path is at
+                                       least this likely */
 } eaglex_config;
 
 /* What a generation did. */

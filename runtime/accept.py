@@ -77,3 +77,12 @@ def accept_sampling(
             residual[token] = 0.0
         else:
             return np.array(path, dtype=np.int64), sample(residual, rng)
+
+
+def accepted_drafts(tree: DraftTree, continuation: np.ndarray) -> int:
+    """How many drafts greedy verification accepts when the target's greedy continuation is known: on the
+    accepted path the node at depth d is followed by continuation[d] (off it the prediction is never read;
+    past the continuation's end, -1 matches no token)."""
+    predictions = np.append(continuation, -1)[np.minimum(tree.depths, len(continuation))]
+    path, _ = accept_greedy(tree, predictions)
+    return len(path) - 1

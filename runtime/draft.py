@@ -75,11 +75,22 @@ class EagleDrafter:
         self.cache_len += n
         self.last = (out["topk_logprobs"][0], out["topk_ids"][0], out["hidden_out"][0, -1:])
 
-    def propose(self, root: int, top_k: int, depth: int, total_tokens: int) -> DraftTree:
-        return self.grow(root, top_k, depth).build(total_tokens)
+    def propose(
+        self,
+        root: int,
+        top_k: int,
+        depth: int,
+        total_tokens: int,
+        min_path_probability: float = 0.0,
+        min_grow_probability: float = 0.0,
+    ) -> DraftTree:
+        builder = self.grow(root, top_k, depth, min_grow_probability)
+        return builder.build(total_tokens, min_path_probability=min_path_probability)
 
-    def grow(self, root: int, top_k: int, depth: int) -> DraftTreeBuilder:
-        """Runs the drafter level by level; the builder holds every candidate with its score."""
+    def grow(self, root: int, top_k: int, depth: int, min_grow_probability: float = 0.0) -> DraftTreeBuilder:
+        """Runs the drafter level by level; the builder holds every candidate with its score. Growth stops
+        early once the deepest level's likeliest path is less likely than `min_grow_probability` (a drafter
+        call costs about a tenth of a target pass on a CPU)."""
         assert self.last is not None, "extend() must run before grow()"
         logprobs, ids, hidden = self.last
         builder = DraftTreeBuilder(root, top_k)
@@ -88,6 +99,8 @@ class EagleDrafter:
         committed = self.cache_len
         depth = min(depth, 1 + (self.session.capacity - committed) // top_k)  # scratch must fit the cache
         for level in range(2, depth + 1):
+            if not builder.worth_growing(min_grow_probability):
+                break
             scratch = builder.scratch_mask()  # [k, (level-1)*k]: ancestors' rows and its own
             mask = np.concatenate([np.ones((len(tokens), committed), bool), scratch], axis=1)
             position = committed + level - 2  # a level-(d-1) node sits one past its parent's position

@@ -181,19 +181,24 @@ class Engine:
         Speculation is on unless the manifest says plain decoding is faster here (`eaglex tune`). Where no
         tree setting nor `speculative` is overridden, the tuned default holds whole: prompt lookup where
         the manifest says it is faster, and the batch scheduler may use the tree tuned for its batch size
-        instead; a caller who picks a mode (plain, or a tree) gets it without lookup unless it asks."""
+        instead; a caller who picks a mode (plain, or a tree) gets it without lookup unless it asks. The
+        tuned tree's probability cuts hold wherever its shape does: a caller who names a shape gets it
+        without cuts unless it asks."""
         tree = self.manifest.tree
         names = {f.name for f in dataclasses.fields(GenerationConfig)}
         if unknown := sorted(set(overrides) - names):
             raise EaglexError(f"unknown generation setting {unknown[0]!r}: use {', '.join(sorted(names))}")
         given = {k: v for k, v in overrides.items() if v is not None}
         tuned = not {"top_k", "depth", "total_tokens", "speculative"} & set(given)
+        tuned_shape = not {"top_k", "depth", "total_tokens"} & set(given)  # its cuts come with it
         config = GenerationConfig(
             top_k=tree.top_k,
             depth=tree.depth,
             total_tokens=tree.total_tokens,
             speculative=tree.speculative,
             ngram=tree.ngram if tuned else 0,
+            min_path_probability=tree.min_path_probability if tuned_shape else 0.0,
+            min_grow_probability=tree.min_grow_probability if tuned_shape else 0.0,
             adaptive_tree=tuned,
         )
         return dataclasses.replace(config, **given)

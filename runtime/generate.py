@@ -27,6 +27,11 @@ class GenerationConfig:
     top_k: int = 8  # tree: children per node and frontier width
     depth: int = 5  # tree: levels below the root (drafter calls per round)
     total_tokens: int = 24  # tree: nodes verified per target pass, root included
+    # tree, where the drafter is unsure (0: off): a node is verified only if the drafter gives its path at
+    # least this probability, and the drafter grows a level deeper only while the likeliest path it has
+    # is at least min_grow_probability likely (runtime/tree.py). total_tokens and depth stay the caps.
+    min_path_probability: float = 0.0
+    min_grow_probability: float = 0.0
     speculative: bool = True
     ngram: int = 0  # prompt lookup: up to this many tokens copied from the context join each tree (0: off)
     # Serving (runtime/scheduler.py): the tree may follow the artifact's tuned tree for the current batch size
@@ -97,7 +102,14 @@ def generate(
         clock = time.perf_counter()
         tree = chain_tree([root])
         if drafter is not None:
-            tree = drafter.propose(root, config.top_k, config.depth, config.total_tokens)
+            tree = drafter.propose(
+                root,
+                config.top_k,
+                config.depth,
+                config.total_tokens,
+                config.min_path_probability,
+                config.min_grow_probability,
+            )
         if config.ngram:
             tree = graft(tree, lookup(np.asarray(prompt + generated, np.int64), config.ngram))
         tree = tree.truncate(capacity - cache_len)  # parents precede children, so a prefix is a tree

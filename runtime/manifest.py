@@ -136,8 +136,9 @@ class BatchTree:
 class TreeSpec:
     """The default draft tree. speculative: False where tuning found plain decoding faster on the machine.
     ngram: prompt lookup's tokens per tree by default (runtime/ngram.py; 0: off), where tuning found it
-    faster. by_batch: the serving scheduler's trees per batch size, increasing batch sizes (empty: not
-    tuned)."""
+    faster. min_path_probability, min_grow_probability: the tree shrinks where the drafter is unsure
+    (GenerationConfig; 0: off), top_k, depth and total_tokens being its caps. by_batch: the serving
+    scheduler's trees per batch size, increasing batch sizes (empty: not tuned)."""
 
     top_k: int = ranged(1, 1024)
     depth: int = ranged(1, MAX_TREE)
@@ -145,6 +146,8 @@ class TreeSpec:
     max_total_tokens: int = ranged(1, MAX_TREE)
     speculative: bool = field(default=True, metadata=OMIT_DEFAULT)
     ngram: int = field(default=0, metadata=OMIT_DEFAULT)
+    min_path_probability: float = field(default=0.0, metadata={**OMIT_DEFAULT, "ge": 0, "le": 1})
+    min_grow_probability: float = field(default=0.0, metadata={**OMIT_DEFAULT, "ge": 0, "le": 1})
     by_batch: tuple[BatchTree, ...] = field(default=(), metadata=OMIT_DEFAULT)
 
     def __post_init__(self) -> None:

@@ -25,7 +25,7 @@ from eaglex.runtime.generate import GenerationConfig, GenerationStats
 from eaglex.runtime.manifest import Manifest
 from eaglex.runtime.native_build import LIBRARY, build, built_library
 
-ABI_VERSION = 2  # include/eaglex.h EAGLEX_ABI_VERSION
+ABI_VERSION = 3  # include/eaglex.h EAGLEX_ABI_VERSION
 OK, CANCELLED = 0, 6
 VERIFY_SIZES = 1  # the Python loader has already checked the files as asked (checksums or sizes)
 
@@ -43,6 +43,8 @@ class Config(ctypes.Structure):
         ("speculative", ctypes.c_int32),
         ("stop_at_eos", ctypes.c_int32),
         ("ngram", ctypes.c_int32),  # ABI 2
+        ("tree_min_path_probability", ctypes.c_double),  # ABI 3
+        ("tree_min_grow_probability", ctypes.c_double),
     ]
 
 
@@ -198,4 +200,6 @@ class NativeLoop:
             speculative=int(config.speculative and self.has_drafter),
             stop_at_eos=int(stop_at_eos),
             ngram=config.ngram,
+            tree_min_path_probability=config.min_path_probability,
+            tree_min_grow_probability=config.min_grow_probability,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 from collections.abc import Mapping
 from dataclasses import field
@@ -82,10 +83,14 @@ def parse(hint: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
         if not isinstance(value, dict):
             raise ManifestError(where, f"must be an object, got {kind(value)}")
         return {k: parse(get_args(hint)[1], v, f"{where}.{k}", meta) for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # JSON writes 1.0 as 1 as readily
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ManifestError(
             where, f"must be {'an integer' if hint is int else hint.__name__}, got {kind(value)}"
         )
+    if hint is float and not math.isfinite(value):
+        raise ManifestError(where, f"must be a finite number, got {kind(value)}")
     low, high, choices = meta.get("ge"), meta.get("le"), meta.get("choices")
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"between {low} and {high}" if high is not None else f"at least {low}"

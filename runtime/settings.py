@@ -52,6 +52,8 @@ def check_generation_settings(
     ngram: Any = 0,
     sample_top_k: Any = 0,
     adaptive_tree: Any = False,
+    min_path_probability: Any = 0.0,
+    min_grow_probability: Any = 0.0,
 ) -> None:
     """Types and ranges of GenerationConfig's fields (its __post_init__ calls this)."""
     values = {"max_new_tokens": max_new_tokens, "top_k": top_k, "depth": depth, "total_tokens": total_tokens}
@@ -62,6 +64,12 @@ def check_generation_settings(
         "sample_top_k", sample_top_k, 0
     )  # 0: off  # its upper bound depends on the artifact's tree (Engine.check)
     validate_sampling(check_number("temperature", temperature), check_number("top_p", top_p))
+    for name, value in (
+        ("min_path_probability", min_path_probability),
+        ("min_grow_probability", min_grow_probability),
+    ):
+        if not 0 <= check_number(name, value) <= 1:
+            raise EaglexError(f"{flag(name)} must be between 0 and 1 (0 = off), got {value}")
     if seed is not None:
         check_integer("seed", seed, 0)
         if seed > MAX_SEED:

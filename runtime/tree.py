@@ -1,6 +1,7 @@
 """The EAGLE-2/3 dynamic draft tree: grown level by level from the drafter's top-k, then pruned to the
 nodes most likely to be accepted (EAGLE-2, arXiv 2406.16858; EAGLE-3, arXiv 2503.01840)."""
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,6 +126,21 @@ class DraftTreeBuilder:
         self._scratch = np.concatenate([self._scratch[parent_rows], np.eye(self.top_k, dtype=bool)], axis=1)
         return token_ids.ravel()[best], parent_rows
 
+    def worth_growing(self, min_grow_probability: float) -> bool:
+        """Whether the frontier's likeliest path is at least `min_grow_probability` likely: below it, the
+        next level's nodes (less likely still) are not worth a drafter call."""
+        return self._frontier_scores[0] >= log_probability(min_grow_probability)
+
+    def depth_reached(self, min_grow_probability: float, max_depth: int) -> int:
+        """The levels a growth to `max_depth` would have built had it stopped at the first level not
+        `worth_growing`: a pool grown to full depth answers for any threshold (`eaglex tune`). A level's
+        best score is its frontier's, since the frontier is the level's top entries."""
+        floor = log_probability(min_grow_probability)
+        for level, scores in enumerate(self._scores[:max_depth], start=1):
+            if scores.max() < floor:
+                return level
+        return min(len(self._scores), max_depth)
+
     def scratch_mask(self) -> np.ndarray:
         """bool [top_k, n_levels * top_k]: which drafter scratch rows the current frontier may attend to.
 
@@ -133,8 +149,12 @@ class DraftTreeBuilder:
         """
         return self._scratch.copy()
 
-    def build(self, total_tokens: int, max_depth: int | None = None) -> DraftTree:
-        """The tree to verify: the root plus the best `total_tokens - 1` pool entries.
+    def build(
+        self, total_tokens: int, max_depth: int | None = None, min_path_probability: float = 0.0
+    ) -> DraftTree:
+        """The tree to verify: the root plus the best `total_tokens - 1` pool entries, of those whose path
+        from the root the drafter gives at least `min_path_probability` (a node less likely to be accepted
+        costs a verify row for little: the tree then shrinks where the drafter is unsure).
 
         The sort is stable and a parent enters the pool before its children, so on equal scores the parent
         ranks first; with scores non-increasing along every path, the kept set is closed under ancestors.
@@ -150,7 +170,9 @@ class DraftTreeBuilder:
         tokens, parents, scores, depths = (
             np.concatenate(a[levels]) for a in (self._tokens, self._parents, self._scores, self._depths)
         )
-        keep = np.sort(np.argsort(-scores, kind="stable")[: total_tokens - 1])
+        # A score cut keeps the set closed under ancestors too: a child never scores above its parent.
+        likely = np.flatnonzero(scores >= log_probability(min_path_probability))
+        keep = np.sort(likely[np.argsort(-scores[likely], kind="stable")][: total_tokens - 1])
         # Pool index -> tree index, shifted by one so that the root (pool index -1) maps to node 0.
         tree_index = np.full(self._size + 1, -1, dtype=np.int64)
         tree_index[0] = 0
@@ -160,3 +182,8 @@ class DraftTreeBuilder:
             parents=np.concatenate([[-1], tree_index[parents[keep] + 1]]).astype(np.int64),
             depths=np.concatenate([[0], depths[keep]]).astype(np.int64),
         )
+
+
+def log_probability(probability: float) -> float:
+    """The score a probability threshold compares with (0: -inf, no cut)."""
+    return math.log(probability) if probability > 0 else -math.inf

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from test_cli import assert_user_error, eaglex
 
+from eaglex.bench import tree_cuts
 from eaglex.bench.datasets import Prompt
 from eaglex.bench.round_costs import mean_context
-from eaglex.bench.tune import acceptance, accepted_drafts, greedy_trace
+from eaglex.bench.tune import acceptance, greedy_trace
+from eaglex.runtime.accept import accepted_drafts
 from eaglex.runtime.engine import Engine
 from eaglex.runtime.manifest import FileEntry
 from eaglex.runtime.tree import DraftTree
@@ -78,8 +80,9 @@ def test_tune_writes_the_best_tree_into_the_manifest(artifact, tmp_path):
     fields = ("batch", "speculative", "top_k", "depth", "total_tokens")
     by_batch = [{f: choice[f] for f in fields} for choice in result["by_batch"]["choices"]]
     lookup = {"ngram": result["ngram"]} if result["ngram"] else {}  # omitted when 0
+    cuts_kept = {k: v for k, v in result["best"].items() if v}  # the manifest omits cuts of 0 (off)
     assert json.loads((tuned / "manifest.json").read_text())["tree"] == {
-        **result["best"],
+        **cuts_kept,
         "speculative": result["speculative"],
         "max_total_tokens": 128,
         **lookup,
@@ -95,13 +98,18 @@ def test_tune_writes_the_best_tree_into_the_manifest(artifact, tmp_path):
     plain, plain_lookup = result["plain_tokens_per_second"], result["plain_lookup_tokens_per_second"]
     rates = {(None, 0): plain, (None, 8): plain_lookup}
     for row in result["measured"]:
-        tree = (row["top_k"], row["depth"], row["total_tokens"])
+        tree = tuple(row[name] for name in result["best"])  # the shape and its cuts
         rates |= {(tree, 0): row["measured_tokens_per_second"], (tree, 8): row["lookup_tokens_per_second"]}
-    best = result["best"]
-    chosen = (best["top_k"], best["depth"], best["total_tokens"]) if result["speculative"] else None
+    chosen = tuple(result["best"].values()) if result["speculative"] else None
     assert rates[chosen, result["ngram"]] == max(rates.values())
     assert ("default: plain decoding" in process.stdout) != result["speculative"]
-    assert Engine.load(tuned, threads=1).default_config().ngram == result["ngram"]
+    tuned_engine = Engine.load(tuned, threads=1)
+    assert tuned_engine.default_config().ngram == result["ngram"]
+    # The tree's cuts hold wherever its shape does (also with --spec), not under a shape of the caller's.
+    for config in (tuned_engine.default_config(), tuned_engine.default_config(speculative=True)):
+        assert config.min_path_probability == result["best"]["min_path_probability"]
+        assert config.min_grow_probability == result["best"]["min_grow_probability"]
+    assert tuned_engine.default_config(top_k=1).min_path_probability == 0.0
     # Each checked shape's round is split into verify, draft and the rest, predicted and measured.
     names = {
         f"{kind}_{part}_seconds"
@@ -214,3 +222,21 @@ def test_a_method_with_its_own_reference_is_checked_against_it():
         "eaglex EAGLE-3 int4 broken": 0,
         "peer": 0,  # no reference of its own: compared with the first method
     }
+
+
+def test_tree_cuts_are_scored_from_a_full_pool(monkeypatch):
+    """Each cut's tree, accepted drafts, nodes and levels, worked out by hand on test_tree's pool."""
+    from test_tree import hand_builder  # a pool whose scores are worked out by hand
+
+    monkeypatch.setattr(tree_cuts, "GROW_PROBABILITIES", (0.1, 0.8))  # level maxima 0.90, 0.74, 0.33
+    monkeypatch.setattr(tree_cuts, "PATH_PROBABILITIES", (0.02, 0.5))
+    tally = tree_cuts.CutTally(sizes=(2, 4), max_depth=3)
+    tally.add(2, hand_builder(), np.array([10, 20, 30]))
+    means = {key: value.tolist() for key, value in tally.means().items()}
+    assert means[2, 1, 2, 0.02, 0.1] == [1, 2, 1]  # root + A: A accepted
+    assert (2, 1, 2, 0.02, 0.8) not in means  # one level: nothing to stop growing
+    assert means[2, 3, 4, 0.02, 0.1] == [2, 4, 3]  # A, C, D: A then C accepted
+    assert means[2, 3, 4, 0.02, 0.8] == [2, 4, 2]  # level 3 not grown: the same nodes, one call less
+    assert means[2, 3, 4, 0.5, 0.1] == [2, 3, 3]  # D (0.33) cut: A, C
+    verify, draft = {1: 1.0, 4: 1.3}, {(2, 1): 0.0, (2, 2): 0.1, (2, 3): 0.2}
+    assert np.allclose(tree_cuts.verify_and_grow_seconds(2.5, 1.5, 2, verify, draft), (1.15, 0.05))

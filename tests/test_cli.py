@@ -121,6 +121,8 @@ def test_missing_and_corrupted_files(damaged):
         (["--prompt", "w5", "--depth", "0"], ["--depth"]),
         (["--prompt", "w5", "--total-tokens", "500"], ["--total-tokens"]),
         (["--prompt", "w5", "--ngram", "-1"], ["--ngram"]),
+        (["--prompt", "w5", "--min-path-probability", "1.5"], ["--min-path-probability", "between 0 and 1"]),
+        (["--prompt", "w5", "--min-grow-probability", "nan"], ["--min-grow-probability"]),
         (["--prompt", "w5", "--max-new-tokens", "0"], ["--max-new-tokens"]),
         (["--prompt", "w5", "--threads", "0"], ["--threads"]),
         (["--prompt", ""], ["empty"]),

@@ -277,3 +277,19 @@ def test_a_key_with_control_characters_stays_one_line():
     # Found by the fuzz test: a key holding a newline split the error message in two.
     message = str(contract.ManifestError("files.\n\ud800", "is not part of format version 1"))
     assert "\n" not in message and message.isprintable() and "\\n" in message
+
+
+def test_tree_cuts_are_probabilities(tiny_artifact):
+    """tree.min_path_probability and min_grow_probability: numbers in [0, 1] (JSON may write 1.0 as 1);
+    NaN, out-of-range values and strings are refused naming the field; 0 (off) is left out of the file."""
+    raw = json.loads((tiny_artifact / "manifest.json").read_text())
+    for value in (0, 1, 0.05):
+        tree = {**raw["tree"], "min_path_probability": value, "min_grow_probability": value}
+        loaded = contract.from_json({**raw, "tree": tree}, tiny_artifact)
+        assert loaded.tree.min_path_probability == loaded.tree.min_grow_probability == value
+        assert ("min_path_probability" in loaded.to_json()["tree"]) == (value != 0)
+    for value, words in ((1.5, "between 0 and 1"), (float("nan"), "finite"), ("0.1", "must be float")):
+        with pytest.raises(contract.ManifestError, match=r"tree\.min_grow_probability") as refused:
+            tree = {**raw["tree"], "min_grow_probability": value}
+            contract.from_json({**raw, "tree": tree}, tiny_artifact)
+        assert words in str(refused.value)

@@ -32,6 +32,10 @@ def passes(engine: Engine, prompt: list[int], **overrides) -> tuple[list[list[in
     return list(engine.generate(prompt, engine.default_config(**overrides), stats)), stats
 
 
+def tokens(chunks: list[list[int]]) -> list[int]:
+    return [token for chunk in chunks for token in chunk]
+
+
 @pytest.mark.parametrize("tree", [None, *TREES])
 def test_native_streams_the_python_loops_passes(engines, tree):
     python, native = engines
@@ -101,3 +105,25 @@ def test_auto_falls_back_to_python_without_a_library(artifact, monkeypatch, tmp_
     monkeypatch.setenv("EAGLEX_LIBRARY", str(tmp_path / "missing.so"))
     with pytest.raises(EaglexError, match="cannot load libeaglex"):
         Engine.load(artifact, threads=1, runtime="auto")
+
+
+@pytest.mark.parametrize(
+    ("tree", "cuts"), [((16, 2, 40), (0.02, 0.0)), ((4, 5, 16), (0.0, 0.2)), ((8, 5, 24), (0.015, 0.015))]
+)
+def test_probability_cuts_shape_the_same_trees(engines, tree, cuts):
+    """The tree's cuts on libeaglex (ABI 3): the same rounds and drafter calls as the Python loop, lossless
+    in both. The random drafter's top candidates have probability 0.02-0.025, so these cuts change rounds:
+    accepted drafts are cut, or levels are not grown."""
+    python, native = engines
+    tree = dict(zip(NAMES, tree, strict=True))
+    cut = {"min_path_probability": cuts[0], "min_grow_probability": cuts[1]}
+    changed = 0
+    for prompt in PROMPTS:
+        plain, _ = passes(python, prompt, max_new_tokens=40, speculative=False)
+        whole, uncut = passes(python, prompt, max_new_tokens=40, **tree)
+        expected, want = passes(python, prompt, max_new_tokens=40, **tree, **cut)
+        got, stats = passes(native, prompt, max_new_tokens=40, **tree, **cut)
+        assert got == expected and tokens(got) == tokens(plain) == tokens(whole)
+        assert (stats.target_passes, stats.drafter_calls) == (want.target_passes, want.drafter_calls)
+        changed += want.accepted_lengths != uncut.accepted_lengths or want.drafter_calls < uncut.drafter_calls
+    assert changed, "the cuts should change some rounds"

@@ -148,6 +148,13 @@ def test_random_trees_satisfy_invariants(seed):
         assert mask.shape == (top_k, (level + 1) * top_k)
         assert [set(np.flatnonzero(row).tolist()) for row in mask] == rows_seen
 
+    # A path-probability cut is the same ranking cut where the scores fall below it.
+    cut = float(np.exp(rng.choice(list(candidates.values()))))
+    likely = sum(score >= np.log(cut) for score in candidates.values())
+    for total in (2, likely + 1, len(candidates) + 1):
+        np.testing.assert_array_equal(
+            b.build(total, min_path_probability=cut).tokens, b.build(min(total, likely + 1)).tokens
+        )
     for total in {1, 2, int(rng.integers(1, len(candidates) + 2)), len(candidates) + 1, len(candidates) + 5}:
         tree = b.build(total)
         assert len(tree) == min(total, len(candidates) + 1)
@@ -162,3 +169,19 @@ def test_random_trees_satisfy_invariants(seed):
         kept = sorted((candidates[p] for p in paths[1:]), reverse=True)
         np.testing.assert_allclose(kept, sorted(candidates.values(), reverse=True)[: len(tree) - 1])
         np.testing.assert_array_equal(tree.attention_mask(), ancestor_mask(tree))
+
+
+def test_path_probability_cut_keeps_the_likely_nodes():
+    b = hand_builder()  # scores: A -0.1, C -0.3, D -1.1, 32 -1.11, 30 -1.2, 31 -1.3, B -2.5, ...
+    assert_tree(b.build(8, min_path_probability=np.exp(-1.15)), [ROOT, 10, 20, 21, 32], [-1, 0, 1, 1, 3],
+                [0, 1, 2, 2, 3])  # fmt: skip
+    assert_tree(b.build(3, min_path_probability=np.exp(-1.15)), [ROOT, 10, 20], [-1, 0, 1], [0, 1, 2])
+    assert_tree(b.build(8, min_path_probability=0.99), [ROOT], [-1], [0])
+    np.testing.assert_array_equal(b.build(8, min_path_probability=0.0).tokens, b.build(8).tokens)
+
+
+def test_growth_stops_at_the_first_unlikely_level():
+    b = hand_builder()  # level maxima: -0.1, -0.3, -1.11 (the frontier's best after level 3)
+    assert [b.depth_reached(p, 3) for p in (0.0, np.exp(-0.2), np.exp(-1.0), 0.99)] == [3, 2, 3, 1]
+    assert b.depth_reached(0.0, 2) == 2
+    assert b.worth_growing(np.exp(-1.2)) and not b.worth_growing(np.exp(-1.0))

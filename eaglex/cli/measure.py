@@ -270,8 +270,13 @@ def tune(
             f"{part} {ms[f'predicted_{part}_seconds']:.1f}/{ms[f'measured_{part}_seconds']:.1f}"
             for part in ("verify", "draft", "other")
         )
+        cuts = (
+            f", cut below path p {row['min_path_probability']:g} and grow p {row['min_grow_probability']:g}"
+            if row["min_path_probability"] or row["min_grow_probability"]
+            else ""
+        )
         click.echo(
-            f"top_k {row['top_k']:2d} depth {row['depth']} total_tokens {row['total_tokens']:3d}: "
+            f"top_k {row['top_k']:2d} depth {row['depth']} total_tokens {row['total_tokens']:3d}{cuts}: "
             f"predicted {row['predicted_tokens_per_second']:.1f} tok/s, measured "
             f"{row['measured_tokens_per_second']:.1f} tok/s{with_lookup(row['lookup_tokens_per_second'])}; "
             f"ms per round (predicted/measured): {parts}"

@@ -37,6 +37,20 @@ def speculation(spec: bool, no_spec: bool, *tree_flags: int | None) -> bool | No
 @click.option(
     "--total-tokens", default=None, type=int, help="Tree: nodes verified per pass (default: the artifact's)."
 )
+@click.option(
+    "--min-path-probability",
+    default=None,
+    type=float,
+    help="Tree: verify only drafted nodes whose path the drafter gives at least this probability (0: off) "
+    "[default: the artifact's].",
+)
+@click.option(
+    "--min-grow-probability",
+    default=None,
+    type=float,
+    help="Tree: draft a level deeper only while the likeliest path is at least this likely (0: off) "
+    "[default: the artifact's].",
+)
 @click.option("--no-spec", is_flag=True, help="Plain decoding, one token per target pass.")
 @click.option(
     "--spec",
@@ -86,6 +100,8 @@ def run(
     top_k: int | None,
     depth: int | None,
     total_tokens: int | None,
+    min_path_probability: float | None,
+    min_grow_probability: float | None,
     no_spec: bool,
     spec: bool,
     ngram: int | None,
@@ -113,6 +129,8 @@ def run(
         total_tokens=total_tokens,
         speculative=speculation(spec, no_spec, top_k, depth, total_tokens),
         ngram=ngram,
+        min_path_probability=min_path_probability,
+        min_grow_probability=min_grow_probability,
     )
     stats = GenerationStats()
     started = time.perf_counter()

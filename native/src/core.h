@@ -32,6 +32,7 @@ struct Manifest {
   int64_t tree_top_k = 1, tree_depth = 1, tree_total_tokens = 1, tree_max_total_tokens = 1;
   bool tree_speculative = true;  // false where eaglex tune found plain decoding faster (manifest tree)
   int64_t tree_ngram = 0;        // prompt lookup's tokens per tree where eaglex tune found it faster
+  double tree_min_path_probability = 0, tree_min_grow_probability = 0;  // the tree's cuts; 0: off
   std::vector<int64_t> eos_token_ids;
   std::string path(const std::string &name) const { return root + "/" + name; }
 };
@@ -129,7 +130,10 @@ class TreeBuilder {
                  std::vector<int64_t> &tokens, std::vector<int64_t> &parent_rows);
   const std::vector<uint8_t> &scratch() const { return scratch_; }  // [top_k, levels * top_k]
   int64_t scratch_width() const { return scratch_width_; }
-  DraftTree build(int64_t total_tokens) const;
+  // Whether the frontier's likeliest path is at least this likely (a drafter call for the next level pays).
+  bool worth_growing(double min_grow_probability) const;
+  // The root and the best total_tokens - 1 pool entries of those whose path is at least this likely.
+  DraftTree build(int64_t total_tokens, double min_path_probability = 0) const;
 
  private:
   int64_t root_, top_k_;
@@ -172,7 +176,8 @@ class Drafter {
   void reset() { cache_len_ = 0, calls = 0; }
   // Commits rows (features[i], tokens[i]); the last row's top-k becomes the next tree's first level.
   void extend(const std::vector<int64_t> &tokens, const float *features, int64_t top_k);
-  DraftTree propose(int64_t root, int64_t top_k, int64_t depth, int64_t total_tokens);
+  DraftTree propose(int64_t root, int64_t top_k, int64_t depth, int64_t total_tokens,
+                    double min_path_probability, double min_grow_probability);
   int64_t calls = 0;
 
  private:

@@ -64,7 +64,8 @@ void Drafter::extend(const std::vector<int64_t> &tokens, const float *features, 
   last_hidden_.assign(hidden + (n - 1) * hidden_, hidden + n * hidden_);
 }
 
-DraftTree Drafter::propose(int64_t root, int64_t top_k, int64_t depth, int64_t total_tokens) {
+DraftTree Drafter::propose(int64_t root, int64_t top_k, int64_t depth, int64_t total_tokens,
+                           double min_path_probability, double min_grow_probability) {
   TreeBuilder builder(root, top_k);
   std::vector<int64_t> tokens, parent_rows;
   builder.add_level(last_logprobs_.data(), last_ids_.data(), 1, top_k, tokens, parent_rows);
@@ -73,7 +74,7 @@ DraftTree Drafter::propose(int64_t root, int64_t top_k, int64_t depth, int64_t t
   const int64_t committed = cache_len_;
   depth = std::min(depth, 1 + (graph_.capacity - committed) / top_k);  // scratch must fit the cache
   std::vector<float> next_hidden;
-  for (int64_t level = 2; level <= depth; ++level) {
+  for (int64_t level = 2; level <= depth && builder.worth_growing(min_grow_probability); ++level) {
     // Frontier rows see every committed slot plus their ancestors' scratch rows and their own.
     Mask mask{top_k, committed, builder.scratch_width(), builder.scratch()};
     auto out = run(tokens, nullptr, 0, hidden_buf_.data(), top_k, committed + level - 2, true, mask, top_k, top_k);
@@ -85,7 +86,7 @@ DraftTree Drafter::propose(int64_t root, int64_t top_k, int64_t depth, int64_t t
       std::copy_n(hidden + parent_rows[size_t(i)] * hidden_, hidden_, next_hidden.begin() + i * hidden_);
     hidden_buf_.swap(next_hidden);
   }
-  return builder.build(total_tokens);
+  return builder.build(total_tokens, min_path_probability);
 }
 
 }  // namespace eaglex

@@ -105,6 +105,8 @@ void Engine::default_config(eaglex_config &cfg) const {
   cfg.speculative = drafter_ != nullptr && manifest.tree_speculative;  // as Engine.default_config in Python
   cfg.stop_at_eos = 1;
   cfg.ngram = int32_t(manifest.tree_ngram);
+  cfg.tree_min_path_probability = manifest.tree_min_path_probability;
+  cfg.tree_min_grow_probability = manifest.tree_min_grow_probability;
 }
 
 Settings Engine::check(const int32_t *prompt, size_t n_prompt, const eaglex_config &cfg) const {
@@ -148,6 +150,12 @@ Settings Engine::check(const int32_t *prompt, size_t n_prompt, const eaglex_conf
               "artifact's " + std::to_string(m.tree_max_total_tokens) + " tree tokens less the " +
               std::to_string(drafted) + " drafted), got " + std::to_string(cfg.ngram));
   s.ngram = cfg.ngram;
+  for (auto [name, value] : {std::pair{"tree_min_path_probability", cfg.tree_min_path_probability},
+                             std::pair{"tree_min_grow_probability", cfg.tree_min_grow_probability}})
+    if (!(value >= 0 && value <= 1))  // NaN fails too
+      throw bad(std::string(name) + " must be between 0 and 1 (0 = off), got " + std::to_string(value));
+  s.min_path_probability = cfg.tree_min_path_probability;
+  s.min_grow_probability = cfg.tree_min_grow_probability;
   if (cfg.stop_at_eos) s.stop = m.eos_token_ids;
   return s;
 }

@@ -17,6 +17,7 @@ struct Settings {
   int64_t tree_top_k = 1, tree_depth = 1, tree_total_tokens = 1;
   bool speculative = false;
   int64_t ngram = 0;  // prompt lookup: tokens copied from the context per tree (runtime/ngram.py)
+  double min_path_probability = 0, min_grow_probability = 0;  // the tree's cuts (runtime/tree.py)
   std::vector<int64_t> stop;
 };
 

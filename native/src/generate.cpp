@@ -86,7 +86,8 @@ int Engine::generate(const std::vector<int64_t> &prompt, const Settings &s, eagl
 
   while (!cancelled && !is_stop(generated.back()) && int64_t(generated.size()) < budget) {
     clock = Clock::now();
-    DraftTree tree = drafter ? drafter->propose(root, s.tree_top_k, s.tree_depth, s.tree_total_tokens)
+    DraftTree tree = drafter ? drafter->propose(root, s.tree_top_k, s.tree_depth, s.tree_total_tokens,
+                                                s.min_path_probability, s.min_grow_probability)
                              : chain_tree(root);
     if (s.ngram) {
       context.assign(prompt.begin(), prompt.end());

@@ -130,6 +130,11 @@ Manifest load_manifest(const std::string &dir, bool checksums) {
   if (speculative && speculative->kind == Json::Bool) m.tree_speculative = speculative->boolean;
   const Json *ngram = tree ? tree->get("ngram") : nullptr;  // omitted: 0 (no prompt lookup)
   if (ngram && ngram->kind == Json::Number) m.tree_ngram = int64_t(ngram->number);
+  for (auto [name, value] : {std::pair{"min_path_probability", &m.tree_min_path_probability},
+                             std::pair{"min_grow_probability", &m.tree_min_grow_probability}}) {
+    const Json *cut = tree ? tree->get(name) : nullptr;  // omitted: 0 (no cut)
+    if (cut && cut->kind == Json::Number) *value = cut->number;
+  }
   const Json *tokens = raw.get("tokens");
   const Json *eos = tokens ? tokens->get("eos_token_ids") : nullptr;
   if (eos && eos->kind == Json::Array) {

@@ -1,6 +1,8 @@
 // The EAGLE-2/3 dynamic draft tree, grown level by level and pruned to the best-scoring nodes: the same
 // order, ties and masks as runtime/tree.py (DraftTreeBuilder), so both runtimes verify identical trees.
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "core.h"
@@ -15,6 +17,11 @@ std::vector<int64_t> rank(const std::vector<double> &scores) {
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return scores[a] > scores[b]; });
   return order;
+}
+
+// The score a probability threshold compares with (runtime/tree.py log_probability; 0: no cut).
+double log_probability(double probability) {
+  return probability > 0 ? std::log(probability) : -std::numeric_limits<double>::infinity();
 }
 
 }  // namespace
@@ -107,10 +114,18 @@ void TreeBuilder::add_level(const float *logprobs, const int64_t *ids, int64_t n
   scratch_width_ = width;
 }
 
-DraftTree TreeBuilder::build(int64_t total_tokens) const {
+bool TreeBuilder::worth_growing(double min_grow_probability) const {
+  return frontier_scores_[0] >= log_probability(min_grow_probability);
+}
+
+DraftTree TreeBuilder::build(int64_t total_tokens, double min_path_probability) const {
   if (tokens_.empty()) return chain_tree(root_);
   std::vector<int64_t> keep = rank(scores_);
-  keep.resize(std::min(keep.size(), size_t(total_tokens - 1)));
+  // Ranked best first, so the likely ones are a prefix; a child never scores above its parent, so the
+  // kept set stays closed under ancestors.
+  const double floor = log_probability(min_path_probability);
+  const auto likely = std::find_if(keep.begin(), keep.end(), [&](int64_t i) { return scores_[size_t(i)] < floor; });
+  keep.resize(std::min(size_t(likely - keep.begin()), size_t(total_tokens - 1)));
   std::sort(keep.begin(), keep.end());
   // Pool index -> tree index, shifted by one so that the root (pool index -1) maps to node 0.
   std::vector<int64_t> tree_index(tokens_.size() + 1, -1);

@@ -206,6 +206,10 @@ static int errors_mode(const char *artifact, const char *damaged) {
   expect("ngram -1", eaglex_generate(e, prompt, 3, &bad, NULL, NULL, NULL), EAGLEX_ERR_SETTINGS);
   bad = cfg, bad.ngram = 100000;
   expect("ngram 100000", eaglex_generate(e, prompt, 3, &bad, NULL, NULL, NULL), EAGLEX_ERR_SETTINGS);
+  bad = cfg, bad.tree_min_path_probability = 1.5;
+  expect("path probability 1.5", eaglex_generate(e, prompt, 3, &bad, NULL, NULL, NULL), EAGLEX_ERR_SETTINGS);
+  bad = cfg, bad.tree_min_grow_probability = -0.1;
+  expect("grow probability -0.1", eaglex_generate(e, prompt, 3, &bad, NULL, NULL, NULL), EAGLEX_ERR_SETTINGS);
   expect("empty prompt", eaglex_generate(e, prompt, 0, &cfg, NULL, NULL, NULL), EAGLEX_ERR_PROMPT);
   int32_t outside[2] = {1, eaglex_vocab_size(e)};
   expect("token outside vocabulary", eaglex_generate(e, outside, 2, &cfg, NULL, NULL, NULL), EAGLEX_ERR_PROMPT);
