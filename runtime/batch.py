@@ -251,7 +251,12 @@ class PackedStep:
             tokens, parents = builder.add_level(logprobs[:, :k], ids[:, :k])
             growing.append((seq, builder, tokens, hidden[parents], []))
         used, level = 0, 2
-        while growing := [g for g in growing if level <= g[0].config.depth]:
+        # A sequence stops at its depth, or earlier where its tree is not worth growing (its config's cut).
+        while growing := [
+            g
+            for g in growing
+            if level <= g[0].config.depth and g[1].worth_growing(g[0].config.min_grow_probability)
+        ]:
             rows = sum(len(g[2]) for g in growing)
             if used + rows > room:
                 break  # scratch full: the trees stay shallower (acceptance is unaffected)
@@ -259,7 +264,7 @@ class PackedStep:
             used, level = used + rows, level + 1
         for i, seq in enumerate(seqs):
             if i in builders:
-                seq.tree = builders[i].build(sizes[i])
+                seq.tree = builders[i].build(sizes[i], min_path_probability=seq.config.min_path_probability)
 
     def _level(self, growing: list, top: int, used: int, level: int) -> None:
         """One drafter call over every growing sequence's frontier; updates the entries in place."""

@@ -27,8 +27,15 @@ def tuned_tree(trees: tuple[BatchTree, ...], batch: int) -> BatchTree | None:
 def follow(config: GenerationConfig, tree: BatchTree) -> GenerationConfig:
     """The request's settings with the tuned tree in place of the artifact's default one; the default's
     prompt lookup (`config.ngram`, the manifest's) stays only where that tree speculates: a batch size
-    that tune found better served plain has no rows to spare for lookup's branch either."""
-    shape = {"top_k": tree.top_k, "depth": tree.depth, "total_tokens": tree.total_tokens}
+    that tune found better served plain has no rows to spare for lookup's branch either. The default
+    tree's probability cuts go with its shape: the batch trees were tuned without them."""
+    shape = {
+        "top_k": tree.top_k,
+        "depth": tree.depth,
+        "total_tokens": tree.total_tokens,
+        "min_path_probability": 0.0,
+        "min_grow_probability": 0.0,
+    }
     return dataclasses.replace(
         config, **shape, speculative=tree.speculative, ngram=config.ngram if tree.speculative else 0
     )

@@ -103,11 +103,19 @@ def test_regions_first_fit_and_top():
 @pytest.mark.parametrize(("max_batch", "prefill_chunk"), [(3, 7), (8, 64)])
 def test_batched_greedy_equals_each_sequence_alone(engine, max_batch, prefill_chunk):
     """More requests than slots (they join as others leave), prompts longer than a chunk, mixed tree
-    settings, lengths and plain decoding in one batch."""
+    settings (probability cuts too), lengths and plain decoding in one batch."""
     settings = [
         {"max_new_tokens": 30},
         {"max_new_tokens": 17, "top_k": 4, "depth": 3, "total_tokens": 10},
         {"max_new_tokens": 25, "speculative": False},
+        {
+            "max_new_tokens": 20,
+            "top_k": 4,
+            "depth": 4,
+            "total_tokens": 12,
+            "min_path_probability": 0.02,
+            "min_grow_probability": 0.022,
+        },  # cuts that bite on the random drafter (0.02-0.025)
         {"max_new_tokens": 1},
     ]
     items = [

@@ -76,12 +76,13 @@ def test_tuned_tree_is_the_entry_at_or_below_the_batch_size():
     assert describe(trees, 8) == "trees by batch size (top_k, depth, total_tokens): 2: k2 d3 t4, 4: plain"
 
 
-def test_following_a_tuned_tree_keeps_prompt_lookup_only_where_it_speculates():
+def test_following_a_tuned_tree_keeps_prompt_lookup_only_where_it_speculates_and_drops_cuts():
     tree, plain = (
         BatchTree(batch=1, speculative=True, top_k=2, depth=3, total_tokens=4),
         BatchTree(batch=8, speculative=False, top_k=1, depth=1, total_tokens=1),
     )
-    config = GenerationConfig(top_k=4, depth=1, total_tokens=2, ngram=8)
+    config = GenerationConfig(top_k=4, depth=1, total_tokens=2, ngram=8, min_path_probability=0.1)
+    # The default tree's cuts go with its shape: the batch trees were tuned without them.
     assert follow(config, tree) == GenerationConfig(top_k=2, depth=3, total_tokens=4, ngram=8)
     assert follow(config, plain) == GenerationConfig(top_k=1, depth=1, total_tokens=1, speculative=False)
 
