@@ -5,8 +5,8 @@ drafter is sure of its continuation or guessing. With probability cuts (runtime/
 only the nodes whose drafted path is at least `min_path_probability` likely and grows a level deeper only
 while the likeliest path is at least `min_grow_probability` likely; the shape's numbers become caps. On a
 CPU, where each verified row adds to the pass and each level is a drafter call, that keeps tau and cuts
-the cost: on MT-bench the tuned (2,2,4) tree verified 5.2 rows a round in 2 drafter calls, the cut tree
-(2,5,6) 4.5 rows in 1.7 calls for the same tokens per pass (docs/BENCHMARKS.md, fifth sitting).
+the cost: on MT-bench the tuned (2,2,4) tree made 2.17 tokens a pass in 2 drafter calls a round, a cut
+tree with caps (2,7,8) 2.16 in 1.67 calls and fewer rows, 1.07x faster (docs/BENCHMARKS.md, fifth sitting).
 
 The cuts are scored from the same pools as the fixed shapes (bench/tune.py `acceptance`): a pool grown to
 full depth holds the tree of any cut, and says how deep a growth with that cut would have gone.

@@ -88,7 +88,8 @@ class OracleDrafter:
         assert len(tokens) == len(features)
         self.seen += len(tokens)
 
-    def propose(self, root: int, top_k: int, depth: int, total_tokens: int) -> DraftTree:
+    def propose(self, root: int, top_k: int, depth: int, total_tokens: int, *cuts: float) -> DraftTree:
+        # cuts (min_path_probability, min_grow_probability): this stand-in's trees have no scores to cut
         emitted = self.seen - self.prompt_len + 1  # the root is reference[emitted - 1]
         assert self.reference[emitted - 1] == root
         truth = self.reference[emitted : emitted + int(self.rng.integers(0, depth + 1))]

@@ -71,7 +71,8 @@ class TopTokensDrafter:
     def extend(self, tokens: np.ndarray, features: np.ndarray, top_k: int) -> None:
         self.history += tokens.tolist()
 
-    def propose(self, root: int, top_k: int, depth: int, total_tokens: int) -> DraftTree:
+    def propose(self, root: int, top_k: int, depth: int, total_tokens: int, *cuts: float) -> DraftTree:
+        # cuts (min_path_probability, min_grow_probability): this stand-in's trees have no scores to cut
         generated = self.history[len(PROMPT) - 1 :]  # x1, x2, ...
         if len(generated) == 1:
             children = np.argsort(-self.p2[root])[:3]
