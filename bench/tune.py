@@ -4,10 +4,11 @@ A round costs one verify pass over T nodes plus `depth` drafter calls of `top_k`
 accepted drafts plus a bonus token. On a GPU a 60-node verify costs about what one token does; on a CPU
 it costs several times more, so the best tree is much smaller. `tune` measures
   - the target's time per verify pass for each tree size T, and the drafter's time per call of k rows;
-  - for every tree shape (top_k, depth, T), how many drafts would be accepted, at every position of
-    reference continuations: from one pool grown per position, since the tree for any smaller shape is a
-    sub-tree of it (runtime/tree.py `build(total_tokens, max_depth)`), and a tree accepts the longest
-    prefix of the target's greedy continuation that it contains;
+  - for every tree shape (top_k, depth, T), with or without probability cuts, how many drafts would be
+    accepted, how many nodes verified and levels grown, walking reference continuations round by round
+    (bench/tree_walk.py): from one pool grown per position, since the tree for any smaller shape or cut is
+    a sub-tree of it (runtime/tree.py `build`), and a tree accepts the longest prefix of the target's
+    greedy continuation that it contains;
 and picks the shape with the most predicted tokens per second, then checks the best few by decoding, each
 with and without prompt lookup (as plain decoding is), and makes the fastest of them the default.
 """
@@ -27,7 +28,7 @@ import numpy as np
 
 from eaglex.bench.datasets import Prompt, load_prompts
 from eaglex.bench.round_costs import draft_cost, mean_context, verify_cost
-from eaglex.bench.tree_cuts import CutTally, verify_and_grow_seconds
+from eaglex.bench.tree_walk import Pools, shape_keys, verify_and_grow_seconds, walk_means
 from eaglex.errors import EaglexError
 from eaglex.runtime import manifest as contract
 from eaglex.runtime.accept import accepted_drafts
@@ -104,12 +105,12 @@ def acceptance(
     max_depth: int = MAX_DEPTH,
     on_reference: Callable[[list[int]], None] | None = None,
     traces: Path | None = None,
-    on_pool: Callable[[int, DraftTreeBuilder, np.ndarray], None] | None = None,
+    on_pool: Callable[[int, DraftTreeBuilder, np.ndarray, int], None] | None = None,
 ) -> dict[tuple[int, int, int], float]:
     """Mean accepted drafts per round for every (top_k, depth <= max_depth, total_tokens), over every
     position of the prompts' greedy continuations (each handed to `on_reference` too, if given; `traces`:
-    the folder that caches them, see greedy_trace). `on_pool(top_k, pool, continuation)` sees each
-    position's pool too (bench/tree_cuts.py scores its cuts there)."""
+    the folder that caches them, see greedy_trace). `on_pool(top_k, pool, sequence, position)` sees each
+    position's pool too (tune keeps them to walk: bench/tree_walk.py)."""
     drafter = engine.drafter
     assert drafter is not None
     sums: dict[tuple[int, int, int], int] = {}
@@ -126,7 +127,7 @@ def acceptance(
                 builder = drafter.grow(int(sequence[position]), k, max_depth)
                 continuation = sequence[position + 1 :]
                 if on_pool is not None:
-                    on_pool(k, builder, continuation)
+                    on_pool(k, builder, sequence, position)
                 for depth, size in itertools.product(range(1, max_depth + 1), sizes):
                     tree = builder.build(size, max_depth=depth)
                     key = (k, depth, size)
@@ -143,7 +144,7 @@ class Shape:
     depth: int
     total_tokens: int
     predicted_tokens_per_second: float
-    min_path_probability: float = 0.0  # the cuts (bench/tree_cuts.py); 0: a fixed shape
+    min_path_probability: float = 0.0  # the cuts (bench/tree_walk.py); 0: a fixed shape
     min_grow_probability: float = 0.0
 
     @property
@@ -153,24 +154,18 @@ class Shape:
 
 
 def predict(
-    accepted: dict[tuple[int, int, int], float],
+    walked: dict[tuple, np.ndarray],
     verify: dict[int, float],
     draft: dict[tuple[int, int], float],
     commit: dict[int, float],
     host: float,
-    cuts: dict[tuple, np.ndarray] | None = None,
 ) -> list[Shape]:
-    """Predicted tokens/s of every shape: (drafts accepted + bonus) per round, over the round's cost:
-    verify pass + tree growth + one drafter call to commit the accepted rows + the loop's own work.
-    `cuts` (CutTally.means) adds the shapes with probability cuts, costed at their mean nodes and levels."""
-    shapes = [
-        Shape(k, d, t, (accepted[k, d, t] + 1) / (verify[t] + draft[k, d] + commit[k] + host))
-        for (k, d, t) in accepted
-        # A larger tree than the pool holds is the same tree; one deeper than its nodes reach, a wasteful one.
-        if t <= 1 + k + (d - 1) * k * k and d < t
-    ]
-    for (k, d, t, path, grow), (drafts, nodes, levels) in (cuts or {}).items():
-        if t <= 1 + k + (d - 1) * k * k:
+    """Predicted tokens/s of every shape walked (bench/tree_walk.py): (drafts accepted + bonus) per round,
+    over the round's cost: verify pass and tree growth at the walk's mean nodes and levels, one drafter call
+    to commit the accepted rows, and the loop's own work."""
+    shapes = []
+    for (k, d, t, path, grow), (drafts, nodes, levels) in walked.items():
+        if t <= 1 + k + (d - 1) * k * k:  # a larger tree than the pool holds is the same tree
             seconds = sum(verify_and_grow_seconds(nodes, levels, k, verify, draft)) + commit[k] + host
             shapes.append(Shape(k, d, t, (drafts + 1) / seconds, path, grow))
     return sorted(shapes, key=lambda s: -s.predicted_tokens_per_second)
@@ -207,13 +202,11 @@ def decode(
 
 
 def round_parts(
-    shape: Shape, decoded: Decoded, verify: dict, draft: dict, commit: dict, host: float, cuts: dict
+    shape: Shape, decoded: Decoded, verify: dict, draft: dict, commit: dict, host: float, walked: dict
 ) -> dict[str, float]:
-    """A checked shape's round, measured against the model's parts: where a prediction misses. A shape
-    with cuts is predicted at its mean nodes and levels (`cuts`: CutTally.means)."""
-    nodes, levels = shape.total_tokens, shape.depth
-    if shape.min_path_probability or shape.min_grow_probability:
-        _, nodes, levels = cuts[(*shape.tree.values(),)]
+    """A checked shape's round, measured against the model's parts: where a prediction misses. Predicted at
+    the walk's mean nodes and levels (`walked`: tree_walk.walk_means)."""
+    _, nodes, levels = walked[(*shape.tree.values(),)]
     verify_seconds, grow_seconds = verify_and_grow_seconds(nodes, levels, shape.top_k, verify, draft)
     measured_other = decoded.seconds_per_round - decoded.verify_seconds_per_round
     return {
@@ -271,8 +264,8 @@ def tune(
     progress(f"measuring verify and drafter costs with {context} tokens in the cache")
     verify = verify_cost(engine, sizes, reps, context)
     draft, commit = draft_cost(engine, list(range(1, 65)), top_ks, reps, context, MAX_DEPTH)
-    cuts = CutTally(sizes, MAX_DEPTH)
-    accepted = acceptance(engine, prompts, top_ks, sizes, new_tokens, progress, on_pool=cuts.add)
+    pools = Pools()
+    accepted = acceptance(engine, prompts, top_ks, sizes, new_tokens, progress, on_pool=pools.add)
     costs = tune_batch.measure(
         engine, batches, sizes, top_ks, MAX_DEPTH, reps, context, rows_per_pass, progress
     )
@@ -285,9 +278,9 @@ def tune(
     plain = decode(engine, prompts, None, new_tokens)
     one_node = verify_cost(engine, (1,), reps, context)
     host = max(plain.seconds_per_round - one_node[1], 0.0)
-    verify |= one_node  # the smallest trees with cuts verify a single node in some rounds
-    cut_means = cuts.means()
-    shapes = predict(accepted, verify, draft, commit, host, cut_means)
+    verify |= one_node  # trees with cuts verify a single node in some rounds
+    walked = walk_means(pools, shape_keys(top_ks, sizes, MAX_DEPTH))
+    shapes = predict(walked, verify, draft, commit, host)
     progress(f"checking the best {check} shapes by decoding")
     decoded = {s: decode(engine, prompts, s, new_tokens) for s in shapes[:check]}
     measured = {s: d.tokens_per_second for s, d in decoded.items()}
@@ -298,7 +291,7 @@ def tune(
             lookup[shape] = decode(engine, prompts, shape, new_tokens, LOOKUP).tokens_per_second
     default, ngram = choose_default(plain.tokens_per_second, measured, lookup, lossless)
     best = default or max(measured, key=measured.get)  # the tree --spec uses when plain is the default
-    parts = {s: round_parts(s, d, verify, draft, commit, host, cut_means) for s, d in decoded.items()}
+    parts = {s: round_parts(s, d, verify, draft, commit, host, walked) for s, d in decoded.items()}
     sweep = []
     for size in sizes:  # the best shape at each tree size, for the plot
         top = next(s for s in shapes if s.total_tokens == size)

@@ -5,13 +5,13 @@ speed over plain decoding under a cost model, before any of them is built into t
         [--row-cost 0.06] [--call-cost 0.065]
 
 For every position of each prompt's greedy continuation the drafter's pool is grown to full depth once
-per top_k (as `eaglex tune` does). A policy then decodes the continuation round by round: at the current
-position it builds its tree from the pool (a fixed shape, or caps with probability cuts), grafts prompt
-lookup's branch, accepts the longest prefix of the continuation the tree holds, and moves past it plus the
-bonus token. So each policy visits the positions it would really reach, unlike tune's mean over all
-positions. A round costs 1 - row_cost + row_cost * rows verified plus call_cost per drafter call (the
-extend that commits a round is one), in plain passes; the defaults are the fourth sitting's profile of
-this CPU (docs/BENCHMARKS.md).
+per top_k (as `eaglex tune` does). A policy then decodes the continuation round by round (bench/tree_walk.py
+`walk`, which tune scores shapes with): at the current position it builds its tree from the pool (a fixed
+shape, or caps with probability cuts), grafts prompt lookup's branch, accepts the longest prefix of the
+continuation the tree holds, and moves past it plus the bonus token. So each policy visits the positions
+it would really reach. A round costs 1 - row_cost + row_cost * rows verified plus call_cost per drafter
+call (the extend that commits a round is one), in plain passes; the defaults are the fourth sitting's
+profile of this CPU (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import harness
 import numpy as np
 
 from eaglex.bench.datasets import load_prompts
+from eaglex.bench.tree_walk import walk
 from eaglex.bench.tune import greedy_trace
-from eaglex.runtime.accept import accepted_drafts
 from eaglex.runtime.engine import Engine
-from eaglex.runtime.ngram import graft, lookup
 from eaglex.runtime.tree import DraftTreeBuilder
 
 MAX_DEPTH = 8
@@ -36,39 +35,20 @@ CUTS = [(k, t - 1, t, p, g) for k, t, p, g in GRID]
 
 def pools(engine: Engine, prompt, new_tokens: int, top_ks) -> tuple[np.ndarray, int, dict]:
     """The prompt's greedy sequence, where its continuation starts, and per top_k the pool at every
-    position of the continuation (position -> builder grown to MAX_DEPTH)."""
+    position of the continuation, grown to MAX_DEPTH."""
     trace = greedy_trace(engine, prompt, new_tokens)
     sequence, start, features = trace.sequence, trace.prompt_len, trace.features
     drafter = engine.drafter
     assert drafter is not None
-    grown: dict[int, dict[int, DraftTreeBuilder]] = {}
+    grown: dict[int, list[DraftTreeBuilder]] = {}
     for k in top_ks:
         drafter.reset()
         drafter.extend(sequence[1 : start + 1], features[:start], k)
-        grown[k] = {}
+        grown[k] = []
         for position in range(start, len(sequence) - 1):
-            grown[k][position] = drafter.grow(int(sequence[position]), k, MAX_DEPTH)
+            grown[k].append(drafter.grow(int(sequence[position]), k, MAX_DEPTH))
             drafter.extend(sequence[position + 1 : position + 2], features[position : position + 1], k)
     return sequence, start, grown
-
-
-def walk(sequence, start, grown, policy: tuple, ngram: int, row_cost: float, call_cost: float):
-    """(tokens, passes, rows, plain-pass cost) of decoding the continuation with one policy."""
-    k, depth, total = policy[:3]
-    path_p, grow_p = policy[3:] if len(policy) == 5 else (0.0, 0.0)
-    tokens = passes = rows = cost = 0
-    position = start
-    while position in grown[k]:
-        builder = grown[k][position]
-        levels = builder.depth_reached(grow_p, depth)
-        tree = builder.build(total, max_depth=levels, min_path_probability=path_p)
-        if ngram:
-            tree = graft(tree, lookup(sequence[: position + 1], ngram))
-        accepted = accepted_drafts(tree, sequence[position + 1 :])
-        tokens, passes, rows = tokens + accepted + 1, passes + 1, rows + len(tree)
-        cost += 1 - row_cost + row_cost * len(tree) + call_cost * levels
-        position += accepted + 1
-    return tokens, passes, rows, cost
 
 
 def main() -> None:
@@ -86,7 +66,10 @@ def main() -> None:
     for prompt in load_prompts(args.set, limit=args.prompts):
         sequence, start, grown = pools(engine, prompt, args.new_tokens, {p[0] for p in policies})
         for policy in policies:
-            totals[policy] += walk(sequence, start, grown, policy, args.ngram, args.row_cost, args.call_cost)
+            key = policy if len(policy) == 5 else (*policy, 0.0, 0.0)
+            rounds, accepted, rows, levels = walk(sequence, start, grown[policy[0]], key, args.ngram)
+            cost = rounds * (1 - args.row_cost) + args.row_cost * rows + args.call_cost * levels
+            totals[policy] += (rounds + accepted, rounds, rows, cost)
     print(f"{args.artifact.name}, {args.set} x{args.prompts}, lookup {args.ngram}, cost model: a row "
           f"{args.row_cost}, a drafter call {args.call_cost} plain passes")  # fmt: skip
     print("| policy (top_k, depth, total[, path p, grow p]) | tokens per pass | rows per pass | x plain |")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_cli import assert_user_error, eaglex
 
-from eaglex.bench import tree_cuts
+from eaglex.bench import tree_walk
 from eaglex.bench.datasets import Prompt
 from eaglex.bench.round_costs import mean_context
 from eaglex.bench.tune import acceptance, greedy_trace
@@ -224,19 +224,29 @@ def test_a_method_with_its_own_reference_is_checked_against_it():
     }
 
 
-def test_tree_cuts_are_scored_from_a_full_pool(monkeypatch):
-    """Each cut's tree, accepted drafts, nodes and levels, worked out by hand on test_tree's pool."""
+def test_shapes_are_scored_by_walking_the_continuation():
+    """Trees, accepted drafts, nodes and levels worked out by hand on test_tree's pool (level maxima 0.90,
+    0.74, 0.33); a walk moves past each round's accepted drafts and bonus token."""
     from test_tree import hand_builder  # a pool whose scores are worked out by hand
 
-    monkeypatch.setattr(tree_cuts, "GROW_PROBABILITIES", (0.1, 0.8))  # level maxima 0.90, 0.74, 0.33
-    monkeypatch.setattr(tree_cuts, "PATH_PROBABILITIES", (0.02, 0.5))
-    tally = tree_cuts.CutTally(sizes=(2, 4), max_depth=3)
-    tally.add(2, hand_builder(), np.array([10, 20, 30]))
-    means = {key: value.tolist() for key, value in tally.means().items()}
-    assert means[2, 1, 2, 0.02, 0.1] == [1, 2, 1]  # root + A: A accepted
-    assert (2, 1, 2, 0.02, 0.8) not in means  # one level: nothing to stop growing
-    assert means[2, 3, 4, 0.02, 0.1] == [2, 4, 3]  # A, C, D: A then C accepted
-    assert means[2, 3, 4, 0.02, 0.8] == [2, 4, 2]  # level 3 not grown: the same nodes, one call less
-    assert means[2, 3, 4, 0.5, 0.1] == [2, 3, 3]  # D (0.33) cut: A, C
+    pool = hand_builder()
+    # The same pool at positions 0..3. From 0 the continuation is 10 20 30 40: A, C accepted, so the walk
+    # moves past them and the bonus token (30) to position 3, where 40 matches nothing: 2 rounds.
+    sequence = np.array([100, 10, 20, 30, 40])
+    pools = tree_walk.Pools()
+    for position in range(4):
+        pools.add(2, pool, sequence, position)
+    assert tree_walk.walk(sequence, 0, pools.runs[2][0][2], (2, 3, 4, 0.02, 0.1)).tolist() == [
+        2, 2 + 0, 4 + 4, 3 + 3,
+    ]  # fmt: skip  # rounds, drafts accepted, nodes (A, C, D twice), levels
+    means = tree_walk.walk_means(pools, [(2, 3, 4, 0.02, 0.1), (2, 3, 4, 0.02, 0.8), (2, 3, 4, 0.5, 0.1)])
+    assert means[2, 3, 4, 0.02, 0.1].tolist() == [1, 4, 3]
+    assert means[2, 3, 4, 0.02, 0.8].tolist() == [1, 4, 2]  # level 3 not grown: the same nodes, a call less
+    assert means[2, 3, 4, 0.5, 0.1].tolist() == [1, 3, 3]  # D (0.33) cut: A, C
+    keys = tree_walk.shape_keys((2,), (2, 4, 32), max_depth=3)
+    assert (2, 2, 4, 0.0, 0.0) in keys and (2, 3, 32, 0.0, 0.0) in keys  # fixed shapes of every size
+    assert (2, 3, 4, 0.02, 0.1) in keys and (2, 3, 32, 0.02, 0.1) not in keys  # cuts up to MAX_CAP nodes
+    assert (2, 1, 2, 0.02, 0.1) in keys and (2, 1, 2, 0.02, 0.2) not in keys  # one level: nothing to stop
+    assert (2, 4, 4, 0.0, 0.0) not in keys  # deeper than 3 drafted nodes reach
     verify, draft = {1: 1.0, 4: 1.3}, {(2, 1): 0.0, (2, 2): 0.1, (2, 3): 0.2}
-    assert np.allclose(tree_cuts.verify_and_grow_seconds(2.5, 1.5, 2, verify, draft), (1.15, 0.05))
+    assert np.allclose(tree_walk.verify_and_grow_seconds(2.5, 1.5, 2, verify, draft), (1.15, 0.05))
