@@ -196,10 +196,14 @@ def plain_where_lossy(tree: contract.TreeSpec, target: contract.Quantization | N
 
 def streamed_weight_bytes(path: Path) -> int:
     """Bytes of weights a one-token pass reads: every initializer except tables that are only gathered from
-    (a Gather reads one row). Divided into time, this is the memory bandwidth a decode step achieves."""
+    (a Gather reads one row; a GatherBlockQuantized one row of its data, scales and zero points).
+    Divided into time, this is the memory bandwidth a decode step achieves."""
     model = onnx.load(str(path), load_external_data=False)
     gathers = ("Gather", "GatherBlockQuantized")
-    gathered = {n.input[0] for n in model.graph.node if n.op_type in gathers}
+    # Gather's second input is the indices; GatherBlockQuantized's scales and zero points come after them.
+    gathered = {
+        name for n in model.graph.node if n.op_type in gathers for i, name in enumerate(n.input) if i != 1
+    }
     read = {i for n in model.graph.node if n.op_type not in gathers for i in n.input}
     total = 0
     for tensor in model.graph.initializer:

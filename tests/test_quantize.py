@@ -124,6 +124,18 @@ def test_the_manifest_counts_the_weight_bytes_a_pass_reads(models):
     assert int4.target.bytes_per_pass < int4.graph_bytes(int4.target.file)
 
 
+def test_a_pass_reads_no_gathered_table(models):
+    """A quantized embedding table is only gathered from, one row a token: its data, scales and zero
+    points (int4 with zero points) stay out of the bytes a pass reads; the lm_head's are all read."""
+    path = models["int4"] / "target.onnx"
+    graph = onnx.load(str(path)).graph  # a tiny model: its weights load
+    sizes = {t.name: onnx.numpy_helper.to_array(t).nbytes for t in graph.initializer}
+    (gather,) = [node for node in graph.node if node.op_type == "GatherBlockQuantized"]
+    table = [name for i, name in enumerate(gather.input) if i != 1]
+    assert len(table) == 3 and all(sizes[name] > 0 for name in table)  # data, scales, zero points
+    assert streamed_weight_bytes(path) == sum(sizes.values()) - sum(sizes[name] for name in table)
+
+
 def test_symmetric_blocks_have_no_zero_points(models, tmp_path):
     """int4 by default (--symmetric): MatMulNBits without its zero-point input (fewer bytes per pass),
     recorded as such; --zero-points keeps one per block."""
