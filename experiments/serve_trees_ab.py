@@ -4,11 +4,13 @@ For each batch size b, b chat prompts decode together on the batch engine (runti
   - "tuned": the artifact's `tree.by_batch` table (eaglex tune --batch-sizes);
   - "batch-1 tree": the table's first tree at every batch size (cut to the rows per pass, as before);
   - "plain": plain decoding at every batch size;
+  - with --table-of OTHER: OTHER's table (an earlier tune of the same graphs, say);
 interleaved in rotating order (experiments/harness.py). Aggregate tok/s = new tokens of all b requests over
 the wall time from submitting them to the last one finishing (prefill included, the same for each). Every
 candidate's outputs must be the same tokens (greedy is lossless), which the script checks.
 
-    python experiments/serve_trees_ab.py ARTIFACT --batch-sizes 1,2,4,8 --new-tokens 64 --reps 3
+    python experiments/serve_trees_ab.py ARTIFACT --batch-sizes 1,2,4,8 --new-tokens 64 --reps 3 \
+        [--table-of OTHER_ARTIFACT]
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from pathlib import Path
 
 import harness
 
 from eaglex.runtime.engine import Engine
-from eaglex.runtime.manifest import BatchTree
+from eaglex.runtime.manifest import BatchTree, load
 from eaglex.runtime.scheduler import BatchEngine
 
 
@@ -52,6 +55,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,2,4,8")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rows-per-pass", type=int, default=64)
+    parser.add_argument("--table-of", type=Path, help="also another artifact's table (an older tune's)")
     args = parser.parse_args()
     engine = Engine.load(args.artifact, threads=args.threads)
     tuned = engine.manifest.tree.by_batch
@@ -62,6 +66,8 @@ def main() -> None:
         "batch-1 tree": (dataclasses.replace(tuned[0], batch=1),),
         "plain": (BatchTree(batch=1, speculative=False, top_k=1, depth=1, total_tokens=1),),
     }
+    if args.table_of:
+        tables[f"{args.table_of.name}'s table"] = load(args.table_of, checksums=False).tree.by_batch
     texts = harness.chat_prompts()
     print(harness.machine(args.threads))
     for b in map(int, args.batch_sizes.split(",")):
