@@ -29,6 +29,7 @@ from onnx import helper, numpy_helper
 from eaglex.errors import EaglexError
 from eaglex.runtime import manifest as contract
 
+from .packed import pack_model, rewrite, unpack_model
 from .workdir import check_out_dir, clear_stale, make_work_dir
 
 SCHEMES = {"int8": 8, "int4": 4}
@@ -151,6 +152,9 @@ def quantize_artifact(
         for name in manifest.files:
             shutil.copy2(source / name, work / name)
         target, drafter = manifest.target, manifest.drafter
+        graphs = [work / target.file, *([work / drafter.file] if drafter is not None else [])]
+        for graph in graphs:  # the quantizer reads MatMul; what stays float32 is packed again below
+            rewrite(graph, unpack_model)
         progress(f"quantizing target to {scheme}")
         target = dataclasses.replace(
             target,
@@ -167,6 +171,8 @@ def quantize_artifact(
             drafter = dataclasses.replace(
                 drafter, quantization=quantized, bytes_per_pass=streamed_weight_bytes(work / drafter.file)
             )
+        for graph in graphs:
+            rewrite(graph, pack_model)
         contract.save(
             dataclasses.replace(
                 manifest,

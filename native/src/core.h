@@ -56,6 +56,11 @@ class EmbeddingTable {
   int64_t rows_ = 0, cols_ = 0;
 };
 
+// ---- packed_matmul.cpp: eaglex.cpu::PackedMatMul, the few-row float32 MatMul of exporter/packed.py -------
+// Whether the kernel runs here: an AVX-512 CPU, and EAGLEX_PACKED_MATMUL is not "onnxruntime".
+bool packed_matmul_on();
+void add_packed_matmul(Ort::SessionOptions &options);  // registers it where packed_matmul_on()
+
 // ---- graph.cpp: one graph with its KV cache bound in place (runtime/backends/onnxruntime.py) -------------
 // The attention mask of a call: row s may attend to every slot < prefix, and to slot prefix + j where
 // block[s * width + j] (width = total - prefix). That is every mask the loop builds.

@@ -9,6 +9,8 @@ array; with the CUDA execution provider it lives in GPU memory and is compacted 
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn
@@ -69,6 +71,19 @@ def session_options(threads: int, spin: bool = True) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     return options
+
+
+def packed_matmul(options: ort.SessionOptions) -> None:
+    """Registers libeaglex where it is built, which adds its PackedMatMul kernel (exporter/packed.py) on
+    AVX-512 CPUs; elsewhere, or with EAGLEX_PACKED_MATMUL=onnxruntime, graphs with packed weights run their
+    fallback body (onnxruntime's MatMul)."""
+    from eaglex.runtime.native_build import built_library
+
+    library = None if os.environ.get("EAGLEX_PACKED_MATMUL") == "onnxruntime" else built_library()
+    if library is not None:
+        # A libeaglex from before the kernel (EAGLEX_LIBRARY) has no entry point: onnxruntime's MatMul then.
+        with contextlib.suppress(Exception):
+            options.register_custom_ops_library(str(library))
 
 
 def providers(device: str) -> list:
@@ -133,6 +148,8 @@ class OrtGraphSession:
         compacted by `compact_graph` (default: on a GPU only; True on the CPU runs that path anywhere).
         widths: the last dimension the manifest promises for inputs and outputs (logits: the vocabulary)."""
         options = session_options(threads)
+        if device == "cpu":
+            packed_matmul(options)
         self.plugin_op = plugin_op
         if plugin_op:
             from eaglex.plugins.tree_attention.onnxruntime_op import library_path

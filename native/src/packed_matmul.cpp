@@ -1,0 +1,165 @@
+// eaglex.cpu::PackedMatMul, onnxruntime's MatMul for a few rows against a constant float32 weight:
+// Y[..., N] = A[..., K] @ W, with W stored in panels of 16 columns, B[p, k, j] = W[k, 16 p + j]
+// (exporter/packed.py writes it so, with a function body that unpacks it into a plain MatMul where this
+// library is not registered).
+//
+// Why: a verify pass multiplies T rows (the draft tree) by every weight. onnxruntime's float32 GEMM spends
+// 1.7-2x a one-row pass on 8 rows on a 2-core Zen 5 (compute, not memory); here each panel is loaded once
+// per block of up to 8 rows and kept in registers for all of their multiply-adds, so 8 rows cost ~1.3x one
+// (docs/BENCHMARKS.md, sixth sitting). Every output is one FMA chain over k in order, whatever the number
+// of rows or threads: a row's result does not depend on the rows verified with it, as the lossless loop
+// needs.
+//
+// AVX-512 only: on CPUs without it (or with EAGLEX_PACKED_MATMUL=onnxruntime) nothing is registered and
+// the graphs' fallback bodies run onnxruntime's MatMul, as before.
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+
+#include "core.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace eaglex {
+namespace {
+
+constexpr int64_t kPanel = 16;  // columns per panel: one AVX-512 register
+constexpr int64_t kGroup = 3;   // panels per block: 3 panels x 8 rows = 24 of the 32 registers accumulate
+
+#if defined(__x86_64__)
+// One block: up to 8 rows of A against P (<= 3) consecutive panels, every accumulator a register; the
+// compiler unrolls the fixed counts.
+template <int M, int P>
+__attribute__((target("avx512f"))) void block(const float *a, int64_t K, const float *w, float *y, int64_t ldy) {
+  __m512 acc[M][P];
+  for (int m = 0; m < M; ++m)
+    for (int p = 0; p < P; ++p) acc[m][p] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 b[P];
+    for (int p = 0; p < P; ++p) b[p] = _mm512_loadu_ps(w + (p * K + k) * kPanel);
+    for (int m = 0; m < M; ++m) {
+      __m512 x = _mm512_set1_ps(a[m * K + k]);
+      for (int p = 0; p < P; ++p) acc[m][p] = _mm512_fmadd_ps(x, b[p], acc[m][p]);
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int p = 0; p < P; ++p) _mm512_storeu_ps(y + m * ldy + p * kPanel, acc[m][p]);
+}
+
+// Every row of A against P panels, 8 rows at a time: the panels are read from memory once, the later
+// blocks of rows find them in cache.
+template <int P>
+void rows(const float *a, int64_t M, int64_t K, const float *w, float *y, int64_t ldy) {
+  int64_t m = 0;
+  for (; m + 8 <= M; m += 8) block<8, P>(a + m * K, K, w, y + m * ldy, ldy);
+  if (M - m >= 4) block<4, P>(a + m * K, K, w, y + m * ldy, ldy), m += 4;
+  if (M - m >= 2) block<2, P>(a + m * K, K, w, y + m * ldy, ldy), m += 2;
+  if (M - m >= 1) block<1, P>(a + m * K, K, w, y + m * ldy, ldy);
+}
+
+struct Kernel {
+  const float *w = nullptr;  // the packed weight, onnxruntime's initializer: [panels, K, 16]
+  int64_t panels = 0, K = 0;
+
+  explicit Kernel(const OrtKernelInfo *info) {
+    Ort::ConstKernelInfo kinfo(info);
+    int constant = 0;
+    Ort::ConstValue b = kinfo.GetTensorConstantInput(1, &constant);
+    auto shape = b.GetTensorTypeAndShapeInfo().GetShape();
+    if (!constant || shape.size() != 3 || shape[2] != kPanel)
+      throw Ort::Exception("PackedMatMul: B must be a constant [panels, K, 16] float32 initializer",
+                           ORT_INVALID_ARGUMENT);
+    w = b.GetTensorData<float>();
+    panels = shape[0], K = shape[1];
+  }
+
+  struct Job {
+    const Kernel *self;
+    const float *a;
+    float *y;
+    int64_t M;
+  };
+
+  static void run_group(void *data, size_t g) {
+    auto *job = static_cast<Job *>(data);
+    const Kernel &k = *job->self;
+    int64_t first = int64_t(g) * kGroup, count = std::min(kGroup, k.panels - first);
+    const float *w = k.w + first * k.K * kPanel;
+    float *y = job->y + first * kPanel;
+    int64_t ldy = k.panels * kPanel;
+    if (count == 3) rows<3>(job->a, job->M, k.K, w, y, ldy);
+    else if (count == 2) rows<2>(job->a, job->M, k.K, w, y, ldy);
+    else rows<1>(job->a, job->M, k.K, w, y, ldy);
+  }
+
+  void Compute(OrtKernelContext *context) {
+    Ort::KernelContext ctx(context);
+    Ort::ConstValue a = ctx.GetInput(0);
+    auto shape = a.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.empty() || shape.back() != K)
+      throw Ort::Exception("PackedMatMul: A's last dimension must be B's K", ORT_INVALID_ARGUMENT);
+    int64_t M = 1;
+    for (size_t i = 0; i + 1 < shape.size(); ++i) M *= shape[i];
+    shape.back() = panels * kPanel;
+    Ort::UnownedValue out = ctx.GetOutput(0, shape);
+    if (M == 0) return;
+    Job job{this, a.GetTensorData<float>(), out.GetTensorMutableData<float>(), M};
+    ctx.ParallelFor(&Kernel::run_group, size_t((panels + kGroup - 1) / kGroup), 0, &job);
+  }
+};
+
+struct Op : Ort::CustomOpBase<Op, Kernel> {
+  void *CreateKernel(const OrtApi &, const OrtKernelInfo *info) const { return new Kernel(info); }
+  const char *GetName() const { return "PackedMatMul"; }
+  size_t GetInputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+OrtCustomOpDomain *domain() {
+  // One domain for every session of the process: onnxruntime keeps a pointer to it.
+  static Op op;
+  static Ort::CustomOpDomain *d = [] {
+    auto *made = new Ort::CustomOpDomain("eaglex.cpu");
+    made->Add(&op);
+    return made;
+  }();
+  return *d;
+}
+#endif
+
+}  // namespace
+
+bool packed_matmul_on() {
+  const char *choice = std::getenv("EAGLEX_PACKED_MATMUL");
+  if (choice && std::string(choice) == "onnxruntime") return false;
+#if defined(__x86_64__)
+  return __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+
+void add_packed_matmul(Ort::SessionOptions &options) {
+#if defined(__x86_64__)
+  if (packed_matmul_on()) options.Add(domain());
+#else
+  (void)options;
+#endif
+}
+
+}  // namespace eaglex
+
+// onnxruntime's entry point for SessionOptions.register_custom_ops_library: the Python runtime registers
+// libeaglex.so, so that its sessions run the packed weights with this kernel too.
+extern "C" __attribute__((visibility("default"))) OrtStatus *RegisterCustomOps(OrtSessionOptions *options,
+                                                                              const OrtApiBase *api) {
+  Ort::InitApi(api->GetApi(ORT_API_VERSION));
+#if defined(__x86_64__)
+  if (eaglex::packed_matmul_on()) return Ort::GetApi().AddCustomOpDomain(options, eaglex::domain());
+#endif
+  return nullptr;
+}
