@@ -24,7 +24,7 @@ from .drafter import Eagle3Drafter
 from .fuse import fuse_graph
 from .graphs import MAX_TOP_K, export_drafter_graph, export_target_graph
 from .kv_compact import write_kv_compact_graph
-from .packed import pack_model, rewrite
+from .packed_matmul import mark, rewrite
 from .precision import lower_precision
 from .quantize import SCHEMES, plain_where_lossy, quantize_graph, streamed_weight_bytes
 from .target import Target, TargetConfig
@@ -112,7 +112,7 @@ def export_artifact(
         if backend == "onnxruntime" and precision == "fp32":
             _fuse(work, drafter is not None)
             for file in ("target.onnx", "drafter.onnx") if drafter is not None else ("target.onnx",):
-                rewrite(work / file, pack_model)  # float32 weights for eaglex's few-row kernel
+                rewrite(work / file, mark)  # float32 MatMuls for eaglex's few-row kernel
         if precision != "fp32":
             stage(f"lowering the graphs to {precision}")
             for file in ("target.onnx", "drafter.onnx") if drafter is not None else ("target.onnx",):

@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper
 from eaglex.errors import EaglexError
 from eaglex.runtime import manifest as contract
 
-from .packed import pack_model, rewrite, unpack_model
+from .packed_matmul import mark, rewrite, unmark
 from .workdir import check_out_dir, clear_stale, make_work_dir
 
 SCHEMES = {"int8": 8, "int4": 4}
@@ -153,8 +153,8 @@ def quantize_artifact(
             shutil.copy2(source / name, work / name)
         target, drafter = manifest.target, manifest.drafter
         graphs = [work / target.file, *([work / drafter.file] if drafter is not None else [])]
-        for graph in graphs:  # the quantizer reads MatMul; what stays float32 is packed again below
-            rewrite(graph, unpack_model)
+        for graph in graphs:  # the quantizer reads MatMul; what stays float32 is marked again below
+            rewrite(graph, unmark)
         progress(f"quantizing target to {scheme}")
         target = dataclasses.replace(
             target,
@@ -172,7 +172,7 @@ def quantize_artifact(
                 drafter, quantization=quantized, bytes_per_pass=streamed_weight_bytes(work / drafter.file)
             )
         for graph in graphs:
-            rewrite(graph, pack_model)
+            rewrite(graph, mark)
         contract.save(
             dataclasses.replace(
                 manifest,

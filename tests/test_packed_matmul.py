@@ -1,8 +1,8 @@
-"""Packed float32 weights (exporter/packed.py) and libeaglex's PackedMatMul kernel
-(native/src/packed_matmul.cpp): the packing round-trips exactly; a packed graph runs anywhere through its
-fallback body with MatMul's exact results; with the kernel registered every row's result is the same
-whatever rows share the call (what the lossless loop needs); and an exported artifact decodes EAGLE-3 =
-plain with and without the kernel."""
+"""Float32 MatMuls marked for libeaglex's few-row kernel (exporter/packed_matmul.py,
+native/src/packed_matmul.cpp): marking round-trips; a marked graph runs anywhere through its function
+bodies with MatMul's exact results; with the kernel registered every row's result is the same whatever
+rows share the call (what the lossless loop needs); and an exported artifact decodes EAGLE-3 = plain with
+and without the kernel."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_native import artifact, native_build
 
-from eaglex.exporter.packed import pack, pack_model, unpack, unpack_model
+from eaglex.exporter.packed_matmul import DOMAIN, mark, unmark
 from eaglex.runtime.backends.onnxruntime import packed_matmul
 from eaglex.runtime.engine import Engine
 
@@ -76,28 +76,28 @@ def avx512() -> bool:
 NO_AVX512 = "the kernel is AVX-512 only (elsewhere the fallback body runs, tested above)"
 
 
-def test_packing_round_trips_and_keeps_what_else_reads_a_weight():
-    w = np.random.default_rng(1).standard_normal((K, N), dtype=np.float32)
-    assert pack(w).shape == (N // 16, K, 16) and np.array_equal(pack(w)[1, 2], w[2, 16:32])
-    assert np.array_equal(unpack(pack(w)), w)
+def test_marking_round_trips_and_leaves_the_weights_alone():
     proto = model()
-    assert pack_model(proto) == 2
-    ops = Counter(node.op_type for node in proto.graph.node)
-    assert ops == {"PackedMatMul": 2, "Slice": 1, "Gather": 1}  # the table's transpose is gone
-    names = {t.name for t in proto.graph.initializer}
-    assert {"w.packed", "table_t.packed", "table"} <= names and "w" not in names  # the table is gathered
-    assert [f.name for f in proto.functions] == ["PackedMatMul"]
-    assert unpack_model(proto) == 2
-    assert Counter(node.op_type for node in proto.graph.node)["MatMul"] == 2 and not proto.functions
+    weights = {t.name: t.SerializeToString() for t in proto.graph.initializer}
+    assert mark(proto) == 2
+    ops = Counter((node.domain, node.op_type) for node in proto.graph.node)
+    assert ops[DOMAIN, "MatMul"] == 1 and ops[DOMAIN, "MatMulTransB"] == 1
+    assert ops["", "Transpose"] == 0  # the lm_head reads the table itself
+    assert {t.name: t.SerializeToString() for t in proto.graph.initializer} == weights
+    assert sorted(f.name for f in proto.functions) == ["MatMul", "MatMulTransB"]
+    assert unmark(proto) == 2
+    ops = Counter((node.domain, node.op_type) for node in proto.graph.node)
+    assert ops["", "MatMul"] == 2 and ops["", "Transpose"] == 1 and not proto.functions
+    assert run(session(proto, register=False), np.ones((1, K), np.float32)).shape == (1, VOCAB)
 
 
-def test_a_packed_graph_runs_anywhere_with_matmuls_results():
-    """Without the kernel onnxruntime inlines the fallback body: the same numbers as the unpacked graph."""
+def test_a_marked_graph_runs_anywhere_with_matmuls_results():
+    """Without the kernel onnxruntime inlines the function bodies: the same numbers as the plain graph."""
     x = np.random.default_rng(2).standard_normal((5, K), dtype=np.float32)
     plain = run(session(model(), register=False), x)
-    packed = model()
-    pack_model(packed)
-    assert np.array_equal(run(session(packed, register=False), x), plain)
+    marked = model()
+    mark(marked)
+    assert np.array_equal(run(session(marked, register=False), x), plain)
 
 
 @pytest.mark.skipif(not avx512(), reason=NO_AVX512)
@@ -105,7 +105,7 @@ def test_each_row_gets_the_same_result_whatever_shares_its_call(native_build):
     """One FMA chain per output in k order: row i of a call of 1 to 13 rows equals a one-row call of row i
     bit for bit (8-row blocks, then 4, 2 and 1), and all are MatMul's up to rounding."""
     proto = model()
-    pack_model(proto)
+    mark(proto)
     x = np.random.default_rng(3).standard_normal((13, K), dtype=np.float32)
     s = session(proto, register=True)
     one_by_one = np.concatenate([run(s, x[i : i + 1]) for i in range(13)])
@@ -117,20 +117,21 @@ def test_each_row_gets_the_same_result_whatever_shares_its_call(native_build):
 
 @pytest.mark.skipif(not avx512(), reason=NO_AVX512)
 def test_the_kernel_runs_where_registered_and_can_be_switched_off(native_build, monkeypatch, tmp_path):
-    """onnxruntime keeps the PackedMatMul nodes where the kernel is registered and inlines their fallback
-    body (MatMul) where it is not: with EAGLEX_PACKED_MATMUL=onnxruntime."""
+    """onnxruntime keeps the marked nodes where the kernel is registered and inlines their function bodies
+    (MatMul) where it is not: with EAGLEX_PACKED_MATMUL=onnxruntime."""
     proto = model()
-    pack_model(proto)
-    for setting, kept in (("", "PackedMatMul"), ("onnxruntime", "MatMul")):
+    mark(proto)
+    for setting, domain in (("", DOMAIN), ("onnxruntime", "")):
         monkeypatch.setenv("EAGLEX_PACKED_MATMUL", setting)
         session(proto, register=True, optimized=tmp_path / f"{setting}.onnx")
         optimized = onnx.load(str(tmp_path / f"{setting}.onnx"))
-        assert Counter(node.op_type for node in optimized.graph.node)[kept] == 2, setting
+        matmuls = [node.domain for node in optimized.graph.node if "MatMul" in node.op_type]
+        assert matmuls == [domain, domain], setting
 
 
 def test_an_artifact_decodes_losslessly_with_and_without_the_kernel(native_build, artifact, monkeypatch):
     graph = onnx.load(str(artifact / "target.onnx"), load_external_data=False).graph
-    assert Counter(node.op_type for node in graph.node)["PackedMatMul"] > 0
+    assert Counter(node.domain for node in graph.node)[DOMAIN] > 0
     prompt = [5, 17, 30, 99, 4]
     outputs = {}
     for setting in ("onnxruntime", "kernel"):  # the kernel where the CPU has AVX-512

@@ -100,10 +100,12 @@ def test_float_embeddings_keep_table_and_lm_head(models):
     assert Engine.load(models["int8"]).manifest.to_json()["target"]["quantization"]["activations"] == "int8"
     target = ops(artifact / "target.onnx")
     assert target["MatMulNBits"] == 20 and target["GatherBlockQuantized"] == 0
-    # The float32 lm_head stays float32, packed for libeaglex's kernel (exporter/packed.py), as is the
-    # float32 drafter's every linear layer.
-    assert target["PackedMatMul"] == 1 and target["MatMul"] == 0
-    assert ops(artifact / "drafter.onnx")["MatMul"] == 0 < ops(artifact / "drafter.onnx")["PackedMatMul"]
+    # The float32 lm_head stays float32, marked for libeaglex's kernel (exporter/packed_matmul.py), as is
+    # the float32 drafter's every linear layer.
+    for graph in ("target.onnx", "drafter.onnx"):
+        nodes = onnx.load(str(artifact / graph), load_external_data=False).graph.node
+        assert {node.domain for node in nodes if node.op_type in ("MatMul", "MatMulTransB")} == {"eaglex.cpu"}
+    assert target["MatMul"] + target["MatMulTransB"] == 1
 
 
 def test_quantized_graphs_are_smaller(models):

@@ -56,7 +56,7 @@ class EmbeddingTable {
   int64_t rows_ = 0, cols_ = 0;
 };
 
-// ---- packed_matmul.cpp: eaglex.cpu::PackedMatMul, the few-row float32 MatMul of exporter/packed.py -------
+// ---- packed_matmul.cpp: eaglex.cpu::MatMul, the few-row float32 MatMul (exporter/packed_matmul.py) ------
 // Whether the kernel runs here: an AVX-512 CPU, and EAGLEX_PACKED_MATMUL is not "onnxruntime".
 bool packed_matmul_on();
 void add_packed_matmul(Ort::SessionOptions &options);  // registers it where packed_matmul_on()

@@ -1,19 +1,27 @@
-// eaglex.cpu::PackedMatMul, onnxruntime's MatMul for a few rows against a constant float32 weight:
-// Y[..., N] = A[..., K] @ W, with W stored in panels of 16 columns, B[p, k, j] = W[k, 16 p + j]
-// (exporter/packed.py writes it so, with a function body that unpacks it into a plain MatMul where this
-// library is not registered).
+// eaglex.cpu::MatMul and eaglex.cpu::MatMulTransB: onnxruntime's MatMul by a constant float32 weight, for
+// the few rows of a verify pass. Y[..., N] = A[..., K] @ W with W given as B [K, N] (MatMul) or as B [N, K]
+// (MatMulTransB: a tied embedding table used as lm_head). exporter/packed_matmul.py marks them; the graph
+// defines both ops as ONNX functions (MatMul, Transpose + MatMul), which onnxruntime inlines where this
+// kernel is not registered.
 //
 // Why: a verify pass multiplies T rows (the draft tree) by every weight. onnxruntime's float32 GEMM spends
-// 1.7-2x a one-row pass on 8 rows on a 2-core Zen 5 (compute, not memory); here each panel is loaded once
-// per block of up to 8 rows and kept in registers for all of their multiply-adds, so 8 rows cost ~1.3x one
-// (docs/BENCHMARKS.md, sixth sitting). Every output is one FMA chain over k in order, whatever the number
-// of rows or threads: a row's result does not depend on the rows verified with it, as the lossless loop
-// needs.
+// 1.7-2x a one-row pass on 8 rows on a 2-core Zen 5 (compute-bound). Here the weight is packed at load, as
+// onnxruntime packs it for its own GEMM, in panels of 16 columns (P[p, k, j] = W[k, 16 p + j]); a block of
+// up to 8 rows by 3 panels keeps its accumulators in AVX-512 registers, each panel is loaded once per block
+// and all the rows' FMAs run from registers (docs/BENCHMARKS.md, sixth sitting). Every output is one FMA
+// chain over k in order, whatever the number of rows or threads: a row's result does not depend on the
+// rows verified with it, as the lossless loop needs.
 //
 // AVX-512 only: on CPUs without it (or with EAGLEX_PACKED_MATMUL=onnxruntime) nothing is registered and
-// the graphs' fallback bodies run onnxruntime's MatMul, as before.
+// the graphs' function bodies run onnxruntime's MatMul, as before.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <memory>
 #include <string>
 
 #include "core.h"
@@ -59,20 +67,59 @@ void rows(const float *a, int64_t M, int64_t K, const float *w, float *y, int64_
   if (M - m >= 1) block<1, P>(a + m * K, K, w, y + m * ldy, ldy);
 }
 
+// Once packed, a weight that onnxruntime mapped from the artifact's file is not read again, but its pages
+// would stay resident (onnxruntime unmaps the weights its own GEMM packs; it cannot know that this kernel
+// did). MADV_PAGEOUT asks the kernel to reclaim them: no data is lost (a page read again comes back from
+// the file), so the weights are resident once, packed, as with onnxruntime's GEMM. Memory that is not a
+// file mapping (onnxruntime's own copy) is left alone.
+void release_if_mapped(const void *data, size_t bytes) {
+  uintptr_t begin = uintptr_t(data), end = begin + bytes;
+  std::ifstream maps("/proc/self/maps");
+  for (std::string line; std::getline(maps, line);) {
+    unsigned long lo = 0, hi = 0, inode = 0;
+    char perms[8] = {0}, offset[32] = {0}, device[32] = {0};
+    if (std::sscanf(line.c_str(), "%lx-%lx %7s %31s %31s %lu", &lo, &hi, perms, offset, device, &inode) != 6)
+      continue;
+    if (begin < lo || end > hi) continue;
+    if (inode == 0) return;  // anonymous: onnxruntime's own copy
+    uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+    uintptr_t first = (begin + page - 1) & ~(page - 1), last = end & ~(page - 1);
+#ifdef MADV_PAGEOUT
+    if (first < last) madvise(reinterpret_cast<void *>(first), last - first, MADV_PAGEOUT);  // a hint
+#endif
+    return;
+  }
+}
+
+struct Aligned {
+  void operator()(float *p) const { std::free(p); }
+};
+
 struct Kernel {
-  const float *w = nullptr;  // the packed weight, onnxruntime's initializer: [panels, K, 16]
+  std::unique_ptr<float, Aligned> packed;  // [panels, K, 16]
   int64_t panels = 0, K = 0;
 
-  explicit Kernel(const OrtKernelInfo *info) {
+  Kernel(const OrtKernelInfo *info, bool trans_b) {
     Ort::ConstKernelInfo kinfo(info);
     int constant = 0;
     Ort::ConstValue b = kinfo.GetTensorConstantInput(1, &constant);
     auto shape = b.GetTensorTypeAndShapeInfo().GetShape();
-    if (!constant || shape.size() != 3 || shape[2] != kPanel)
-      throw Ort::Exception("PackedMatMul: B must be a constant [panels, K, 16] float32 initializer",
+    int64_t N = shape.size() == 2 ? shape[trans_b ? 0 : 1] : 0;
+    if (!constant || N == 0 || N % kPanel)
+      throw Ort::Exception("eaglex.cpu.MatMul: B must be a constant 2-D float32 initializer of 16k columns",
                            ORT_INVALID_ARGUMENT);
-    w = b.GetTensorData<float>();
-    panels = shape[0], K = shape[1];
+    K = shape[trans_b ? 1 : 0], panels = N / kPanel;
+    packed.reset(static_cast<float *>(std::aligned_alloc(64, size_t(N * K) * sizeof(float))));
+    if (!packed) throw Ort::Exception("eaglex.cpu.MatMul: out of memory packing the weight", ORT_FAIL);
+    const float *src = b.GetTensorData<float>();
+    float *dst = packed.get();
+    for (int64_t p = 0; p < panels; ++p)
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t j = 0; j < kPanel; ++j) {
+          int64_t n = p * kPanel + j;
+          *dst++ = trans_b ? src[n * K + k] : src[k * N + n];
+        }
+    release_if_mapped(src, size_t(N * K) * sizeof(float));
   }
 
   struct Job {
@@ -86,7 +133,7 @@ struct Kernel {
     auto *job = static_cast<Job *>(data);
     const Kernel &k = *job->self;
     int64_t first = int64_t(g) * kGroup, count = std::min(kGroup, k.panels - first);
-    const float *w = k.w + first * k.K * kPanel;
+    const float *w = k.packed.get() + first * k.K * kPanel;
     float *y = job->y + first * kPanel;
     int64_t ldy = k.panels * kPanel;
     if (count == 3) rows<3>(job->a, job->M, k.K, w, y, ldy);
@@ -99,7 +146,7 @@ struct Kernel {
     Ort::ConstValue a = ctx.GetInput(0);
     auto shape = a.GetTensorTypeAndShapeInfo().GetShape();
     if (shape.empty() || shape.back() != K)
-      throw Ort::Exception("PackedMatMul: A's last dimension must be B's K", ORT_INVALID_ARGUMENT);
+      throw Ort::Exception("eaglex.cpu.MatMul: A's last dimension must be B's K", ORT_INVALID_ARGUMENT);
     int64_t M = 1;
     for (size_t i = 0; i + 1 < shape.size(); ++i) M *= shape[i];
     shape.back() = panels * kPanel;
@@ -110,9 +157,10 @@ struct Kernel {
   }
 };
 
-struct Op : Ort::CustomOpBase<Op, Kernel> {
-  void *CreateKernel(const OrtApi &, const OrtKernelInfo *info) const { return new Kernel(info); }
-  const char *GetName() const { return "PackedMatMul"; }
+template <bool TransB>
+struct Op : Ort::CustomOpBase<Op<TransB>, Kernel> {
+  void *CreateKernel(const OrtApi &, const OrtKernelInfo *info) const { return new Kernel(info, TransB); }
+  const char *GetName() const { return TransB ? "MatMulTransB" : "MatMul"; }
   size_t GetInputTypeCount() const { return 2; }
   ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
   size_t GetOutputTypeCount() const { return 1; }
@@ -121,10 +169,12 @@ struct Op : Ort::CustomOpBase<Op, Kernel> {
 
 OrtCustomOpDomain *domain() {
   // One domain for every session of the process: onnxruntime keeps a pointer to it.
-  static Op op;
+  static Op<false> plain;
+  static Op<true> transposed;
   static Ort::CustomOpDomain *d = [] {
     auto *made = new Ort::CustomOpDomain("eaglex.cpu");
-    made->Add(&op);
+    made->Add(&plain);
+    made->Add(&transposed);
     return made;
   }();
   return *d;

@@ -74,9 +74,9 @@ def session_options(threads: int, spin: bool = True) -> ort.SessionOptions:
 
 
 def packed_matmul(options: ort.SessionOptions) -> None:
-    """Registers libeaglex where it is built, which adds its PackedMatMul kernel (exporter/packed.py) on
-    AVX-512 CPUs; elsewhere, or with EAGLEX_PACKED_MATMUL=onnxruntime, graphs with packed weights run their
-    fallback body (onnxruntime's MatMul)."""
+    """Registers libeaglex where it is built, which adds its few-row MatMul kernel (exporter/packed_matmul.py)
+    on AVX-512 CPUs; elsewhere, or with EAGLEX_PACKED_MATMUL=onnxruntime, the marked MatMuls run their
+    function bodies (onnxruntime's MatMul)."""
     from eaglex.runtime.native_build import built_library
 
     library = None if os.environ.get("EAGLEX_PACKED_MATMUL") == "onnxruntime" else built_library()
