@@ -5,6 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e ".[export]"
+# libeaglex: the C++ loop and the few-row MatMul kernel that `tune` and `run` then use (once, about a
+# minute; without cmake and a C++ compiler the Python loop and onnxruntime's MatMul run instead).
+if command -v cmake >/dev/null && command -v c++ >/dev/null; then
+  python3 -c "from eaglex.runtime.native_build import build; build()" ||
+    echo "libeaglex was not built: decoding runs on the Python loop" >&2
+fi
 artifact=${EAGLEX_ARTIFACT:-artifacts/smollm2}
 drafter=${EAGLEX_DRAFTER:-drafters/smollm2-135m-instruct}
 if [ ! -f "$artifact/manifest.json" ]; then
