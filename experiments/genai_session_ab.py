@@ -23,6 +23,7 @@ from pathlib import Path
 
 import harness
 import numpy as np
+from profile_passes import GenaiSession
 
 
 def generator_steps(folder: Path, threads: int) -> list[float]:
@@ -50,21 +51,11 @@ def generator_steps(folder: Path, threads: int) -> list[float]:
 def session_steps(folder: Path, threads: int, rows: int, spin: bool) -> list[float]:
     import onnxruntime as ort
 
-    decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
     options = ort.SessionOptions()
     options.add_session_config_entry("session.force_spinning_stop", "0" if spin else "1")
     options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = threads, 1, 3
-    session = ort.InferenceSession(
-        str(folder / decoder["filename"]), options, providers=["CPUExecutionProvider"]
-    )
-    shape = (decoder["num_key_value_heads"], rows, decoder["head_size"])
-    cache = np.zeros((decoder["num_hidden_layers"], 2, 1, *shape), np.float32)
-    binding = session.io_binding()
-    for i in range(decoder["num_hidden_layers"]):
-        for k, kind in enumerate(("key", "value")):
-            value = ort.OrtValue.ortvalue_from_numpy(cache[i, k])
-            binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", value)
-            binding.bind_ortvalue_output(f"present.{i}.{kind}", value)
+    genai = GenaiSession.open(folder, options, rows)
+    session, binding = genai.session, genai.binding
     ids, gaps = np.full((1, 1), 1000, np.int64), []
     for _ in range(4):
         last = None

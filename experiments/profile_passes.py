@@ -15,9 +15,11 @@ import json
 import statistics
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from eaglex.exporter.quantize import streamed_weight_bytes
 from eaglex.runtime.backends import onnxruntime as backend
@@ -55,37 +57,50 @@ def calls(engine: Engine, rows: list[int], context: int) -> dict[str, object]:
     return out
 
 
-def genai_calls(folder: Path, rows: list[int], context: int, threads: int, capacity: int = 2048) -> dict:
+@dataclass
+class GenaiSession:
+    """onnxruntime-genai's decoder graph in an onnxruntime session, each layer's cache of `capacity` rows
+    bound in place as both past and present (one buffer, as genai and eaglex run theirs)."""
+
+    session: ort.InferenceSession
+    binding: ort.SessionIOBinding
+    cache: np.ndarray  # kept here: the bindings point into it
+    graph: Path
+
+    @classmethod
+    def open(cls, folder: Path, options: ort.SessionOptions, capacity: int) -> GenaiSession:
+        config = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
+        graph = folder / config["filename"]
+        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        shape = (config["num_key_value_heads"], capacity, config["head_size"])
+        cache = np.zeros((config["num_hidden_layers"], 2, 1, *shape), np.float32)
+        binding = session.io_binding()
+        for i in range(config["num_hidden_layers"]):
+            for k, kind in enumerate(("key", "value")):
+                value = ort.OrtValue.ortvalue_from_numpy(cache[i, k])
+                binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", value)
+                binding.bind_ortvalue_output(f"present.{i}.{kind}", value)
+        return cls(session, binding, cache, graph)
+
+
+def genai_calls(folder: Path, rows: list[int], context: int, threads: int, capacity: int = 2048) -> tuple:
     """onnxruntime-genai's decoder graph (its model builder's output), run as genai runs it: past and
     present share one buffer per layer, logits for every row. For the per-pass comparison only."""
-    import onnxruntime as ort
-
-    config = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
-    options = backend.session_options(threads)
-    graph = str(folder / config["filename"])
-    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-    shape = (config["num_key_value_heads"], capacity, config["head_size"])
-    cache = np.zeros((config["num_hidden_layers"], 2, 1, *shape), np.float32)
-    binding = session.io_binding()
-    for i in range(config["num_hidden_layers"]):
-        for k, kind in enumerate(("key", "value")):
-            value = ort.OrtValue.ortvalue_from_numpy(cache[i, k])
-            binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", value)
-            binding.bind_ortvalue_output(f"present.{i}.{kind}", value)
+    genai = GenaiSession.open(folder, backend.session_options(threads), capacity)
 
     def call(r: int):
         ids, mask = np.full((1, r), 1000, np.int64), np.ones((1, context + r), np.int64)
 
         def run() -> None:
-            binding.bind_cpu_input("input_ids", ids)
-            binding.bind_cpu_input("attention_mask", mask)
-            binding.bind_output("logits")
-            session.run_with_iobinding(binding)
-            binding.get_outputs()[0].numpy()
+            genai.binding.bind_cpu_input("input_ids", ids)
+            genai.binding.bind_cpu_input("attention_mask", mask)
+            genai.binding.bind_output("logits")
+            genai.session.run_with_iobinding(genai.binding)
+            genai.binding.get_outputs()[0].numpy()
 
         return run
 
-    return {f"target {r}": call(r) for r in rows}, streamed_weight_bytes(folder / config["filename"])
+    return {f"target {r}": call(r) for r in rows}, streamed_weight_bytes(genai.graph)
 
 
 def interleaved(

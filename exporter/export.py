@@ -111,8 +111,6 @@ def export_artifact(
                 )
         if backend == "onnxruntime" and precision == "fp32":
             _fuse(work, drafter is not None)
-            for file in ("target.onnx", "drafter.onnx") if drafter is not None else ("target.onnx",):
-                rewrite(work / file, mark)  # float32 MatMuls for eaglex's few-row kernel
         if precision != "fp32":
             stage(f"lowering the graphs to {precision}")
             for file in ("target.onnx", "drafter.onnx") if drafter is not None else ("target.onnx",):
@@ -203,9 +201,11 @@ def _lower_precision(path: Path, precision: str) -> None:
 
 
 def _fuse(work: Path, has_drafter: bool) -> None:
-    """onnxruntime-only fusions (exporter/fuse.py), on the float32 graphs, quantized or not."""
+    """onnxruntime-only rewrites of the float32 graphs, quantized or not: the fusions (exporter/fuse.py),
+    then the float32 MatMuls marked for libeaglex's few-row kernel (exporter/packed_matmul.py)."""
     for file in ("target.onnx", "drafter.onnx") if has_drafter else ("target.onnx",):
         fuse_graph(work / file)
+        rewrite(work / file, mark)
 
 
 def _check_context(config: TargetConfig, max_context: int, model_dir: Path) -> None:
