@@ -18,13 +18,14 @@ import onnx
 from eaglex.errors import EaglexError
 from eaglex.runtime import manifest as contract
 
+from . import cpu_attention, packed_matmul
 from .attention import BACKENDS
 from .checkpoints import check_weights, load_drafter, load_target, read_target_config
+from .cpu_ops import rewrite
 from .drafter import Eagle3Drafter
 from .fuse import fuse_graph
 from .graphs import MAX_TOP_K, export_drafter_graph, export_target_graph
 from .kv_compact import write_kv_compact_graph
-from .packed_matmul import mark, rewrite
 from .precision import lower_precision
 from .quantize import SCHEMES, plain_where_lossy, quantize_graph, streamed_weight_bytes
 from .target import Target, TargetConfig
@@ -202,10 +203,10 @@ def _lower_precision(path: Path, precision: str) -> None:
 
 def _fuse(work: Path, has_drafter: bool) -> None:
     """onnxruntime-only rewrites of the float32 graphs, quantized or not: the fusions (exporter/fuse.py),
-    then the float32 MatMuls marked for libeaglex's few-row kernel (exporter/packed_matmul.py)."""
+    then the float32 MatMuls and the attention marked for libeaglex's kernels (exporter/cpu_ops.py)."""
     for file in ("target.onnx", "drafter.onnx") if has_drafter else ("target.onnx",):
         fuse_graph(work / file)
-        rewrite(work / file, mark)
+        rewrite(work / file, packed_matmul.mark, cpu_attention.mark)
 
 
 def _check_context(config: TargetConfig, max_context: int, model_dir: Path) -> None:

@@ -15,13 +15,12 @@ stays float32 afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import onnx
 from onnx import helper
 
-DOMAIN, PANEL = "eaglex.cpu", 16
+from .cpu_ops import DOMAIN, add_functions, default_opset, drop_functions
+
+PANEL = 16
 PLAIN, TRANSPOSED = "MatMul", "MatMulTransB"
 
 
@@ -70,9 +69,7 @@ def mark(model: onnx.ModelProto) -> int:
         read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
         for unread in [n for n in graph.node if n.op_type == "Transpose" and not set(n.output) & read]:
             graph.node.remove(unread)
-        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-        model.functions.extend(_functions(opset))
-        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+        add_functions(model, _functions(default_opset(model)))
     return marked
 
 
@@ -92,24 +89,10 @@ def unmark(model: onnx.ModelProto) -> int:
     if unmarked:
         del graph.node[:]
         graph.node.extend(nodes)
-        functions = [f for f in model.functions if f.domain != DOMAIN]
-        del model.functions[:]
-        model.functions.extend(functions)
-        imports = [o for o in model.opset_import if o.domain != DOMAIN]
-        del model.opset_import[:]
-        model.opset_import.extend(imports)
+        drop_functions(model, {PLAIN, TRANSPOSED})
     return unmarked
 
 
 def _is_swap(node: onnx.NodeProto) -> bool:
     perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
     return perm == [1, 0]
-
-
-def rewrite(path: Path, change: Callable[[onnx.ModelProto], int]) -> int:
-    """Applies mark or unmark to the graph at `path` in place; its weights file is left as it is."""
-    model = onnx.load(str(path), load_external_data=False)
-    count = change(model)
-    if count:
-        onnx.save(model, str(path))
-    return count

@@ -29,7 +29,8 @@ from onnx import helper, numpy_helper
 from eaglex.errors import EaglexError
 from eaglex.runtime import manifest as contract
 
-from .packed_matmul import mark, rewrite, unmark
+from . import cpu_attention, packed_matmul
+from .cpu_ops import rewrite
 from .workdir import check_out_dir, clear_stale, make_work_dir
 
 SCHEMES = {"int8": 8, "int4": 4}
@@ -153,8 +154,8 @@ def quantize_artifact(
             shutil.copy2(source / name, work / name)
         target, drafter = manifest.target, manifest.drafter
         graphs = [work / target.file, *([work / drafter.file] if drafter is not None else [])]
-        for graph in graphs:  # the quantizer reads MatMul; what stays float32 is marked again below
-            rewrite(graph, unmark)
+        for graph in graphs:  # the quantizer reads plain ops; what stays float32 is marked again below
+            rewrite(graph, packed_matmul.unmark, cpu_attention.unmark)
         progress(f"quantizing target to {scheme}")
         target = dataclasses.replace(
             target,
@@ -172,7 +173,7 @@ def quantize_artifact(
                 drafter, quantization=quantized, bytes_per_pass=streamed_weight_bytes(work / drafter.file)
             )
         for graph in graphs:
-            rewrite(graph, mark)
+            rewrite(graph, packed_matmul.mark, cpu_attention.mark)
         contract.save(
             dataclasses.replace(
                 manifest,

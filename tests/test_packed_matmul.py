@@ -16,8 +16,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_native import artifact, native_build
 
-from eaglex.exporter.packed_matmul import DOMAIN, mark, unmark
-from eaglex.runtime.backends.onnxruntime import packed_matmul
+from eaglex.exporter.cpu_ops import DOMAIN
+from eaglex.exporter.packed_matmul import mark, unmark
+from eaglex.runtime.backends.onnxruntime import cpu_kernels
 from eaglex.runtime.engine import Engine
 
 __all__ = ["artifact", "native_build"]  # fixtures of test_native, used here too
@@ -59,7 +60,7 @@ def model() -> onnx.ModelProto:
 def session(proto: onnx.ModelProto, register: bool, optimized: Path | None = None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     if register:
-        packed_matmul(options)
+        cpu_kernels(options)
     if optimized is not None:
         options.optimized_model_filepath = str(optimized)
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -130,12 +131,15 @@ def test_the_kernel_runs_where_registered_and_can_be_switched_off(native_build, 
 
 
 def test_an_artifact_decodes_losslessly_with_and_without_the_kernel(native_build, artifact, monkeypatch):
+    """Both of libeaglex's kernels (this MatMul and the attention, tests/test_cpu_attention.py) or neither."""
     graph = onnx.load(str(artifact / "target.onnx"), load_external_data=False).graph
-    assert Counter(node.domain for node in graph.node)[DOMAIN] > 0
+    marked = Counter(node.op_type for node in graph.node if node.domain == DOMAIN)
+    assert marked["MatMul"] > 0 and marked["GroupQueryAttention"] > 0
     prompt = [5, 17, 30, 99, 4]
     outputs = {}
-    for setting in ("onnxruntime", "kernel"):  # the kernel where the CPU has AVX-512
+    for setting in ("onnxruntime", "kernel"):  # the kernels where the CPU has AVX-512
         monkeypatch.setenv("EAGLEX_PACKED_MATMUL", setting)
+        monkeypatch.setenv("EAGLEX_CPU_ATTENTION", setting)
         for runtime in ("python", "native"):
             engine = Engine.load(artifact, threads=1, runtime=runtime)
             engine.stop_tokens = set()

@@ -56,10 +56,13 @@ class EmbeddingTable {
   int64_t rows_ = 0, cols_ = 0;
 };
 
-// ---- packed_matmul.cpp: eaglex.cpu::MatMul, the few-row float32 MatMul (exporter/packed_matmul.py) ------
-// Whether the kernel runs here: an AVX-512 CPU, and EAGLEX_PACKED_MATMUL is not "onnxruntime".
-bool packed_matmul_on();
-void add_packed_matmul(Ort::SessionOptions &options);  // registers it where packed_matmul_on()
+// ---- cpu_ops.cpp: the eaglex.cpu custom-op domain (exporter/packed_matmul.py, exporter/cpu_attention.py) ---
+// packed_matmul.cpp: the few-row float32 MatMul; cpu_attention.cpp: GroupQueryAttention. Each runs on
+// AVX-512 CPUs unless EAGLEX_PACKED_MATMUL / EAGLEX_CPU_ATTENTION is "onnxruntime".
+void add_packed_matmul(Ort::CustomOpDomain &domain);
+void add_cpu_attention(Ort::CustomOpDomain &domain);
+bool cpu_ops_on();                              // whether any kernel of the domain runs here
+void add_cpu_ops(Ort::SessionOptions &options);  // registers the domain where cpu_ops_on()
 
 // ---- graph.cpp: one graph with its KV cache bound in place (runtime/backends/onnxruntime.py) -------------
 // The attention mask of a call: row s may attend to every slot < prefix, and to slot prefix + j where

@@ -24,7 +24,7 @@ Ort::SessionOptions session_options(int threads) {
   options.SetExecutionMode(ORT_SEQUENTIAL);
   options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
   options.SetLogSeverityLevel(3);
-  add_packed_matmul(options);  // the float32 MatMuls exporter/packed_matmul.py marks run on eaglex's kernel
+  add_cpu_ops(options);  // the nodes exporter/packed_matmul.py and cpu_attention.py mark: eaglex's kernels
   return options;
 }
 

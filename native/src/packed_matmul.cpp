@@ -12,8 +12,8 @@
 // chain over k in order, whatever the number of rows or threads: a row's result does not depend on the
 // rows verified with it, as the lossless loop needs.
 //
-// AVX-512 only: on CPUs without it (or with EAGLEX_PACKED_MATMUL=onnxruntime) nothing is registered and
-// the graphs' function bodies run onnxruntime's MatMul, as before.
+// AVX-512 only: on CPUs without it (or with EAGLEX_PACKED_MATMUL=onnxruntime) cpu_ops.cpp does not
+// register it and the graphs' function bodies run onnxruntime's MatMul, as before.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -167,49 +167,19 @@ struct Op : Ort::CustomOpBase<Op<TransB>, Kernel> {
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
-OrtCustomOpDomain *domain() {
-  // One domain for every session of the process: onnxruntime keeps a pointer to it.
-  static Op<false> plain;
-  static Op<true> transposed;
-  static Ort::CustomOpDomain *d = [] {
-    auto *made = new Ort::CustomOpDomain("eaglex.cpu");
-    made->Add(&plain);
-    made->Add(&transposed);
-    return made;
-  }();
-  return *d;
-}
 #endif
 
 }  // namespace
 
-bool packed_matmul_on() {
-  const char *choice = std::getenv("EAGLEX_PACKED_MATMUL");
-  if (choice && std::string(choice) == "onnxruntime") return false;
+void add_packed_matmul(Ort::CustomOpDomain &domain) {
 #if defined(__x86_64__)
-  return __builtin_cpu_supports("avx512f");
+  static Op<false> plain;
+  static Op<true> transposed;
+  domain.Add(&plain);
+  domain.Add(&transposed);
 #else
-  return false;
-#endif
-}
-
-void add_packed_matmul(Ort::SessionOptions &options) {
-#if defined(__x86_64__)
-  if (packed_matmul_on()) options.Add(domain());
-#else
-  (void)options;
+  (void)domain;
 #endif
 }
 
 }  // namespace eaglex
-
-// onnxruntime's entry point for SessionOptions.register_custom_ops_library: the Python runtime registers
-// libeaglex.so, so that its sessions run the packed weights with this kernel too.
-extern "C" __attribute__((visibility("default"))) OrtStatus *RegisterCustomOps(OrtSessionOptions *options,
-                                                                              const OrtApiBase *api) {
-  Ort::InitApi(api->GetApi(ORT_API_VERSION));
-#if defined(__x86_64__)
-  if (eaglex::packed_matmul_on()) return Ort::GetApi().AddCustomOpDomain(options, eaglex::domain());
-#endif
-  return nullptr;
-}

@@ -10,7 +10,6 @@ array; with the CUDA execution provider it lives in GPU memory and is compacted 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn
@@ -73,15 +72,16 @@ def session_options(threads: int, spin: bool = True) -> ort.SessionOptions:
     return options
 
 
-def packed_matmul(options: ort.SessionOptions) -> None:
-    """Registers libeaglex where it is built, which adds its few-row MatMul kernel (exporter/packed_matmul.py)
-    on AVX-512 CPUs; elsewhere, or with EAGLEX_PACKED_MATMUL=onnxruntime, the marked MatMuls run their
-    function bodies (onnxruntime's MatMul)."""
+def cpu_kernels(options: ort.SessionOptions) -> None:
+    """Registers libeaglex where it is built, which adds its CPU kernels for the nodes the exporter marks
+    (exporter/cpu_ops.py: the few-row MatMul, the attention) on AVX-512 CPUs; elsewhere, or with
+    EAGLEX_PACKED_MATMUL / EAGLEX_CPU_ATTENTION=onnxruntime, those nodes run their function bodies
+    (onnxruntime's kernels)."""
     from eaglex.runtime.native_build import built_library
 
-    library = None if os.environ.get("EAGLEX_PACKED_MATMUL") == "onnxruntime" else built_library()
+    library = built_library()
     if library is not None:
-        # A libeaglex from before the kernel (EAGLEX_LIBRARY) has no entry point: onnxruntime's MatMul then.
+        # A libeaglex from before the kernels (EAGLEX_LIBRARY) has no entry point: onnxruntime's then.
         with contextlib.suppress(Exception):
             options.register_custom_ops_library(str(library))
 
@@ -149,7 +149,7 @@ class OrtGraphSession:
         widths: the last dimension the manifest promises for inputs and outputs (logits: the vocabulary)."""
         options = session_options(threads)
         if device == "cpu":
-            packed_matmul(options)
+            cpu_kernels(options)
         self.plugin_op = plugin_op
         if plugin_op:
             from eaglex.plugins.tree_attention.onnxruntime_op import library_path

@@ -1,0 +1,60 @@
+// The "eaglex.cpu" custom-op domain: eaglex's own CPU kernels for the nodes the exporter marks
+// (packed_matmul.cpp: float32 MatMul by a constant weight; cpu_attention.cpp: GroupQueryAttention). Each
+// marked node is an ONNX function in the graph too, so a kernel left out here costs speed, never
+// correctness: its nodes run their function bodies on onnxruntime's kernels.
+#include <cstdlib>
+#include <mutex>
+#include <string>
+
+#include "core.h"
+
+namespace eaglex {
+
+namespace {
+
+// The kernels are AVX-512; each can be switched off with its variable set to "onnxruntime".
+bool kernel_on(const char *variable) {
+  const char *choice = std::getenv(variable);
+  if (choice && std::string(choice) == "onnxruntime") return false;
+#if defined(__x86_64__)
+  return __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+
+// The domain with the kernels switched on now, null when none is: one per combination, made once and
+// kept for the process (onnxruntime keeps a pointer to it in every session that registered it).
+OrtCustomOpDomain *domain() {
+  static std::mutex guard;
+  static Ort::CustomOpDomain *made[4] = {};
+  bool matmul = kernel_on("EAGLEX_PACKED_MATMUL"), attention = kernel_on("EAGLEX_CPU_ATTENTION");
+  if (!matmul && !attention) return nullptr;
+  std::lock_guard<std::mutex> lock(guard);
+  Ort::CustomOpDomain *&d = made[matmul * 2 + attention];
+  if (!d) {
+    d = new Ort::CustomOpDomain("eaglex.cpu");
+    if (matmul) add_packed_matmul(*d);
+    if (attention) add_cpu_attention(*d);
+  }
+  return *d;
+}
+
+}  // namespace
+
+bool cpu_ops_on() { return domain() != nullptr; }
+
+void add_cpu_ops(Ort::SessionOptions &options) {
+  if (OrtCustomOpDomain *d = domain()) Ort::ThrowOnError(Ort::GetApi().AddCustomOpDomain(options, d));
+}
+
+}  // namespace eaglex
+
+// onnxruntime's entry point for SessionOptions.register_custom_ops_library: the Python runtime registers
+// libeaglex.so, so that its sessions run the marked nodes on these kernels too.
+extern "C" __attribute__((visibility("default"))) OrtStatus *RegisterCustomOps(OrtSessionOptions *options,
+                                                                              const OrtApiBase *api) {
+  Ort::InitApi(api->GetApi(ORT_API_VERSION));
+  OrtCustomOpDomain *d = eaglex::domain();
+  return d ? Ort::GetApi().AddCustomOpDomain(options, d) : nullptr;
+}
