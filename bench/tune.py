@@ -10,7 +10,9 @@ it costs several times more, so the best tree is much smaller. `tune` measures
     a sub-tree of it (runtime/tree.py `build`), and a tree accepts the longest prefix of the target's
     greedy continuation that it contains;
 and picks the shape with the most predicted tokens per second, then checks the best few by decoding, each
-with and without prompt lookup (as plain decoding is), and makes the fastest of them the default.
+with and without prompt lookup (as plain decoding is), and makes the fastest of them the default. The checks
+decode on the loop `eaglex run` uses (libeaglex's where it is built: `runtime` "auto"); costs and
+acceptance come from the Python runtime's sessions.
 """
 
 from __future__ import annotations
@@ -231,6 +233,21 @@ def choose_default(
     return max(rates, key=rates.__getitem__)
 
 
+def sweep(shapes: list[Shape], sizes: tuple[int, ...], measured: dict[Shape, float]) -> list[dict]:
+    """The best predicted shape at each tree size (and its measured tok/s where checked), for the plot."""
+    best = [next(s for s in shapes if s.total_tokens == size) for size in sizes]
+    return [{**top.__dict__, "measured_tokens_per_second": measured.get(top)} for top in best]
+
+
+def decoding_engine(artifact: Path, threads: int, runtime: str, engine: Engine) -> Engine:
+    """The engine whose loop decodes tune's checks: `runtime`'s, or `engine` where that is the Python loop
+    (one set of sessions is enough)."""
+    if runtime == "python":
+        return engine
+    checker = Engine.load(artifact, threads=threads, runtime=runtime)
+    return engine if checker.runtime == "python" else checker
+
+
 def tune(
     artifact: Path,
     threads: int,
@@ -241,12 +258,14 @@ def tune(
     progress,
     batches: tuple[int, ...] = (),
     rows_per_pass: int = 64,
+    runtime: str = "auto",
 ) -> dict:
-    """The best tree for one sequence (checked by decoding) and, per batch size in `batches`, for the
-    serving scheduler's packed passes of at most `rows_per_pass` rows (predicted: bench/tune_batch.py)."""
+    """The best tree for one sequence (checked by decoding on `runtime`'s loop) and, per batch size in
+    `batches`, for eaglex serve's passes of at most `rows_per_pass` rows (predicted: bench/tune_batch.py)."""
     from eaglex.bench import tune_batch  # here: it times with this module's helper
 
     engine = Engine.load(artifact, threads=threads)
+    checker = decoding_engine(artifact, threads, runtime, engine)
     if engine.drafter is None:
         raise EaglexError(f"{artifact} has no drafter: there is no tree to tune")
     limit = engine.manifest.tree.max_total_tokens
@@ -275,33 +294,30 @@ def tune(
     if not lossless:  # timed and reported, but the server decodes plain
         by_batch = [dataclasses.replace(choice, speculative=False) for choice in by_batch]
     # The loop's own work per round (masks, acceptance, cache compaction), from plain decoding.
-    plain = decode(engine, prompts, None, new_tokens)
+    plain = decode(checker, prompts, None, new_tokens)
     one_node = verify_cost(engine, (1,), reps, context)
     host = max(plain.seconds_per_round - one_node[1], 0.0)
     verify |= one_node  # trees with cuts verify a single node in some rounds
     walked = walk_means(pools, shape_keys(top_ks, sizes, MAX_DEPTH))
     shapes = predict(walked, verify, draft, commit, host)
     progress(f"checking the best {check} shapes by decoding")
-    decoded = {s: decode(engine, prompts, s, new_tokens) for s in shapes[:check]}
+    decoded = {s: decode(checker, prompts, s, new_tokens) for s in shapes[:check]}
     measured = {s: d.tokens_per_second for s, d in decoded.items()}
     lookup: dict[Shape | None, float] = {}  # lossy speculation: lookup, verified as a tree, cannot be default
     if lossless:
         progress(f"checking prompt lookup of {LOOKUP} tokens on plain decoding and those shapes")
         for shape in [None, *measured]:
-            lookup[shape] = decode(engine, prompts, shape, new_tokens, LOOKUP).tokens_per_second
+            lookup[shape] = decode(checker, prompts, shape, new_tokens, LOOKUP).tokens_per_second
     default, ngram = choose_default(plain.tokens_per_second, measured, lookup, lossless)
     best = default or max(measured, key=measured.get)  # the tree --spec uses when plain is the default
     parts = {s: round_parts(s, d, verify, draft, commit, host, walked) for s, d in decoded.items()}
-    sweep = []
-    for size in sizes:  # the best shape at each tree size, for the plot
-        top = next(s for s in shapes if s.total_tokens == size)
-        sweep.append({**top.__dict__, "measured_tokens_per_second": measured.get(top)})
     return {
         "best": best.tree,
         "speculative": default is not None,
         "ngram": ngram,
         "plain_lookup_tokens_per_second": lookup.get(None),
         "lossless_speculation": lossless,
+        "decoded_on": checker.runtime,
         "plain_tokens_per_second": plain.tokens_per_second,
         "host_seconds_per_round": host,
         "measured": [
@@ -321,7 +337,7 @@ def tune(
             "new_tokens": new_tokens,
             "cache_tokens_for_costs": context,
         },
-        "sweep": sweep,
+        "sweep": sweep(shapes, sizes, measured),
         "by_batch": tune_batch.to_json(by_batch, costs, rows_per_pass),
     }
 

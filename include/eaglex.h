@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define EAGLEX_ABI_VERSION 3
+#define EAGLEX_ABI_VERSION 4
 
 #if defined(_WIN32)
 #define EAGLEX_API __declspec(dllexport)
@@ -87,6 +87,9 @@ typedef struct {
   double prefill_seconds;  /* prompt pass (+ the drafter's first extend) */
   double decode_seconds;   /* all rounds: drafting + verification + host work between them */
   double graph_seconds;    /* of decode_seconds, the time inside onnxruntime (both graphs) */
+  /* ABI 4: decode_seconds in parts, as the Python runtime's GenerationStats splits it. */
+  double draft_seconds;  /* drafter calls, tree growth and prompt lookup */
+  double verify_seconds; /* target passes */
 } eaglex_stats;
 
 /* Receives the tokens of each target pass as they are accepted (n >= 1). Return 0 to go on, non-zero

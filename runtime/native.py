@@ -25,7 +25,7 @@ from eaglex.runtime.generate import GenerationConfig, GenerationStats
 from eaglex.runtime.manifest import Manifest
 from eaglex.runtime.native_build import LIBRARY, build, built_library
 
-ABI_VERSION = 3  # include/eaglex.h EAGLEX_ABI_VERSION
+ABI_VERSION = 4  # include/eaglex.h EAGLEX_ABI_VERSION
 OK, CANCELLED = 0, 6
 VERIFY_SIZES = 1  # the Python loader has already checked the files as asked (checksums or sizes)
 
@@ -57,6 +57,8 @@ class Stats(ctypes.Structure):
         ("prefill_seconds", ctypes.c_double),
         ("decode_seconds", ctypes.c_double),
         ("graph_seconds", ctypes.c_double),
+        ("draft_seconds", ctypes.c_double),  # ABI 4
+        ("verify_seconds", ctypes.c_double),
     ]
 
 
@@ -178,7 +180,7 @@ class NativeLoop:
         stats.prefill_seconds, stats.decode_seconds = counters.prefill_seconds, counters.decode_seconds
         stats.accepted_lengths = passes[1:]
         stats.verified_tokens = sum(passes[1:])
-        # verify_seconds and draft_seconds stay 0: libeaglex reports only their sum (graph_seconds).
+        stats.draft_seconds, stats.verify_seconds = counters.draft_seconds, counters.verify_seconds
         if last in stop_tokens:
             stats.stop_reason = "stop token"
         elif stats.new_tokens >= config.max_new_tokens:

@@ -18,6 +18,7 @@ from eaglex.bench.tune import acceptance, greedy_trace
 from eaglex.runtime.accept import accepted_drafts
 from eaglex.runtime.engine import Engine
 from eaglex.runtime.manifest import FileEntry
+from eaglex.runtime.native_build import built_library
 from eaglex.runtime.tree import DraftTree
 
 
@@ -94,6 +95,8 @@ def test_tune_writes_the_best_tree_into_the_manifest(artifact, tmp_path):
         assert row["batch"] * row["total_tokens"] <= 16 and (row["total_tokens"] > 1) == row["speculative"]
     assert "| 4 | " in process.stdout and "batch 4: timing packed target passes" in process.stderr
     assert Engine.load(tuned, threads=1).manifest.tree.by_batch[1].batch == 4
+    # The checks decode on the loop eaglex run takes by default: libeaglex's where it is built.
+    assert result["decoded_on"] == ("native" if built_library() is not None else "python")
     # The default is the fastest measured: plain decoding or a checked tree, each with or without lookup.
     plain, plain_lookup = result["plain_tokens_per_second"], result["plain_lookup_tokens_per_second"]
     rates = {(None, 0): plain, (None, 8): plain_lookup}

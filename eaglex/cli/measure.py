@@ -242,6 +242,13 @@ def artifact_label(manifest: Manifest, path: Path, taken: list[str]) -> str:
     show_default=True,
     help="Rows per packed pass, as eaglex serve's option: trees per batch size stay within it.",
 )
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="auto",
+    show_default=True,
+    help="Whose loop decodes the checks: as eaglex run's option (auto: libeaglex's where it is built).",
+)
 @user_errors
 def tune(
     artifact: Path,
@@ -252,6 +259,7 @@ def tune(
     check: int,
     batch_sizes: tuple[int, ...],
     rows_per_pass: int,
+    runtime: str,
 ) -> None:
     """Pick the draft tree (top_k, depth, total_tokens) that decodes fastest on this machine; store it in
     the artifact's manifest so run and bench use it by default, with the tree eaglex serve uses per batch
@@ -260,7 +268,16 @@ def tune(
     from eaglex.bench.tune import tune as tune_tree
 
     result = tune_tree(
-        artifact, threads, prompts_per_set, new_tokens, reps, check, progress, batch_sizes, rows_per_pass
+        artifact,
+        threads,
+        prompts_per_set,
+        new_tokens,
+        reps,
+        check,
+        progress,
+        batch_sizes,
+        rows_per_pass,
+        runtime,
     )
     write_tree(artifact, result)
     print_by_batch(result["by_batch"]["choices"])
@@ -281,6 +298,7 @@ def tune(
             f"{row['measured_tokens_per_second']:.1f} tok/s{with_lookup(row['lookup_tokens_per_second'])}; "
             f"ms per round (predicted/measured): {parts}"
         )
+    click.echo(f"decoding checks on the {result['decoded_on']} loop")
     click.echo(
         f"plain decoding: {result['plain_tokens_per_second']:.1f} tok/s"
         f"{with_lookup(result['plain_lookup_tokens_per_second'])}; best tree: {result['best']}"

@@ -99,8 +99,11 @@ int Engine::generate(const std::vector<int64_t> &prompt, const Settings &s, eagl
     positions.resize(size_t(t)), logit_rows.resize(size_t(t));
     for (int64_t i = 0; i < t; ++i)
       positions[size_t(i)] = cache_len + tree.depths[size_t(i)], logit_rows[size_t(i)] = i;
-    out = run_target(target, tree.tokens, positions, logit_rows, tree.attention_mask(cache_len), vocab,
-                     feature_width);
+    const Mask mask = tree.attention_mask(cache_len);
+    const auto drafted = Clock::now();
+    stats.draft_seconds += std::chrono::duration<double>(drafted - clock).count();
+    out = run_target(target, tree.tokens, positions, logit_rows, mask, vocab, feature_width);
+    stats.verify_seconds += since(drafted);
     logits = out[0].GetTensorData<float>();
     int64_t bonus;
     if (greedy) {
@@ -122,7 +125,9 @@ int Engine::generate(const std::vector<int64_t> &prompt, const Settings &s, eagl
       features.resize(path.size() * size_t(feature_width));
       for (size_t i = 0; i < path.size(); ++i)
         std::copy_n(all + path[i] * feature_width, feature_width, features.begin() + long(i) * feature_width);
+      const auto extending = Clock::now();
       drafter->extend(new_tokens, features.data(), s.tree_top_k);
+      stats.draft_seconds += since(extending);
     }
     stats.decode_seconds += since(clock);
     cancelled = deliver(new_tokens);
