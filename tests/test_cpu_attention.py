@@ -15,7 +15,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_native import native_build
-from test_packed_matmul import NO_AVX512, avx512
 
 from eaglex.exporter import cpu_attention, packed_matmul
 from eaglex.exporter.cpu_ops import DOMAIN
@@ -24,6 +23,18 @@ from eaglex.runtime.backends.onnxruntime import cpu_kernels
 __all__ = ["native_build"]  # a fixture of test_native, used here too
 
 HEADS, KV, D, CAPACITY, MAX_POSITION = 6, 2, 32, 80, 128
+
+
+def cpu_flags() -> set[str]:
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    return set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+
+
+NO_KERNEL = "the kernel needs AVX-512 or AVX2 + FMA (elsewhere the fallback body runs, tested above)"
+KERNEL = pytest.mark.skipif(not {"avx2", "fma"} <= cpu_flags(), reason=NO_KERNEL)
+# The kernel's variants: the CPU's best (AVX-512 where it has it), and AVX2 (EAGLEX_CPU_ATTENTION=avx2).
+VARIANTS = pytest.mark.parametrize("variant", ["", "avx2"])
 
 
 def model(packed: bool = True, head_dim: int = D) -> onnx.ModelProto:
@@ -163,11 +174,13 @@ def test_a_marked_graph_runs_anywhere_with_onnxruntimes_results(packed):
         assert np.array_equal(got, want)
 
 
-@pytest.mark.skipif(not avx512(), reason=NO_AVX512)
+@KERNEL
+@VARIANTS
 @pytest.mark.parametrize("packed", [True, False])
-def test_the_kernel_matches_onnxruntimes_attention(native_build, packed):
+def test_the_kernel_matches_onnxruntimes_attention(native_build, monkeypatch, variant, packed):
     """Prefill (no past), one decoded row, and draft trees of 4 and 13 rows after 0 to 61 cached rows
-    (column counts on both sides of the 16-column blocks), the caches shared or separate buffers."""
+    (column counts on both sides of the 8- and 16-column blocks), the caches shared or separate buffers."""
+    monkeypatch.setenv("EAGLEX_CPU_ATTENTION", variant)
     marked = model(packed)
     cpu_attention.mark(marked)
     ours, theirs = session(marked, register=True), session(model(packed), register=False)
@@ -185,11 +198,13 @@ def test_the_kernel_matches_onnxruntimes_attention(native_build, packed):
             np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.skipif(not avx512(), reason=NO_AVX512)
-def test_a_tree_row_equals_its_path_decoded_one_token_at_a_time(native_build):
+@KERNEL
+@VARIANTS
+def test_a_tree_row_equals_its_path_decoded_one_token_at_a_time(native_build, monkeypatch, variant):
     """Each row of a 13-row draft tree against the same row decoded alone after its ancestors moved to the
     slots that plain decoding gives them: the same output, bit for bit (what makes the loop lossless by
     construction; onnxruntime's own kernel differs in the last bits on every row of this tree)."""
+    monkeypatch.setenv("EAGLEX_CPU_ATTENTION", variant)
     marked = model()
     cpu_attention.mark(marked)
     s = session(marked, register=True)
@@ -218,7 +233,7 @@ def test_a_tree_row_equals_its_path_decoded_one_token_at_a_time(native_build):
         assert np.array_equal(out[0, 0], tree_out[0, row]), row
 
 
-@pytest.mark.skipif(not avx512(), reason=NO_AVX512)
+@KERNEL
 def test_the_kernel_can_be_switched_off(native_build, monkeypatch, tmp_path):
     marked = model()
     cpu_attention.mark(marked)

@@ -1,5 +1,6 @@
 // The "eaglex.cpu" custom-op domain: eaglex's own CPU kernels for the nodes the exporter marks
-// (packed_matmul.cpp: float32 MatMul by a constant weight; cpu_attention.cpp: GroupQueryAttention). Each
+// (packed_matmul.cpp: float32 MatMul by a constant weight, AVX-512; cpu_attention.cpp: GroupQueryAttention,
+// AVX-512 or AVX2). Each
 // marked node is an ONNX function in the graph too, so a kernel left out here costs speed, never
 // correctness: its nodes run their function bodies on onnxruntime's kernels.
 #include <cstdlib>
@@ -12,30 +13,33 @@ namespace eaglex {
 
 namespace {
 
-// The kernels are AVX-512; each can be switched off with its variable set to "onnxruntime".
-bool kernel_on(const char *variable) {
+bool switched_off(const char *variable) {
   const char *choice = std::getenv(variable);
-  if (choice && std::string(choice) == "onnxruntime") return false;
-#if defined(__x86_64__)
-  return __builtin_cpu_supports("avx512f");
-#else
-  return false;
-#endif
+  return choice && std::string(choice) == "onnxruntime";
 }
 
-// The domain with the kernels switched on now, null when none is: one per combination, made once and
-// kept for the process (onnxruntime keeps a pointer to it in every session that registered it).
+// The domain with the kernels switched on now, null when none is: one per combination (the MatMul kernel
+// on or off; the attention off, on, or its AVX2 variant by EAGLEX_CPU_ATTENTION=avx2), made once and kept
+// for the process (onnxruntime keeps a pointer to it in every session that registered it).
 OrtCustomOpDomain *domain() {
   static std::mutex guard;
-  static Ort::CustomOpDomain *made[4] = {};
-  bool matmul = kernel_on("EAGLEX_PACKED_MATMUL"), attention = kernel_on("EAGLEX_CPU_ATTENTION");
+  static Ort::CustomOpDomain *made[2][3] = {};
+#if defined(__x86_64__)
+  bool matmul = !switched_off("EAGLEX_PACKED_MATMUL") && __builtin_cpu_supports("avx512f");
+#else
+  bool matmul = false;
+#endif
+  const char *choice = std::getenv("EAGLEX_CPU_ATTENTION");
+  int attention = switched_off("EAGLEX_CPU_ATTENTION") || !cpu_attention_runs() ? 0
+                  : choice && std::string(choice) == "avx2"                      ? 2
+                                                                                 : 1;
   if (!matmul && !attention) return nullptr;
   std::lock_guard<std::mutex> lock(guard);
-  Ort::CustomOpDomain *&d = made[matmul * 2 + attention];
+  Ort::CustomOpDomain *&d = made[matmul][attention];
   if (!d) {
     d = new Ort::CustomOpDomain("eaglex.cpu");
     if (matmul) add_packed_matmul(*d);
-    if (attention) add_cpu_attention(*d);
+    if (attention) add_cpu_attention(*d);  // it reads EAGLEX_CPU_ATTENTION=avx2 itself
   }
   return *d;
 }
