@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from test_native import native_build
 
 from eaglex.bench.agreement import artifact_scorer, measure_agreement
 from eaglex.cli import main
@@ -19,6 +20,8 @@ from eaglex.errors import EaglexError
 from eaglex.exporter.quantize import quantize_artifact, streamed_weight_bytes
 from eaglex.runtime.engine import Engine
 from eaglex.runtime.generate import GenerationConfig, GenerationStats
+
+__all__ = ["native_build"]  # a fixture of test_native, used here too
 
 MAX_CONTEXT = 160
 PROMPTS = [("w5 w17 w30 w99", False), ("w42 w8", True), ("w120 w3 w77 w64 w10 w11", False)]
@@ -148,6 +151,8 @@ def test_symmetric_blocks_have_no_zero_points(models, tmp_path):
     graph = onnx.load(str(models["int4-sym"] / "target.onnx"), load_external_data=False).graph
     linear = [node for node in graph.node if node.op_type == "MatMulNBits"]
     assert linear and all(len(node.input) == 3 for node in linear)  # A, B, scales: no zero_points
+    # ...marked for libeaglex's few-row int4 kernel (exporter/int4_matmul.py): float32 activations
+    assert {node.domain for node in linear} == {"eaglex.cpu"}
     asymmetric = onnx.load(str(models["int4"] / "target.onnx"), load_external_data=False).graph
     assert all(len(node.input) == 4 for node in asymmetric.node if node.op_type == "MatMulNBits")
     bytes_read = {k: streamed_weight_bytes(models[k] / "target.onnx") for k in ("int4", "int4-sym")}
@@ -160,7 +165,8 @@ def test_symmetric_blocks_have_no_zero_points(models, tmp_path):
 
 
 @pytest.mark.parametrize("scheme", ["int4", "int4-sym", "int8-fp32"])  # float32 activations: lossless
-def test_speculative_greedy_equals_quantized_plain(models, scheme):
+def test_speculative_greedy_equals_quantized_plain(native_build, models, scheme):
+    """With libeaglex's kernels where the CPU takes them (int4-sym: its few-row int4 kernel)."""
     engine = Engine.load(models[scheme], threads=1)
     engine.stop_tokens = set()  # a random model emits its EOS ids by chance; compare raw continuations
     rng = np.random.default_rng(1)

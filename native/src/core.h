@@ -62,6 +62,7 @@ class EmbeddingTable {
 // "onnxruntime" (EAGLEX_CPU_ATTENTION=avx2: the AVX2 variant on an AVX-512 CPU).
 void add_packed_matmul(Ort::CustomOpDomain &domain);
 bool cpu_attention_runs();  // an AVX-512 or AVX2 + FMA CPU
+void add_int4_matmul(Ort::CustomOpDomain &domain);  // int4_matmul.cpp: 4-bit MatMulNBits, AVX-512 (x86 builds)
 void add_cpu_attention(Ort::CustomOpDomain &domain);
 bool cpu_ops_on();                              // whether any kernel of the domain runs here
 void add_cpu_ops(Ort::SessionOptions &options);  // registers the domain where cpu_ops_on()

@@ -38,7 +38,9 @@ OrtCustomOpDomain *domain() {
   Ort::CustomOpDomain *&d = made[matmul][attention];
   if (!d) {
     d = new Ort::CustomOpDomain("eaglex.cpu");
-    if (matmul) add_packed_matmul(*d);
+#if defined(__x86_64__)
+    if (matmul) add_packed_matmul(*d), add_int4_matmul(*d);  // float32 and 4-bit weights
+#endif
     if (attention) add_cpu_attention(*d);  // it reads EAGLEX_CPU_ATTENTION=avx2 itself
   }
   return *d;
