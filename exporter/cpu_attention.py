@@ -16,7 +16,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from .cpu_ops import DOMAIN, add_functions, default_opset, drop_functions
+from .cpu_ops import default_opset, mark_op, passthrough, unmark_op
 
 OP, ORT_DOMAIN = "GroupQueryAttention", "com.microsoft"
 INPUTS = [
@@ -27,17 +27,6 @@ OUTPUTS = ["output", "present_key", "present_value"]
 # What the exporter sets (exporter/attention_onnx.py) and the kernel implements; a node with any other
 # attribute (a local window, softcap, smooth softmax) stays onnxruntime's.
 ATTRIBUTES = ["num_heads", "kv_num_heads", "scale", "do_rotary", "rotary_interleaved", "causal"]
-
-
-def _function(opset: int) -> onnx.FunctionProto:
-    body = helper.make_node(OP, INPUTS, OUTPUTS, domain=ORT_DOMAIN)
-    for name in ATTRIBUTES:  # each passed through from the calling node (left out where it has none)
-        ref = onnx.AttributeProto()
-        ref.name, ref.ref_attr_name = name, name
-        ref.type = onnx.AttributeProto.FLOAT if name == "scale" else onnx.AttributeProto.INT
-        body.attribute.append(ref)
-    imports = [helper.make_opsetid("", opset), helper.make_opsetid(ORT_DOMAIN, 1)]
-    return helper.make_function(DOMAIN, OP, INPUTS, OUTPUTS, [body], imports, attributes=ATTRIBUTES)
 
 
 def _supported(node: onnx.NodeProto, head_dims: dict[str, int]) -> bool:
@@ -66,23 +55,13 @@ def mark(model: onnx.ModelProto) -> int:
     """Marks every GroupQueryAttention node over a float32 KV cache (a graph input) whose head size is a
     multiple of 16 up to 256; returns how many."""
     head_dims = _float_cache_head_dims(model.graph)
-    marked = 0
-    for node in model.graph.node:
-        if node.op_type == OP and node.domain == ORT_DOMAIN and _supported(node, head_dims):
-            node.domain = DOMAIN
-            marked += 1
-    if marked:
-        add_functions(model, [_function(default_opset(model))])
-    return marked
+    types = {
+        name: onnx.AttributeProto.FLOAT if name == "scale" else onnx.AttributeProto.INT for name in ATTRIBUTES
+    }
+    function = passthrough(OP, ORT_DOMAIN, INPUTS, OUTPUTS, types, default_opset(model))
+    return mark_op(model, function, lambda node: _supported(node, head_dims))
 
 
 def unmark(model: onnx.ModelProto) -> int:
     """The inverse of mark: onnxruntime's GroupQueryAttention nodes again."""
-    unmarked = 0
-    for node in model.graph.node:
-        if node.op_type == OP and node.domain == DOMAIN:
-            node.domain = ORT_DOMAIN
-            unmarked += 1
-    if unmarked:
-        drop_functions(model, {OP})
-    return unmarked
+    return unmark_op(model, OP, ORT_DOMAIN)

@@ -40,6 +40,52 @@ def default_opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def passthrough(
+    op: str, domain: str, inputs: list[str], outputs: list[str], attributes: dict[str, int], opset: int
+) -> onnx.FunctionProto:
+    """`eaglex.cpu.op` as an ONNX function whose body is `domain.op` with the same inputs and outputs, each
+    of `attributes` (name: AttributeProto type) passed through from the calling node (left out where it has
+    none)."""
+    body = helper.make_node(op, inputs, outputs, domain=domain)
+    for name, kind in attributes.items():
+        ref = onnx.AttributeProto()
+        ref.name, ref.ref_attr_name, ref.type = name, name, kind
+        body.attribute.append(ref)
+    imports = [helper.make_opsetid("", opset), helper.make_opsetid(domain, 1)]
+    return helper.make_function(DOMAIN, op, inputs, outputs, [body], imports, attributes=list(attributes))
+
+
+def move_nodes(
+    model: onnx.ModelProto, op: str, from_domain: str, to_domain: str, takes: Callable[[onnx.NodeProto], bool]
+) -> int:
+    """Moves the `op` nodes of `from_domain` that `takes` accepts into `to_domain`; returns how many."""
+    moved = 0
+    for node in model.graph.node:
+        if node.op_type == op and node.domain == from_domain and takes(node):
+            node.domain = to_domain
+            moved += 1
+    return moved
+
+
+def mark_op(
+    model: onnx.ModelProto, function: onnx.FunctionProto, takes: Callable[[onnx.NodeProto], bool]
+) -> int:
+    """Marks the nodes of `function`'s body op that `takes` accepts as `eaglex.cpu` nodes defined by it."""
+    body = function.node[0]
+    marked = move_nodes(model, body.op_type, body.domain, DOMAIN, takes)
+    if marked:
+        add_functions(model, [function])
+    return marked
+
+
+def unmark_op(model: onnx.ModelProto, op: str, domain: str) -> int:
+    """The inverse of mark_op: the `eaglex.cpu` `op` nodes back in `domain`, their function gone."""
+    unmarked = move_nodes(model, op, DOMAIN, domain, lambda node: True)
+    if unmarked:
+        drop_functions(model, {op})
+    return unmarked
+
+
 def rewrite(path: Path, *changes: Callable[[onnx.ModelProto], int]) -> int:
     """Applies markers (or unmarkers) to the graph at `path` in place; its weights file is left as it is."""
     model = onnx.load(str(path), load_external_data=False)

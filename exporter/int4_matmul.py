@@ -18,21 +18,11 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from .cpu_ops import DOMAIN, add_functions, default_opset, drop_functions
+from .cpu_ops import default_opset, mark_op, passthrough, unmark_op
 
 OP, ORT_DOMAIN = "MatMulNBits", "com.microsoft"
 INPUTS, OUTPUTS = ["A", "B", "scales"], ["Y"]
 ATTRIBUTES = ["K", "N", "bits", "block_size", "accuracy_level"]
-
-
-def _function(opset: int) -> onnx.FunctionProto:
-    body = helper.make_node(OP, INPUTS, OUTPUTS, domain=ORT_DOMAIN)
-    for name in ATTRIBUTES:  # each passed through from the calling node (left out where it has none)
-        ref = onnx.AttributeProto()
-        ref.name, ref.ref_attr_name, ref.type = name, name, onnx.AttributeProto.INT
-        body.attribute.append(ref)
-    imports = [helper.make_opsetid("", opset), helper.make_opsetid(ORT_DOMAIN, 1)]
-    return helper.make_function(DOMAIN, OP, INPUTS, OUTPUTS, [body], imports, attributes=ATTRIBUTES)
 
 
 def _supported(node: onnx.NodeProto, constants: set[str]) -> bool:
@@ -54,23 +44,11 @@ def _supported(node: onnx.NodeProto, constants: set[str]) -> bool:
 def mark(model: onnx.ModelProto) -> int:
     """Marks every MatMulNBits node the kernel takes (above); returns how many."""
     constants = {t.name for t in model.graph.initializer}
-    marked = 0
-    for node in model.graph.node:
-        if node.op_type == OP and node.domain == ORT_DOMAIN and _supported(node, constants):
-            node.domain = DOMAIN
-            marked += 1
-    if marked:
-        add_functions(model, [_function(default_opset(model))])
-    return marked
+    types = dict.fromkeys(ATTRIBUTES, onnx.AttributeProto.INT)
+    function = passthrough(OP, ORT_DOMAIN, INPUTS, OUTPUTS, types, default_opset(model))
+    return mark_op(model, function, lambda node: _supported(node, constants))
 
 
 def unmark(model: onnx.ModelProto) -> int:
     """The inverse of mark: onnxruntime's MatMulNBits nodes again."""
-    unmarked = 0
-    for node in model.graph.node:
-        if node.op_type == OP and node.domain == DOMAIN:
-            node.domain = ORT_DOMAIN
-            unmarked += 1
-    if unmarked:
-        drop_functions(model, {OP})
-    return unmarked
+    return unmark_op(model, OP, ORT_DOMAIN)
