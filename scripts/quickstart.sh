@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e ".[export]"
-# libeaglex: the C++ loop and the few-row MatMul kernel that `tune` and `run` then use (once, about a
-# minute; without cmake and a C++ compiler the Python loop and onnxruntime's MatMul run instead).
+# libeaglex: the C++ loop and the CPU kernels (MatMul, attention) that `tune` and `run` then use (once,
+# about a minute; without cmake and a C++ compiler the Python loop and onnxruntime's kernels run instead).
 if command -v cmake >/dev/null && command -v c++ >/dev/null; then
   python3 -c "from eaglex.runtime.native_build import build; build()" ||
     echo "libeaglex was not built: decoding runs on the Python loop" >&2
