@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from onnx import TensorProto, helper, numpy_helper
+from test_cpu_attention import KERNEL, VARIANTS
 from test_native import native_build
-from test_packed_matmul import NO_AVX512, avx512
 
 from eaglex.exporter import int4_matmul
 from eaglex.exporter.cpu_ops import DOMAIN
@@ -68,8 +67,11 @@ def test_a_marked_graph_runs_anywhere_with_onnxruntimes_results():
     assert np.array_equal(run(marked, register=False, a=a), run(model(), register=False, a=a))
 
 
-@pytest.mark.skipif(not avx512(), reason=NO_AVX512)
-def test_each_row_gets_the_same_result_whatever_shares_its_call(native_build):
+@KERNEL
+@VARIANTS
+def test_each_row_gets_the_same_result_whatever_shares_its_call(native_build, monkeypatch, variant):
+    """The CPU's best variant and the AVX2 one (EAGLEX_INT4_MATMUL=avx2)."""
+    monkeypatch.setenv("EAGLEX_INT4_MATMUL", variant)
     a = np.random.default_rng(2).standard_normal((7, K), dtype=np.float32)
     marked = model()
     int4_matmul.mark(marked)

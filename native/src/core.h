@@ -58,12 +58,13 @@ class EmbeddingTable {
 
 // ---- cpu_ops.cpp: the eaglex.cpu custom-op domain (exporter/packed_matmul.py, exporter/cpu_attention.py) ---
 // packed_matmul.cpp: the few-row float32 MatMul, on AVX-512 CPUs; cpu_attention.cpp: GroupQueryAttention,
-// on AVX-512 or AVX2 + FMA CPUs; int4_matmul.cpp: 4-bit MatMulNBits, AVX-512. Each runs unless
-// EAGLEX_PACKED_MATMUL (both MatMuls) / EAGLEX_CPU_ATTENTION is "onnxruntime" (EAGLEX_CPU_ATTENTION=avx2:
-// the attention's AVX2 variant on an AVX-512 CPU).
+// on AVX-512 or AVX2 + FMA CPUs; int4_matmul.cpp: 4-bit MatMulNBits, the same. Each runs unless
+// EAGLEX_PACKED_MATMUL / EAGLEX_CPU_ATTENTION / EAGLEX_INT4_MATMUL is "onnxruntime" ("avx2": the AVX2
+// variant on an AVX-512 CPU).
 void add_packed_matmul(Ort::CustomOpDomain &domain);
 bool cpu_attention_runs();  // an AVX-512 or AVX2 + FMA CPU
-void add_int4_matmul(Ort::CustomOpDomain &domain);  // int4_matmul.cpp: 4-bit MatMulNBits, AVX-512 (x86 builds)
+bool int4_matmul_runs();  // int4_matmul.cpp (x86 builds): 4-bit MatMulNBits, AVX-512 or AVX2 + FMA
+void add_int4_matmul(Ort::CustomOpDomain &domain, bool avx2);
 void add_cpu_attention(Ort::CustomOpDomain &domain);
 bool cpu_ops_on();                              // whether any kernel of the domain runs here
 void add_cpu_ops(Ort::SessionOptions &options);  // registers the domain where cpu_ops_on()

@@ -6,7 +6,7 @@
 // Why: onnxruntime's MatMulNBits with float32 activations has a one-row kernel that reads the 4-bit weights
 // as they are, but for two rows or more it dequantizes every weight into a float buffer first: an int4
 // SmolLM2 target pass costs 5.5 ms at one row and 16.8 ms at two (2-core Zen 5), which makes speculation
-// slower than plain decoding at int4. Here the weights are repacked at load in panels of 16 columns (two
+// slower than plain decoding at int4. Here (AVX-512, or AVX2 + FMA) the weights are repacked at load in panels of 16 columns (two
 // k's a byte, the 16 columns' bytes side by side) and each pair of k's is unpacked into two vectors of 16
 // floats for two rows at a time: 0.73-0.75x onnxruntime's one-row pass, 0.28x at two rows, 0.46x at four
 // (docs/BENCHMARKS.md, seventh sitting; blocks of 4 or 8 rows measured slower at four rows).
@@ -40,7 +40,9 @@ struct Kernel {
   std::unique_ptr<uint8_t, Free> weights;  // [N / 16, K / 2, 16]: column j's byte holds k (low) and k + 1
   std::unique_ptr<float, Free> scales;     // [N / 16, blocks, 16]
 
-  explicit Kernel(const OrtKernelInfo *info) {
+  bool avx2 = false;  // the AVX2 + FMA variant (panel_avx2) instead of AVX-512
+
+  Kernel(const OrtKernelInfo *info, bool avx2) : avx2(avx2) {
     Ort::ConstKernelInfo kinfo(info);
     K = kinfo.GetAttribute<int64_t>("K"), N = kinfo.GetAttribute<int64_t>("N");
     block = kinfo.GetAttribute<int64_t>("block_size");
@@ -90,6 +92,39 @@ struct Kernel {
     for (int m = 0; m < M; ++m) _mm512_storeu_ps(y + m * N + p * kPanel, acc[m]);
   }
 
+  // panel() with AVX2 + FMA: the panel's 16 columns as two vectors of 8, the same float operations per output.
+  template <int M>
+  __attribute__((target("avx2,fma"))) void panel_avx2(const float *a, int64_t p, float *y) const {
+    const uint8_t *w = weights.get() + p * (K / 2) * kPanel;
+    const float *s = scales.get() + p * blocks * kPanel;
+    const __m256i low = _mm256_set1_epi32(0xF);
+    const __m256 eight = _mm256_set1_ps(8.0f);
+    __m256 acc[M][2];
+    for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    for (int64_t kb = 0; kb < blocks; ++kb) {
+      __m256 part[M][2];
+      for (int m = 0; m < M; ++m) part[m][0] = part[m][1] = _mm256_setzero_ps();
+      for (int64_t k = kb * block; k < (kb + 1) * block; k += 2) {
+        __m128i bytes = _mm_load_si128(reinterpret_cast<const __m128i *>(w + k / 2 * kPanel));
+        for (int h = 0; h < 2; ++h) {
+          __m256i x = _mm256_cvtepu8_epi32(h ? _mm_srli_si128(bytes, 8) : bytes);
+          __m256 even = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_and_si256(x, low)), eight);
+          __m256 odd = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(x, 4)), eight);
+          for (int m = 0; m < M; ++m) {
+            part[m][h] = _mm256_fmadd_ps(_mm256_set1_ps(a[m * K + k]), even, part[m][h]);
+            part[m][h] = _mm256_fmadd_ps(_mm256_set1_ps(a[m * K + k + 1]), odd, part[m][h]);
+          }
+        }
+      }
+      for (int h = 0; h < 2; ++h) {
+        __m256 scale = _mm256_load_ps(s + kb * kPanel + 8 * h);
+        for (int m = 0; m < M; ++m) acc[m][h] = _mm256_fmadd_ps(part[m][h], scale, acc[m][h]);
+      }
+    }
+    for (int m = 0; m < M; ++m)
+      for (int h = 0; h < 2; ++h) _mm256_storeu_ps(y + m * N + p * kPanel + 8 * h, acc[m][h]);
+  }
+
   struct Job {
     const Kernel *self;
     const float *a;
@@ -102,8 +137,10 @@ struct Kernel {
     auto *job = static_cast<Job *>(data);
     const Kernel &k = *job->self;
     int64_t m = 0, p = int64_t(t);
-    for (; m + 2 <= job->M; m += 2) k.panel<2>(job->a + m * k.K, p, job->y + m * k.N);
-    if (job->M - m >= 1) k.panel<1>(job->a + m * k.K, p, job->y + m * k.N);
+    for (; m + 2 <= job->M; m += 2)
+      k.avx2 ? k.panel_avx2<2>(job->a + m * k.K, p, job->y + m * k.N) : k.panel<2>(job->a + m * k.K, p, job->y + m * k.N);
+    if (job->M - m >= 1)
+      k.avx2 ? k.panel_avx2<1>(job->a + m * k.K, p, job->y + m * k.N) : k.panel<1>(job->a + m * k.K, p, job->y + m * k.N);
   }
 
   void Compute(OrtKernelContext *context) {
@@ -123,7 +160,9 @@ struct Kernel {
 };
 
 struct Op : Ort::CustomOpBase<Op, Kernel> {
-  void *CreateKernel(const OrtApi &, const OrtKernelInfo *info) const { return new Kernel(info); }
+  bool avx2;
+  explicit Op(bool avx2) : avx2(avx2) {}
+  void *CreateKernel(const OrtApi &, const OrtKernelInfo *info) const { return new Kernel(info, avx2); }
   const char *GetName() const { return "MatMulNBits"; }
   size_t GetInputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetInputType(size_t i) const {
@@ -135,9 +174,13 @@ struct Op : Ort::CustomOpBase<Op, Kernel> {
 
 }  // namespace
 
-void add_int4_matmul(Ort::CustomOpDomain &domain) {
-  static Op op;
-  domain.Add(&op);
+bool int4_matmul_runs() {
+  return __builtin_cpu_supports("avx512f") || (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
+}
+
+void add_int4_matmul(Ort::CustomOpDomain &domain, bool avx2) {
+  static Op wide(false), narrow(true);
+  domain.Add(avx2 || !__builtin_cpu_supports("avx512f") ? &narrow : &wide);
 }
 
 }  // namespace eaglex
