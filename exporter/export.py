@@ -18,10 +18,9 @@ import onnx
 from eaglex.errors import EaglexError
 from eaglex.runtime import manifest as contract
 
-from . import cpu_attention, packed_matmul
+from . import cpu_marks
 from .attention import BACKENDS
 from .checkpoints import check_weights, load_drafter, load_target, read_target_config
-from .cpu_ops import rewrite
 from .drafter import Eagle3Drafter
 from .fuse import fuse_graph
 from .graphs import MAX_TOP_K, export_drafter_graph, export_target_graph
@@ -203,10 +202,10 @@ def _lower_precision(path: Path, precision: str) -> None:
 
 def _fuse(work: Path, has_drafter: bool) -> None:
     """onnxruntime-only rewrites of the float32 graphs, quantized or not: the fusions (exporter/fuse.py),
-    then the float32 MatMuls and the attention marked for libeaglex's kernels (exporter/cpu_ops.py)."""
+    then the nodes libeaglex's kernels take marked for them (exporter/cpu_marks.py)."""
     for file in ("target.onnx", "drafter.onnx") if has_drafter else ("target.onnx",):
         fuse_graph(work / file)
-        rewrite(work / file, packed_matmul.mark, cpu_attention.mark)
+        cpu_marks.mark(work / file)
 
 
 def _check_context(config: TargetConfig, max_context: int, model_dir: Path) -> None:

@@ -29,8 +29,7 @@ from onnx import helper, numpy_helper
 from eaglex.errors import EaglexError
 from eaglex.runtime import manifest as contract
 
-from . import cpu_attention, int4_matmul, packed_matmul
-from .cpu_ops import rewrite
+from . import cpu_marks
 from .workdir import check_out_dir, clear_stale, make_work_dir
 
 SCHEMES = {"int8": 8, "int4": 4}
@@ -155,7 +154,7 @@ def quantize_artifact(
         target, drafter = manifest.target, manifest.drafter
         graphs = [work / target.file, *([work / drafter.file] if drafter is not None else [])]
         for graph in graphs:  # the quantizer reads plain ops; what stays float32 is marked again below
-            rewrite(graph, packed_matmul.unmark, cpu_attention.unmark, int4_matmul.unmark)
+            cpu_marks.unmark(graph)
         progress(f"quantizing target to {scheme}")
         target = dataclasses.replace(
             target,
@@ -173,7 +172,7 @@ def quantize_artifact(
                 drafter, quantization=quantized, bytes_per_pass=streamed_weight_bytes(work / drafter.file)
             )
         for graph in graphs:
-            rewrite(graph, packed_matmul.mark, cpu_attention.mark, int4_matmul.mark)
+            cpu_marks.mark(graph)
         contract.save(
             dataclasses.replace(
                 manifest,

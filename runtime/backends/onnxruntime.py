@@ -74,9 +74,9 @@ def session_options(threads: int, spin: bool = True) -> ort.SessionOptions:
 
 def cpu_kernels(options: ort.SessionOptions) -> None:
     """Registers libeaglex where it is built, which adds its CPU kernels for the nodes the exporter marks
-    (exporter/cpu_ops.py: the few-row MatMul, the attention) on AVX-512 CPUs; elsewhere, or with
-    EAGLEX_PACKED_MATMUL / EAGLEX_CPU_ATTENTION=onnxruntime, those nodes run their function bodies
-    (onnxruntime's kernels)."""
+    (exporter/cpu_marks.py: the few-row float32 and int4 MatMuls, the attention) on AVX-512 or AVX2 CPUs;
+    elsewhere, or with EAGLEX_PACKED_MATMUL / EAGLEX_INT4_MATMUL / EAGLEX_CPU_ATTENTION=onnxruntime, those
+    nodes run their function bodies (onnxruntime's kernels)."""
     from eaglex.runtime.native_build import built_library
 
     library = built_library()
