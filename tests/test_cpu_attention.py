@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_native import native_build
+from test_packed_matmul import cpu_flags
 
 from eaglex.exporter import cpu_attention, packed_matmul
 from eaglex.exporter.cpu_ops import DOMAIN
@@ -23,12 +24,6 @@ from eaglex.runtime.backends.onnxruntime import cpu_kernels
 __all__ = ["native_build"]  # a fixture of test_native, used here too
 
 HEADS, KV, D, CAPACITY, MAX_POSITION = 6, 2, 32, 80, 128
-
-
-def cpu_flags() -> set[str]:
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.is_file() else []
-    return set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
 
 
 NO_KERNEL = "the kernel needs AVX-512 or AVX2 + FMA (elsewhere the fallback body runs, tested above)"

@@ -61,11 +61,10 @@ class EmbeddingTable {
 // on AVX-512 or AVX2 + FMA CPUs; int4_matmul.cpp: 4-bit MatMulNBits, the same. Each runs unless
 // EAGLEX_PACKED_MATMUL / EAGLEX_CPU_ATTENTION / EAGLEX_INT4_MATMUL is "onnxruntime" ("avx2": the AVX2
 // variant on an AVX-512 CPU).
+// The kernels with an AVX2 variant take it where `avx2` (cpu_ops.cpp decides: no AVX-512, or "avx2").
 void add_packed_matmul(Ort::CustomOpDomain &domain);
-bool cpu_attention_runs();  // an AVX-512 or AVX2 + FMA CPU
-bool int4_matmul_runs();  // int4_matmul.cpp (x86 builds): 4-bit MatMulNBits, AVX-512 or AVX2 + FMA
-void add_int4_matmul(Ort::CustomOpDomain &domain, bool avx2);
-void add_cpu_attention(Ort::CustomOpDomain &domain);
+void add_cpu_attention(Ort::CustomOpDomain &domain, bool avx2);
+void add_int4_matmul(Ort::CustomOpDomain &domain, bool avx2);  // x86 builds only
 bool cpu_ops_on();                              // whether any kernel of the domain runs here
 void add_cpu_ops(Ort::SessionOptions &options);  // registers the domain where cpu_ops_on()
 

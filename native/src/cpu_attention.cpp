@@ -22,9 +22,7 @@
 // RoPE (do_rotary, half rotation) at position_ids, except in a pass with no past, at 0, 1, ... (as
 // onnxruntime's kernel; eaglex's prefill is at those positions anyway).
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 
 #include "core.h"
 #include "cpu_attention.h"
@@ -168,23 +166,12 @@ struct Op : Ort::CustomOpBase<Op, Kernel> {
 
 }  // namespace
 
-bool cpu_attention_runs() {
+void add_cpu_attention(Ort::CustomOpDomain &domain, bool avx2) {
 #if defined(__x86_64__)
-  return __builtin_cpu_supports("avx512f") || (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
-#else
-  return false;
-#endif
-}
-
-void add_cpu_attention(Ort::CustomOpDomain &domain) {
-#if defined(__x86_64__)
-  // AVX-512 where the CPU has it, unless EAGLEX_CPU_ATTENTION=avx2 asks for the AVX2 variant.
-  const char *choice = std::getenv("EAGLEX_CPU_ATTENTION");
-  bool avx2 = !__builtin_cpu_supports("avx512f") || (choice && std::string(choice) == "avx2");
   static Op wide(&avx512::attention_task), narrow(&avx2::attention_task);
   domain.Add(avx2 ? &narrow : &wide);
 #else
-  (void)domain;
+  (void)domain, (void)avx2;
 #endif
 }
 

@@ -18,13 +18,17 @@ bool switched_off(const char *variable) {
   return choice && std::string(choice) == "onnxruntime";
 }
 
+#if defined(__x86_64__)
 // How a kernel with an AVX2 variant runs: 0 off (its variable is "onnxruntime", or the CPU has neither
-// instruction set), 1 the CPU's best, 2 AVX2 ("avx2").
-int mode(const char *variable, bool runs) {
+// AVX-512 nor AVX2 + FMA), 1 AVX-512, 2 AVX2 (the CPU has no AVX-512, or the variable is "avx2").
+int mode(const char *variable) {
+  bool avx512 = __builtin_cpu_supports("avx512f");
+  if (switched_off(variable) || !(avx512 || (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))))
+    return 0;
   const char *choice = std::getenv(variable);
-  if (switched_off(variable) || !runs) return 0;
-  return choice && std::string(choice) == "avx2" ? 2 : 1;
+  return !avx512 || (choice && std::string(choice) == "avx2") ? 2 : 1;
 }
+#endif
 
 // The domain with the kernels switched on now, null when none is: one per combination, made once and kept
 // for the process (onnxruntime keeps a pointer to it in every session that registered it).
@@ -33,8 +37,7 @@ OrtCustomOpDomain *domain() {
   static Ort::CustomOpDomain *made[2][3][3] = {};
 #if defined(__x86_64__)
   bool matmul = !switched_off("EAGLEX_PACKED_MATMUL") && __builtin_cpu_supports("avx512f");
-  int attention = mode("EAGLEX_CPU_ATTENTION", cpu_attention_runs());
-  int int4 = mode("EAGLEX_INT4_MATMUL", int4_matmul_runs());
+  int attention = mode("EAGLEX_CPU_ATTENTION"), int4 = mode("EAGLEX_INT4_MATMUL");
 #else
   bool matmul = false;
   int attention = 0, int4 = 0;
@@ -46,7 +49,7 @@ OrtCustomOpDomain *domain() {
     d = new Ort::CustomOpDomain("eaglex.cpu");
 #if defined(__x86_64__)
     if (matmul) add_packed_matmul(*d);
-    if (attention) add_cpu_attention(*d);  // it reads EAGLEX_CPU_ATTENTION=avx2 itself
+    if (attention) add_cpu_attention(*d, attention == 2);
     if (int4) add_int4_matmul(*d, int4 == 2);
 #endif
   }

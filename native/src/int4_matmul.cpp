@@ -46,12 +46,12 @@ struct Kernel {
     Ort::ConstKernelInfo kinfo(info);
     K = kinfo.GetAttribute<int64_t>("K"), N = kinfo.GetAttribute<int64_t>("N");
     block = kinfo.GetAttribute<int64_t>("block_size");
-    blocks = (K + block - 1) / block;
     int bq = 0, sq = 0;
     Ort::ConstValue b = kinfo.GetTensorConstantInput(1, &bq), s = kinfo.GetTensorConstantInput(2, &sq);
     if (!bq || !sq || kinfo.GetAttribute<int64_t>("bits") != 4 || N % kPanel || K % block || block % 2)
       throw Ort::Exception("eaglex.cpu.MatMulNBits: constant 4-bit weights and scales, N of 16k and K of "
                            "whole blocks only (what exporter/int4_matmul.py marks)", ORT_INVALID_ARGUMENT);
+    blocks = K / block;
     const uint8_t *src = b.GetTensorData<uint8_t>();  // [N, blocks, block / 2]
     const float *scale = s.GetTensorData<float>();    // [N, blocks]
     weights.reset(static_cast<uint8_t *>(std::aligned_alloc(64, size_t(N * K / 2))));
@@ -174,13 +174,9 @@ struct Op : Ort::CustomOpBase<Op, Kernel> {
 
 }  // namespace
 
-bool int4_matmul_runs() {
-  return __builtin_cpu_supports("avx512f") || (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
-}
-
 void add_int4_matmul(Ort::CustomOpDomain &domain, bool avx2) {
   static Op wide(false), narrow(true);
-  domain.Add(avx2 || !__builtin_cpu_supports("avx512f") ? &narrow : &wide);
+  domain.Add(avx2 ? &narrow : &wide);
 }
 
 }  // namespace eaglex
