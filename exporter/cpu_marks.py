@@ -1,5 +1,6 @@
 """Every kind of node libeaglex's CPU kernels take, marked (or unmarked) in one place: `eaglex export`
-marks its graphs, quantized or not; `eaglex quantize` unmarks before quantizing and marks after.
+marks its graphs, quantized or not; quantize_artifact (exporter/quantize.py) unmarks before quantizing
+and marks after.
 
 packed_matmul.py (float32 MatMul by a constant weight), cpu_attention.py (GroupQueryAttention) and
 int4_matmul.py (4-bit MatMulNBits with float32 activations); each marked node keeps onnxruntime's op as

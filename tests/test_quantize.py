@@ -71,7 +71,7 @@ def test_export_quantize_flag(models, tmp_path):
     assert manifest["target"]["quantization"]["embeddings"]
     target = ops(out / "target.onnx")
     assert target["MatMulNBits"] == 21 and target["GatherBlockQuantized"] == 1 and target["MatMul"] == 0
-    # Marked for libeaglex's few-row int4 kernel, as `eaglex quantize` marks them (float32 activations).
+    # Marked for libeaglex's few-row int4 kernel, as quantize_artifact marks them (float32 activations).
     nodes = onnx.load(str(out / "target.onnx"), load_external_data=False).graph.node
     assert {node.domain for node in nodes if node.op_type == "MatMulNBits"} == {"eaglex.cpu"}
     assert ops(out / "drafter.onnx")["MatMul"] == 0
