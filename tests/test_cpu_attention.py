@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_native import native_build
-from test_packed_matmul import cpu_flags
+from test_packed_matmul import KERNEL, VARIANTS
 
 from eaglex.exporter import cpu_attention, packed_matmul
 from eaglex.exporter.cpu_ops import DOMAIN
@@ -24,12 +24,6 @@ from eaglex.runtime.backends.onnxruntime import cpu_kernels
 __all__ = ["native_build"]  # a fixture of test_native, used here too
 
 HEADS, KV, D, CAPACITY, MAX_POSITION = 6, 2, 32, 80, 128
-
-
-NO_KERNEL = "the kernel needs AVX-512 or AVX2 + FMA (elsewhere the fallback body runs, tested above)"
-KERNEL = pytest.mark.skipif(not {"avx2", "fma"} <= cpu_flags(), reason=NO_KERNEL)
-# The kernel's variants: the CPU's best (AVX-512 where it has it), and AVX2 (EAGLEX_CPU_ATTENTION=avx2).
-VARIANTS = pytest.mark.parametrize("variant", ["", "avx2"])
 
 
 def model(packed: bool = True, head_dim: int = D) -> onnx.ModelProto:

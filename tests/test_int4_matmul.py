@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-from test_cpu_attention import KERNEL, VARIANTS
 from test_native import native_build
+from test_packed_matmul import KERNEL, VARIANTS
 
 from eaglex.exporter import int4_matmul
 from eaglex.exporter.cpu_ops import DOMAIN

@@ -77,11 +77,10 @@ def cpu_flags() -> set[str]:
     return set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
 
 
-def avx512() -> bool:
-    return "avx512f" in cpu_flags()
-
-
-NO_AVX512 = "the kernel is AVX-512 only (elsewhere the fallback body runs, tested above)"
+NO_KERNEL = "the kernel needs AVX-512 or AVX2 + FMA (elsewhere the fallback body runs, tested above)"
+KERNEL = pytest.mark.skipif(not {"avx2", "fma"} <= cpu_flags(), reason=NO_KERNEL)
+# libeaglex's kernels' variants: the CPU's best (AVX-512 where it has it), and AVX2 (EAGLEX_*=avx2).
+VARIANTS = pytest.mark.parametrize("variant", ["", "avx2"])
 
 
 def test_marking_round_trips_and_leaves_the_weights_alone():
@@ -108,10 +107,15 @@ def test_a_marked_graph_runs_anywhere_with_matmuls_results():
     assert np.array_equal(run(session(marked, register=False), x), plain)
 
 
-@pytest.mark.skipif(not avx512(), reason=NO_AVX512)
-def test_each_row_gets_the_same_result_whatever_shares_its_call(native_build):
+@KERNEL
+@VARIANTS
+def test_each_row_gets_the_same_result_whatever_shares_its_call(native_build, monkeypatch, variant):
+    if not variant and "avx512f" not in cpu_flags():
+        pytest.skip("the float32 kernel's AVX2 variant runs only when asked (EAGLEX_PACKED_MATMUL=avx2)")
     """One FMA chain per output in k order: row i of a call of 1 to 13 rows equals a one-row call of row i
-    bit for bit (8-row blocks, then 4, 2 and 1), and all are MatMul's up to rounding."""
+    bit for bit (AVX-512: blocks of 8 rows, then 4, 2 and 1; AVX2: 6, 4, 2, 1), and all are MatMul's up to
+    rounding."""
+    monkeypatch.setenv("EAGLEX_PACKED_MATMUL", variant)
     proto = model()
     mark(proto)
     x = np.random.default_rng(3).standard_normal((13, K), dtype=np.float32)
@@ -123,13 +127,28 @@ def test_each_row_gets_the_same_result_whatever_shares_its_call(native_build):
         assert np.array_equal(run(s, x[:rows]), one_by_one[:rows]), rows
 
 
-@pytest.mark.skipif(not avx512(), reason=NO_AVX512)
-def test_the_kernel_runs_where_registered_and_can_be_switched_off(native_build, monkeypatch, tmp_path):
-    """onnxruntime keeps the marked nodes where the kernel is registered and inlines their function bodies
-    (MatMul) where it is not: with EAGLEX_PACKED_MATMUL=onnxruntime."""
+@pytest.mark.skipif("avx512f" not in cpu_flags(), reason="compares the AVX-512 variant with the AVX2 one")
+def test_both_variants_give_the_same_bits(native_build, monkeypatch):
+    """The same FMA chains in 16 or 8 lanes: an artifact decodes the same on AVX-512 and AVX2 CPUs."""
     proto = model()
     mark(proto)
-    for setting, domain in (("", DOMAIN), ("onnxruntime", "")):
+    x = np.random.default_rng(4).standard_normal((11, K), dtype=np.float32)
+    results = []
+    for variant in ("", "avx2"):
+        monkeypatch.setenv("EAGLEX_PACKED_MATMUL", variant)
+        results.append(run(session(proto, register=True), x))
+    assert np.array_equal(*results)
+
+
+@KERNEL
+def test_the_kernel_runs_where_registered_and_can_be_switched_off(native_build, monkeypatch, tmp_path):
+    """onnxruntime keeps the marked nodes where the kernel is registered and inlines their function bodies
+    (MatMul) where it is not: with EAGLEX_PACKED_MATMUL=onnxruntime, and on CPUs without AVX-512 unless
+    asked for the AVX2 variant."""
+    proto = model()
+    mark(proto)
+    default = DOMAIN if "avx512f" in cpu_flags() else ""
+    for setting, domain in (("", default), ("avx2", DOMAIN), ("onnxruntime", "")):
         monkeypatch.setenv("EAGLEX_PACKED_MATMUL", setting)
         session(proto, register=True, optimized=tmp_path / f"{setting}.onnx")
         optimized = onnx.load(str(tmp_path / f"{setting}.onnx"))

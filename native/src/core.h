@@ -57,12 +57,12 @@ class EmbeddingTable {
 };
 
 // ---- cpu_ops.cpp: the eaglex.cpu custom-op domain (exporter/packed_matmul.py, exporter/cpu_attention.py) ---
-// packed_matmul.cpp: the few-row float32 MatMul, on AVX-512 CPUs; cpu_attention.cpp: GroupQueryAttention,
-// on AVX-512 or AVX2 + FMA CPUs; int4_matmul.cpp: 4-bit MatMulNBits, the same. Each runs unless
+// packed_matmul.cpp: the few-row float32 MatMul; cpu_attention.cpp: GroupQueryAttention; int4_matmul.cpp:
+// 4-bit MatMulNBits; each on AVX-512 or AVX2 + FMA CPUs. Each runs unless
 // EAGLEX_PACKED_MATMUL / EAGLEX_CPU_ATTENTION / EAGLEX_INT4_MATMUL is "onnxruntime" ("avx2": the AVX2
 // variant on an AVX-512 CPU).
-// The kernels with an AVX2 variant take it where `avx2` (cpu_ops.cpp decides: no AVX-512, or "avx2").
-void add_packed_matmul(Ort::CustomOpDomain &domain);
+// Each takes its AVX2 variant where `avx2` (cpu_ops.cpp decides: no AVX-512, or "avx2").
+void add_packed_matmul(Ort::CustomOpDomain &domain, bool avx2);
 void add_cpu_attention(Ort::CustomOpDomain &domain, bool avx2);
 void add_int4_matmul(Ort::CustomOpDomain &domain, bool avx2);  // x86 builds only
 bool cpu_ops_on();                              // whether any kernel of the domain runs here

@@ -1,6 +1,6 @@
 // The "eaglex.cpu" custom-op domain: eaglex's own CPU kernels for the nodes the exporter marks
-// (packed_matmul.cpp: float32 MatMul by a constant weight, AVX-512; cpu_attention.cpp: GroupQueryAttention
-// and int4_matmul.cpp: 4-bit MatMulNBits, each AVX-512 or AVX2). Each marked node is an ONNX function in the
+// (packed_matmul.cpp: float32 MatMul by a constant weight; cpu_attention.cpp: GroupQueryAttention;
+// int4_matmul.cpp: 4-bit MatMulNBits; each AVX-512 or AVX2). Each marked node is an ONNX function in the
 // graph too, so a kernel left out here costs speed, never correctness: its nodes run their function bodies
 // on onnxruntime's kernels.
 #include <cstdlib>
@@ -19,14 +19,18 @@ bool switched_off(const char *variable) {
 }
 
 #if defined(__x86_64__)
-// How a kernel with an AVX2 variant runs: 0 off (its variable is "onnxruntime", or the CPU has neither
-// AVX-512 nor AVX2 + FMA), 1 AVX-512, 2 AVX2 (the CPU has no AVX-512, or the variable is "avx2").
-int mode(const char *variable) {
+// How a kernel runs: 0 off (its variable is "onnxruntime", or the CPU has neither AVX-512 nor AVX2 + FMA),
+// 1 AVX-512, 2 AVX2 (the variable is "avx2", or the CPU has no AVX-512 and `avx2_by_default`). The float32
+// MatMul's AVX2 variant is opt-in: measured only against onnxruntime's AVX-512 GEMM, it loses from 4 rows
+// (docs/BENCHMARKS.md, eighth sitting), and onnxruntime's AVX2 GEMM could not be timed beside it.
+int mode(const char *variable, bool avx2_by_default = true) {
   bool avx512 = __builtin_cpu_supports("avx512f");
-  if (switched_off(variable) || !(avx512 || (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))))
-    return 0;
+  bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (switched_off(variable) || !(avx512 || avx2)) return 0;
   const char *choice = std::getenv(variable);
-  return !avx512 || (choice && std::string(choice) == "avx2") ? 2 : 1;
+  bool asked = choice && std::string(choice) == "avx2";
+  if (asked) return 2;
+  return avx512 ? 1 : avx2_by_default ? 2 : 0;
 }
 #endif
 
@@ -34,13 +38,11 @@ int mode(const char *variable) {
 // for the process (onnxruntime keeps a pointer to it in every session that registered it).
 OrtCustomOpDomain *domain() {
   static std::mutex guard;
-  static Ort::CustomOpDomain *made[2][3][3] = {};
+  static Ort::CustomOpDomain *made[3][3][3] = {};
 #if defined(__x86_64__)
-  bool matmul = !switched_off("EAGLEX_PACKED_MATMUL") && __builtin_cpu_supports("avx512f");
-  int attention = mode("EAGLEX_CPU_ATTENTION"), int4 = mode("EAGLEX_INT4_MATMUL");
+  int matmul = mode("EAGLEX_PACKED_MATMUL", false), attention = mode("EAGLEX_CPU_ATTENTION"), int4 = mode("EAGLEX_INT4_MATMUL");
 #else
-  bool matmul = false;
-  int attention = 0, int4 = 0;
+  int matmul = 0, attention = 0, int4 = 0;
 #endif
   if (!matmul && !attention && !int4) return nullptr;
   std::lock_guard<std::mutex> lock(guard);
@@ -48,7 +50,7 @@ OrtCustomOpDomain *domain() {
   if (!d) {
     d = new Ort::CustomOpDomain("eaglex.cpu");
 #if defined(__x86_64__)
-    if (matmul) add_packed_matmul(*d);
+    if (matmul) add_packed_matmul(*d, matmul == 2);
     if (attention) add_cpu_attention(*d, attention == 2);
     if (int4) add_int4_matmul(*d, int4 == 2);
 #endif

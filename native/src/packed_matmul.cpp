@@ -12,8 +12,11 @@
 // chain over k in order, whatever the number of rows or threads: a row's result does not depend on the
 // rows verified with it, as the lossless loop needs.
 //
-// AVX-512 only: on CPUs without it (or with EAGLEX_PACKED_MATMUL=onnxruntime) cpu_ops.cpp does not
-// register it and the graphs' function bodies run onnxruntime's MatMul, as before.
+// AVX-512, or AVX2 + FMA (`block_avx2`: the same panels, two 8-wide halves each, up to 6 rows by one panel
+// in its 16 registers; the same FMA chains, so both variants give the same bits). cpu_ops.cpp registers the
+// AVX-512 variant where the CPU has it and the AVX2 one only when asked (EAGLEX_PACKED_MATMUL=avx2: it
+// was measured only against onnxruntime's AVX-512 GEMM); elsewhere, or with EAGLEX_PACKED_MATMUL=onnxruntime,
+// it registers nothing and the function bodies run onnxruntime's MatMul.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -54,6 +57,44 @@ __attribute__((target("avx512f"))) void block(const float *a, int64_t K, const f
   }
   for (int m = 0; m < M; ++m)
     for (int p = 0; p < P; ++p) _mm512_storeu_ps(y + m * ldy + p * kPanel, acc[m][p]);
+}
+
+// The AVX2 + FMA block: up to 6 rows of A against one panel as two 8-wide halves (12 accumulators, 2 panel
+// halves and a broadcast: 15 of the 16 registers). GCC 12 keeps these accumulators in registers only with
+// the loops over rows unrolled before it scalarises the array (otherwise it stores them every k).
+template <int M>
+__attribute__((target("avx2,fma"))) void block_avx2(const float *a, int64_t K, const float *w, float *y,
+                                                    int64_t ldy) {
+  __m256 acc[M][2];
+#pragma GCC unroll 8
+  for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m256 b0 = _mm256_loadu_ps(w + k * kPanel), b1 = _mm256_loadu_ps(w + k * kPanel + 8);
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) {
+      __m256 x = _mm256_set1_ps(a[m * K + k]);
+      acc[m][0] = _mm256_fmadd_ps(x, b0, acc[m][0]);
+      acc[m][1] = _mm256_fmadd_ps(x, b1, acc[m][1]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < M; ++m) {
+    _mm256_storeu_ps(y + m * ldy, acc[m][0]);
+    _mm256_storeu_ps(y + m * ldy + 8, acc[m][1]);
+  }
+}
+
+// Every row of A against P panels with the AVX2 block, panel by panel.
+void rows_avx2(const float *a, int64_t M, int64_t K, const float *w, int64_t P, float *y, int64_t ldy) {
+  for (int64_t p = 0; p < P; ++p, w += K * kPanel, y += kPanel) {
+    int64_t m = 0;
+    // Blocks of 6, but 8 left as 4 + 4: a 2-row block's 4 accumulator chains wait on FMA latency.
+    for (int64_t left = M; left >= 6 && left != 8 && left != 9; left = M - m)
+      block_avx2<6>(a + m * K, K, w, y + m * ldy, ldy), m += 6;
+    for (; M - m >= 4; m += 4) block_avx2<4>(a + m * K, K, w, y + m * ldy, ldy);
+    if (M - m >= 2) block_avx2<2>(a + m * K, K, w, y + m * ldy, ldy), m += 2;
+    if (M - m >= 1) block_avx2<1>(a + m * K, K, w, y + m * ldy, ldy);
+  }
 }
 
 // Every row of A against P panels, 8 rows at a time: the panels are read from memory once, the later
@@ -98,8 +139,9 @@ struct Aligned {
 struct Kernel {
   std::unique_ptr<float, Aligned> packed;  // [panels, K, 16]
   int64_t panels = 0, K = 0;
+  bool avx2 = false;  // block_avx2 instead of the AVX-512 blocks
 
-  Kernel(const OrtKernelInfo *info, bool trans_b) {
+  Kernel(const OrtKernelInfo *info, bool trans_b, bool avx2) : avx2(avx2) {
     Ort::ConstKernelInfo kinfo(info);
     int constant = 0;
     Ort::ConstValue b = kinfo.GetTensorConstantInput(1, &constant);
@@ -136,7 +178,8 @@ struct Kernel {
     const float *w = k.packed.get() + first * k.K * kPanel;
     float *y = job->y + first * kPanel;
     int64_t ldy = k.panels * kPanel;
-    if (count == 3) rows<3>(job->a, job->M, k.K, w, y, ldy);
+    if (k.avx2) rows_avx2(job->a, job->M, k.K, w, count, y, ldy);
+    else if (count == 3) rows<3>(job->a, job->M, k.K, w, y, ldy);
     else if (count == 2) rows<2>(job->a, job->M, k.K, w, y, ldy);
     else rows<1>(job->a, job->M, k.K, w, y, ldy);
   }
@@ -159,7 +202,9 @@ struct Kernel {
 
 template <bool TransB>
 struct Op : Ort::CustomOpBase<Op<TransB>, Kernel> {
-  void *CreateKernel(const OrtApi &, const OrtKernelInfo *info) const { return new Kernel(info, TransB); }
+  bool avx2;
+  explicit Op(bool avx2) : avx2(avx2) {}
+  void *CreateKernel(const OrtApi &, const OrtKernelInfo *info) const { return new Kernel(info, TransB, avx2); }
   const char *GetName() const { return TransB ? "MatMulTransB" : "MatMul"; }
   size_t GetInputTypeCount() const { return 2; }
   ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
@@ -171,14 +216,14 @@ struct Op : Ort::CustomOpBase<Op<TransB>, Kernel> {
 
 }  // namespace
 
-void add_packed_matmul(Ort::CustomOpDomain &domain) {
+void add_packed_matmul(Ort::CustomOpDomain &domain, bool avx2) {
 #if defined(__x86_64__)
-  static Op<false> plain;
-  static Op<true> transposed;
-  domain.Add(&plain);
-  domain.Add(&transposed);
+  static Op<false> plain(false), plain_avx2(true);
+  static Op<true> transposed(false), transposed_avx2(true);
+  domain.Add(avx2 ? &plain_avx2 : &plain);
+  domain.Add(avx2 ? &transposed_avx2 : &transposed);
 #else
-  (void)domain;
+  (void)domain, (void)avx2;
 #endif
 }
 
