@@ -9,9 +9,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_native import native_build
-from test_packed_matmul import KERNEL, VARIANTS
+from test_packed_matmul import KERNEL, VARIANTS, cpu_flags
 
 from eaglex.exporter import int4_matmul
 from eaglex.exporter.cpu_ops import DOMAIN
@@ -70,12 +71,26 @@ def test_a_marked_graph_runs_anywhere_with_onnxruntimes_results():
 @KERNEL
 @VARIANTS
 def test_each_row_gets_the_same_result_whatever_shares_its_call(native_build, monkeypatch, variant):
-    """The CPU's best variant and the AVX2 one (EAGLEX_INT4_MATMUL=avx2)."""
+    """The CPU's best variant and the AVX2 one (EAGLEX_INT4_MATMUL=avx2); up to 15 rows, so that every block
+    size runs (AVX-512: 8, 4, 2, 1 rows; AVX2: 4, 2, 1)."""
     monkeypatch.setenv("EAGLEX_INT4_MATMUL", variant)
-    a = np.random.default_rng(2).standard_normal((7, K), dtype=np.float32)
+    a = np.random.default_rng(2).standard_normal((15, K), dtype=np.float32)
     marked = model()
     int4_matmul.mark(marked)
-    one_by_one = np.concatenate([run(marked, register=True, a=a[i : i + 1]) for i in range(7)])
+    one_by_one = np.concatenate([run(marked, register=True, a=a[i : i + 1]) for i in range(15)])
     np.testing.assert_allclose(one_by_one, run(model(), register=False, a=a), rtol=1e-5, atol=1e-5)
-    for rows in (2, 3, 4, 5, 7):
+    for rows in (2, 3, 4, 5, 7, 8, 9, 12, 15):
         assert np.array_equal(run(marked, register=True, a=a[:rows]), one_by_one[:rows]), rows
+
+
+@pytest.mark.skipif("avx512f" not in cpu_flags(), reason="compares the AVX-512 variant with the AVX2 one")
+def test_both_variants_give_the_same_bits(native_build, monkeypatch):
+    """The same float operations per output in 16 or 8 lanes, in blocks of different row counts."""
+    a = np.random.default_rng(3).standard_normal((11, K), dtype=np.float32)
+    marked = model()
+    int4_matmul.mark(marked)
+    results = []
+    for variant in ("", "avx2"):
+        monkeypatch.setenv("EAGLEX_INT4_MATMUL", variant)
+        results.append(run(marked, register=True, a=a))
+    assert np.array_equal(*results)
