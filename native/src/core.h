@@ -58,10 +58,10 @@ class EmbeddingTable {
 
 // ---- cpu_ops.cpp: the eaglex.cpu custom-op domain (exporter/packed_matmul.py, exporter/cpu_attention.py) ---
 // packed_matmul.cpp: the few-row float32 MatMul; cpu_attention.cpp: GroupQueryAttention; int4_matmul.cpp:
-// 4-bit MatMulNBits; each on AVX-512 or AVX2 + FMA CPUs. Each runs unless
-// EAGLEX_PACKED_MATMUL / EAGLEX_CPU_ATTENTION / EAGLEX_INT4_MATMUL is "onnxruntime" ("avx2": the AVX2
-// variant on an AVX-512 CPU).
-// Each takes its AVX2 variant where `avx2` (cpu_ops.cpp decides: no AVX-512, or "avx2").
+// 4-bit MatMulNBits; each on AVX-512 or AVX2 + FMA CPUs (the MatMul's AVX2 variant only when asked). Each
+// runs unless EAGLEX_PACKED_MATMUL / EAGLEX_CPU_ATTENTION / EAGLEX_INT4_MATMUL is "onnxruntime" ("avx2":
+// the AVX2 variant, on any CPU with it).
+// Each takes its AVX2 variant where `avx2` (cpu_ops.cpp's mode() decides).
 void add_packed_matmul(Ort::CustomOpDomain &domain, bool avx2);
 void add_cpu_attention(Ort::CustomOpDomain &domain, bool avx2);
 void add_int4_matmul(Ort::CustomOpDomain &domain, bool avx2);  // x86 builds only

@@ -40,7 +40,8 @@ OrtCustomOpDomain *domain() {
   static std::mutex guard;
   static Ort::CustomOpDomain *made[3][3][3] = {};
 #if defined(__x86_64__)
-  int matmul = mode("EAGLEX_PACKED_MATMUL", false), attention = mode("EAGLEX_CPU_ATTENTION"), int4 = mode("EAGLEX_INT4_MATMUL");
+  int matmul = mode("EAGLEX_PACKED_MATMUL", false);
+  int attention = mode("EAGLEX_CPU_ATTENTION"), int4 = mode("EAGLEX_INT4_MATMUL");
 #else
   int matmul = 0, attention = 0, int4 = 0;
 #endif

@@ -67,7 +67,7 @@ struct Kernel {
     }
   }
 
-  // Rows [0, M) (M <= 4) of A against panel p: per block, the block's FMA chains, then times its scale.
+  // Rows [0, M) (M <= 8) of A against panel p: per block, the block's FMA chains, then times its scale.
   template <int M>
   __attribute__((target("avx512f"))) void panel(const float *a, int64_t p, float *y) const {
     const uint8_t *w = weights.get() + p * (K / 2) * kPanel;
