@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_native import native_build
-from test_packed_matmul import KERNEL, VARIANTS, cpu_flags
+from test_packed_matmul import BOTH_VARIANTS, KERNEL, VARIANTS
 
 from eaglex.exporter import int4_matmul
 from eaglex.exporter.cpu_ops import DOMAIN
@@ -83,7 +82,7 @@ def test_each_row_gets_the_same_result_whatever_shares_its_call(native_build, mo
         assert np.array_equal(run(marked, register=True, a=a[:rows]), one_by_one[:rows]), rows
 
 
-@pytest.mark.skipif("avx512f" not in cpu_flags(), reason="compares the AVX-512 variant with the AVX2 one")
+@BOTH_VARIANTS
 def test_both_variants_give_the_same_bits(native_build, monkeypatch):
     """The same float operations per output in 16 or 8 lanes, in blocks of different row counts."""
     a = np.random.default_rng(3).standard_normal((11, K), dtype=np.float32)
